@@ -1,0 +1,30 @@
+//! queryfs: a database you mount as a drive.
+//!
+//! # Architecture
+//! Data flows down; nothing reaches up.
+//!
+//! 1. `cli` (the binary, `src/main.rs` and `src/cli/`): clap commands, human
+//!    and `--json` output, progress bars, exit codes. The only user of
+//!    `anyhow` and `indicatif`.
+//! 2. [`fuse`]: a thin adapter from fuser calls to the core. The only user
+//!    of `fuser`.
+//! 3. [`vfs`]: the filesystem core. Protocol-neutral operations, the open
+//!    file table, write buffers, the durability protocol. Errors are
+//!    [`error::FsError`], mapped to errno in exactly one place.
+//! 4. [`store`]: a store folder: opening, the single-owner lock, recovery,
+//!    `fsck`, `gc`, `info`.
+//! 5. [`meta`]: the only place SQL runs: connection setup, migrations from
+//!    `migrations/`, statements from `queries/meta/`.
+//! 6. [`qvfs`]: the QVFS cluster format (FAT + clusters) through one small
+//!    device trait; it holds blob bytes, and serves plain images.
+//!
+//! Content: a file is a list of chunks (64 KiB by default); each chunk is a
+//! blob named by its BLAKE3 hash and stored once with a reference count.
+//! Small blobs live inline in SQLite, the rest in container cluster chains.
+
+pub mod error;
+pub mod fuse;
+pub mod meta;
+pub mod qvfs;
+pub mod store;
+pub mod vfs;

@@ -1,0 +1,510 @@
+//! The FAT and the clusters: allocation, chains, and cluster I/O.
+//!
+//! One implementation serves the store's internal container (which holds blob
+//! bytes) and plain QVFS images. The whole FAT lives in memory (4 bytes per
+//! 4 KiB cluster: 1 MiB of FAT per GiB of data) and is written through to the
+//! `.qfi` device entry by entry.
+//!
+//! Invariants:
+//! - Cluster 0 is never free (it holds the root folder of a plain image, or
+//!   the container header of a store).
+//! - A chain is only ever written into clusters that were free; committed
+//!   chains are never overwritten (copy-on-write happens above this layer).
+//! - Data is written before the FAT entries that chain it, so a crash leaves
+//!   at worst allocated-but-unreferenced clusters (orphans), which
+//!   [`Container::reclaim`] frees.
+//! - Every chain walk is bounded by the cluster count, so a hostile FAT can
+//!   neither loop nor point outside the image.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+
+use super::device::Device;
+
+/// Size of one cluster in bytes.
+pub const CLUSTER_SIZE: usize = 4096;
+/// FAT value of a free cluster.
+pub const FAT_FREE: u32 = 0;
+/// FAT value of the last cluster of a chain (end of chain).
+pub const FAT_EOC: u32 = 0xFFFF_FFFF;
+
+/// Why a chain could not be followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainError {
+    /// The start cluster is outside the image.
+    StartOutOfRange(u32),
+    /// The chain reaches a cluster marked free.
+    FreeCluster { at: u32 },
+    /// A next-cluster value points outside the image.
+    NextOutOfRange { at: u32, next: u32 },
+    /// The chain is longer than the image: it loops.
+    Loop { start: u32 },
+}
+
+impl fmt::Display for ChainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainError::StartOutOfRange(c) => write!(f, "start cluster {c} is outside the image"),
+            ChainError::FreeCluster { at } => write!(f, "chain reaches free cluster {at}"),
+            ChainError::NextOutOfRange { at, next } => {
+                write!(f, "cluster {at} points to {next}, outside the image")
+            }
+            ChainError::Loop { start } => write!(f, "chain from cluster {start} loops"),
+        }
+    }
+}
+
+/// Follows the chain from `start` in `fat`, bounded by the FAT length.
+pub fn walk_chain(fat: &[u32], start: u32) -> Result<Vec<u32>, ChainError> {
+    let n = fat.len() as u64;
+    if start as u64 >= n {
+        return Err(ChainError::StartOutOfRange(start));
+    }
+    let mut out = Vec::new();
+    let mut cur = start;
+    loop {
+        if out.len() as u64 >= n {
+            return Err(ChainError::Loop { start });
+        }
+        let v = fat[cur as usize];
+        if v == FAT_FREE {
+            return Err(ChainError::FreeCluster { at: cur });
+        }
+        out.push(cur);
+        if v == FAT_EOC {
+            return Ok(out);
+        }
+        if v as u64 >= n {
+            return Err(ChainError::NextOutOfRange { at: cur, next: v });
+        }
+        cur = v;
+    }
+}
+
+/// Splits a list of cluster indices into runs of consecutive indices:
+/// `(first cluster, position in the list, length)`.
+fn runs(clusters: &[u32]) -> Vec<(u32, usize, usize)> {
+    let mut out: Vec<(u32, usize, usize)> = Vec::new();
+    for (i, &c) in clusters.iter().enumerate() {
+        match out.last_mut() {
+            Some((first, _, len)) if *first as u64 + *len as u64 == c as u64 => *len += 1,
+            _ => out.push((c, i, 1)),
+        }
+    }
+    out
+}
+
+/// Number of clusters a chain needs for `len` bytes (at least one).
+pub fn clusters_for(len: u64) -> u64 {
+    len.div_ceil(CLUSTER_SIZE as u64).max(1)
+}
+
+struct FatState {
+    fat: Vec<u32>,
+    /// No free cluster below this index.
+    hint: usize,
+}
+
+/// A QVFS cluster container: a `.qfi` FAT device and a `.qfd` cluster device.
+pub struct Container {
+    qfi: Box<dyn Device>,
+    qfd: Box<dyn Device>,
+    state: RwLock<FatState>,
+    unsynced: AtomicBool,
+}
+
+impl Container {
+    /// Creates a new container whose cluster 0 holds `cluster0` (zero-padded).
+    pub fn create(qfi: Box<dyn Device>, qfd: Box<dyn Device>, cluster0: &[u8]) -> io::Result<Self> {
+        assert!(cluster0.len() <= CLUSTER_SIZE);
+        let mut c0 = vec![0u8; CLUSTER_SIZE];
+        c0[..cluster0.len()].copy_from_slice(cluster0);
+        qfd.write_at(&c0, 0)?;
+        qfi.write_at(&FAT_EOC.to_le_bytes(), 0)?;
+        qfd.sync()?;
+        qfi.sync()?;
+        Self::open(qfi, qfd)
+    }
+
+    /// Opens an existing container, reading the whole FAT. Checks only what
+    /// makes the FAT usable at all; chain checks are the caller's (fsck).
+    pub fn open(qfi: Box<dyn Device>, qfd: Box<dyn Device>) -> io::Result<Self> {
+        let len = qfi.len()?;
+        if len == 0 || len % 4 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("FAT file length {len} is not a positive multiple of 4"),
+            ));
+        }
+        if len / 4 > u32::MAX as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "FAT has more than 2^32 entries",
+            ));
+        }
+        let mut raw = vec![0u8; len as usize];
+        qfi.read_at(&mut raw, 0)?;
+        let fat: Vec<u32> = raw
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if fat[0] == FAT_FREE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "FAT[0] is free: no root cluster",
+            ));
+        }
+        Ok(Container {
+            qfi,
+            qfd,
+            state: RwLock::new(FatState { fat, hint: 1 }),
+            unsynced: AtomicBool::new(false),
+        })
+    }
+
+    /// Number of clusters (FAT entries).
+    pub fn cluster_count(&self) -> u64 {
+        self.state.read().unwrap().fat.len() as u64
+    }
+
+    /// Number of clusters not free.
+    pub fn allocated_count(&self) -> u64 {
+        self.state
+            .read()
+            .unwrap()
+            .fat
+            .iter()
+            .filter(|&&v| v != FAT_FREE)
+            .count() as u64
+    }
+
+    /// A copy of the FAT, for checks.
+    pub fn fat_snapshot(&self) -> Vec<u32> {
+        self.state.read().unwrap().fat.clone()
+    }
+
+    /// Size of both files in bytes: (qfi, qfd).
+    pub fn file_sizes(&self) -> io::Result<(u64, u64)> {
+        Ok((self.qfi.len()?, self.qfd.len()?))
+    }
+
+    /// Reads one whole cluster.
+    pub fn read_cluster(&self, index: u32, buf: &mut [u8; CLUSTER_SIZE]) -> io::Result<()> {
+        self.qfd.read_at(buf, index as u64 * CLUSTER_SIZE as u64)
+    }
+
+    /// The chain starting at `start`.
+    pub fn chain(&self, start: u32) -> Result<Vec<u32>, ChainError> {
+        walk_chain(&self.state.read().unwrap().fat, start)
+    }
+
+    /// Writes `data` into newly allocated clusters (lowest free first, then
+    /// appended) and chains them; returns the start cluster. The clusters are
+    /// reserved in memory before any I/O, so concurrent writers never share one.
+    pub fn write_chain(&self, data: &[u8]) -> io::Result<u32> {
+        let n = clusters_for(data.len() as u64) as usize;
+        let clusters = self.allocate(n)?;
+        match self.write_clusters(&clusters, data) {
+            Ok(()) => Ok(clusters[0]),
+            Err(e) => {
+                self.release(&clusters);
+                Err(e)
+            }
+        }
+    }
+
+    fn allocate(&self, n: usize) -> io::Result<Vec<u32>> {
+        let mut st = self.state.write().unwrap();
+        let mut out = Vec::with_capacity(n);
+        let mut i = st.hint.max(1);
+        while out.len() < n && i < st.fat.len() {
+            if st.fat[i] == FAT_FREE {
+                out.push(i as u32);
+            }
+            i += 1;
+        }
+        // Everything below `i` that was free is now taken.
+        st.hint = i;
+        while out.len() < n {
+            let next = st.fat.len();
+            if next as u64 >= FAT_EOC as u64 {
+                // Give back what was taken before failing.
+                for &c in &out {
+                    st.fat[c as usize] = FAT_FREE;
+                }
+                st.hint = st.hint.min(out.first().copied().unwrap_or(1) as usize);
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "container has 2^32 clusters",
+                ));
+            }
+            st.fat.push(FAT_FREE);
+            out.push(next as u32);
+        }
+        for w in 0..out.len() {
+            let next = if w + 1 < out.len() {
+                out[w + 1]
+            } else {
+                FAT_EOC
+            };
+            st.fat[out[w] as usize] = next;
+        }
+        Ok(out)
+    }
+
+    fn release(&self, clusters: &[u32]) {
+        let mut st = self.state.write().unwrap();
+        for &c in clusters {
+            st.fat[c as usize] = FAT_FREE;
+            st.hint = st.hint.min(c as usize);
+        }
+    }
+
+    fn write_clusters(&self, clusters: &[u32], data: &[u8]) -> io::Result<()> {
+        let fat_runs = runs(clusters);
+        // Data first: a crash before the FAT write leaves only free clusters
+        // with junk in them.
+        for &(first, pos, len) in &fat_runs {
+            let start = pos * CLUSTER_SIZE;
+            let end = ((pos + len) * CLUSTER_SIZE).min(data.len());
+            let offset = first as u64 * CLUSTER_SIZE as u64;
+            let want = len * CLUSTER_SIZE;
+            if start < end {
+                self.qfd.write_at(&data[start..end], offset)?;
+            }
+            let written = end.saturating_sub(start);
+            if written < want {
+                // Zero the tail of the last cluster so no stale bytes remain.
+                let pad = vec![0u8; want - written];
+                self.qfd.write_at(&pad, offset + written as u64)?;
+            }
+        }
+        let st = self.state.read().unwrap();
+        for &(first, _, len) in &fat_runs {
+            let mut raw = Vec::with_capacity(len * 4);
+            for c in first..first + len as u32 {
+                raw.extend_from_slice(&st.fat[c as usize].to_le_bytes());
+            }
+            self.qfi.write_at(&raw, first as u64 * 4)?;
+        }
+        self.unsynced.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of the chain at `start`, from byte `offset` of
+    /// the chain. Holds the FAT read lock for the whole read, so the clusters
+    /// cannot be freed and reused under it.
+    pub fn read_chain(&self, start: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let st = self.state.read().unwrap();
+        let chain = walk_chain(&st.fat, start)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let cs = CLUSTER_SIZE as u64;
+        let end = offset + buf.len() as u64;
+        if end > chain.len() as u64 * cs {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("read past the end of the chain at cluster {start}"),
+            ));
+        }
+        let first = (offset / cs) as usize;
+        let last = end.div_ceil(cs) as usize;
+        let mut done = 0usize;
+        for (c0, pos, len) in runs(&chain[first..last]) {
+            let run_start = (first + pos) as u64 * cs;
+            let from = offset.max(run_start);
+            let to = end.min(run_start + len as u64 * cs);
+            let n = (to - from) as usize;
+            let dev_off = c0 as u64 * cs + (from - run_start);
+            self.qfd.read_at(&mut buf[done..done + n], dev_off)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Frees the chain at `start`. Only call this after the transaction that
+    /// dropped its last reference has committed.
+    pub fn free_chain(&self, start: u32) -> io::Result<()> {
+        let mut st = self.state.write().unwrap();
+        let chain = match walk_chain(&st.fat, start) {
+            Ok(c) => c,
+            // A damaged chain is left for fsck to report rather than freeing
+            // clusters that may belong to someone else.
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        };
+        for &c in &chain {
+            st.fat[c as usize] = FAT_FREE;
+        }
+        st.hint = st.hint.min(*chain.iter().min().unwrap() as usize);
+        drop(st);
+        let zero = [0u8; 4 * 256];
+        for (first, _, len) in runs(&{
+            let mut s = chain.clone();
+            s.sort_unstable();
+            s
+        }) {
+            let mut left = len;
+            let mut at = first as u64;
+            while left > 0 {
+                let k = left.min(256);
+                self.qfi.write_at(&zero[..k * 4], at * 4)?;
+                at += k as u64;
+                left -= k;
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees every allocated cluster (except 0) not on a chain starting at one
+    /// of `live_starts`. Returns the number of clusters freed.
+    pub fn reclaim(&self, live_starts: impl IntoIterator<Item = u32>) -> io::Result<u64> {
+        let fat = self.fat_snapshot();
+        let mut live = vec![false; fat.len()];
+        live[0] = true;
+        for s in live_starts {
+            if let Ok(chain) = walk_chain(&fat, s) {
+                for c in chain {
+                    live[c as usize] = true;
+                }
+            }
+        }
+        let mut orphans = Vec::new();
+        for (i, &v) in fat.iter().enumerate() {
+            if v != FAT_FREE && !live[i] {
+                orphans.push(i as u32);
+            }
+        }
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut st = self.state.write().unwrap();
+            for &c in &orphans {
+                st.fat[c as usize] = FAT_FREE;
+                st.hint = st.hint.min(c as usize);
+            }
+        }
+        for (first, _, len) in runs(&orphans) {
+            self.qfi.write_at(&vec![0u8; len * 4], first as u64 * 4)?;
+        }
+        Ok(orphans.len() as u64)
+    }
+
+    /// Makes all data and FAT writes so far durable: data first, then FAT.
+    pub fn sync(&self) -> io::Result<()> {
+        if self.unsynced.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.qfd.sync().and_then(|_| self.qfi.sync()) {
+                self.unsynced.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qvfs::device::MemDevice;
+    use std::sync::Arc;
+
+    struct Shared(Arc<MemDevice>);
+    impl Device for Shared {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.0.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.0.write_at(buf, offset)
+        }
+        fn len(&self) -> io::Result<u64> {
+            self.0.len()
+        }
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn mem() -> (Container, Arc<MemDevice>, Arc<MemDevice>) {
+        let qfi = Arc::new(MemDevice::default());
+        let qfd = Arc::new(MemDevice::default());
+        let c = Container::create(
+            Box::new(Shared(qfi.clone())),
+            Box::new(Shared(qfd.clone())),
+            b"",
+        )
+        .unwrap();
+        (c, qfi, qfd)
+    }
+
+    #[test]
+    fn write_read_free_reuse() {
+        let (c, qfi, qfd) = mem();
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let s = c.write_chain(&data).unwrap();
+        assert_eq!(s, 1);
+        assert_eq!(c.chain(s).unwrap(), vec![1, 2, 3]);
+        let mut back = vec![0u8; data.len()];
+        c.read_chain(s, 0, &mut back).unwrap();
+        assert_eq!(back, data);
+        let mut mid = vec![0u8; 5000];
+        c.read_chain(s, 3000, &mut mid).unwrap();
+        assert_eq!(&mid[..], &data[3000..8000]);
+        assert_eq!(qfi.len().unwrap(), 16);
+        assert_eq!(qfd.len().unwrap(), 4 * 4096);
+        // The tail of the last cluster is zeroed.
+        assert!(qfd.snapshot()[4096 + 10_000..4 * 4096]
+            .iter()
+            .all(|&b| b == 0));
+        c.free_chain(s).unwrap();
+        assert_eq!(&qfi.snapshot()[4..16], &[0u8; 12]);
+        // Lowest free first.
+        let t = c.write_chain(b"x").unwrap();
+        assert_eq!(t, 1);
+        assert_eq!(c.allocated_count(), 2);
+        // Reopen reads the same FAT.
+        let c2 = Container::open(
+            Box::new(MemDevice::with_bytes(qfi.snapshot())),
+            Box::new(MemDevice::with_bytes(qfd.snapshot())),
+        )
+        .unwrap();
+        assert_eq!(c2.fat_snapshot(), c.fat_snapshot());
+    }
+
+    #[test]
+    fn reclaim_frees_unreferenced_chains() {
+        let (c, _, _) = mem();
+        let a = c.write_chain(&[1u8; 9000]).unwrap();
+        let b = c.write_chain(&[2u8; 100]).unwrap();
+        assert_eq!(c.reclaim([a]).unwrap(), 1);
+        assert!(c.chain(b).is_err());
+        assert_eq!(c.chain(a).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn hostile_fat_is_bounded() {
+        // 0 -> EOC, 1 -> 2, 2 -> 1 (loop), 3 -> 99 (out of range), 4 free.
+        let fat = vec![FAT_EOC, 2, 1, 99, 0];
+        assert_eq!(walk_chain(&fat, 1), Err(ChainError::Loop { start: 1 }));
+        assert_eq!(
+            walk_chain(&fat, 3),
+            Err(ChainError::NextOutOfRange { at: 3, next: 99 })
+        );
+        assert_eq!(walk_chain(&fat, 4), Err(ChainError::FreeCluster { at: 4 }));
+        assert_eq!(walk_chain(&fat, 7), Err(ChainError::StartOutOfRange(7)));
+    }
+
+    #[test]
+    fn open_rejects_bad_fat_files() {
+        let bad = Container::open(
+            Box::new(MemDevice::with_bytes(vec![1, 2, 3])),
+            Box::new(MemDevice::default()),
+        );
+        assert!(bad.is_err());
+        let free_root = Container::open(
+            Box::new(MemDevice::with_bytes(vec![0; 4])),
+            Box::new(MemDevice::default()),
+        );
+        assert!(free_root.is_err());
+    }
+}
