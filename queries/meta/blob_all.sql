@@ -1,0 +1,1 @@
+SELECT hash, size, refcount, loc, data FROM blobs

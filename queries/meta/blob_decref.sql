@@ -1,0 +1,1 @@
+UPDATE blobs SET refcount = refcount - 1 WHERE hash = :hash RETURNING refcount, loc

@@ -1,0 +1,1 @@
+SELECT size, loc, data FROM blobs WHERE hash = :hash

@@ -1,0 +1,1 @@
+SELECT loc FROM blobs WHERE loc IS NOT NULL

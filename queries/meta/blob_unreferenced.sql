@@ -1,0 +1,1 @@
+SELECT hash, loc FROM blobs WHERE refcount <= 0

@@ -1,0 +1,1 @@
+SELECT hash FROM chunks WHERE ino = :ino

@@ -1,0 +1,1 @@
+DELETE FROM dentries WHERE parent = :parent AND name = :name

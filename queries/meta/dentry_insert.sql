@@ -1,0 +1,1 @@
+INSERT INTO dentries (parent, name, ino) VALUES (:parent, :name, :ino)

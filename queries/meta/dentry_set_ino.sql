@@ -1,0 +1,1 @@
+UPDATE dentries SET ino = :ino WHERE parent = :parent AND name = :name

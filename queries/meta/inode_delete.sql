@@ -1,0 +1,1 @@
+DELETE FROM inodes WHERE ino = :ino

@@ -1,0 +1,1 @@
+SELECT target FROM inodes WHERE ino = :ino

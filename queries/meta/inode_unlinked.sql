@@ -1,0 +1,1 @@
+SELECT ino FROM inodes WHERE nlink = 0

@@ -1,0 +1,3 @@
+UPDATE inodes SET perm = :perm, uid = :uid, gid = :gid, size = :size, nlink = :nlink,
+    atime = :atime, mtime = :mtime, ctime = :ctime
+WHERE ino = :ino

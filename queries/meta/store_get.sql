@@ -1,0 +1,1 @@
+SELECT value FROM store WHERE key = :key

@@ -1,0 +1,1 @@
+INSERT INTO store (key, value) VALUES (:key, :value) ON CONFLICT (key) DO UPDATE SET value = excluded.value

@@ -1,0 +1,1 @@
+DELETE FROM xattrs WHERE ino = :ino AND name = :name

@@ -1,0 +1,1 @@
+SELECT value FROM xattrs WHERE ino = :ino AND name = :name

@@ -1,0 +1,1 @@
+SELECT name FROM xattrs WHERE ino = :ino ORDER BY name

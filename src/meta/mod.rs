@@ -1,0 +1,715 @@
+//! Metadata: the only place SQL runs.
+//!
+//! Connection setup (WAL, pragmas), migrations from `migrations/`, and typed
+//! access to the statements in `queries/meta/`. Everything above this layer
+//! sees rows as Rust types.
+//!
+//! Durability: commits run with `synchronous=NORMAL` (a commit survives a
+//! crash of the process at once, and of the machine after the next WAL sync);
+//! [`Meta::barrier`] runs one commit with `synchronous=FULL`, which syncs the
+//! WAL and so makes every earlier commit durable too. `fsync` uses it.
+
+pub mod queries;
+
+use std::path::Path;
+
+use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite_migration::{Migrations, M};
+
+use queries as q;
+
+/// Errors of the metadata layer.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A migration failed.
+    #[error("database migration: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+static MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/0001_initial.sql"))];
+
+/// The migration list, for opening and for `validate()` in tests.
+pub fn migrations() -> Migrations<'static> {
+    Migrations::from_slice(MIGRATIONS)
+}
+
+/// S_IFMT values as stored in `inodes.kind`.
+pub mod kind {
+    pub const DIR: u32 = libc::S_IFDIR;
+    pub const FILE: u32 = libc::S_IFREG;
+    pub const SYMLINK: u32 = libc::S_IFLNK;
+    pub const FIFO: u32 = libc::S_IFIFO;
+    pub const SOCKET: u32 = libc::S_IFSOCK;
+    pub const CHAR: u32 = libc::S_IFCHR;
+    pub const BLOCK: u32 = libc::S_IFBLK;
+}
+
+/// One inode row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inode {
+    pub ino: u64,
+    /// S_IFMT bits.
+    pub kind: u32,
+    /// 07777 bits.
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub rdev: u32,
+    /// Nanoseconds since the Unix epoch.
+    pub atime: i64,
+    pub mtime: i64,
+    pub ctime: i64,
+    pub btime: i64,
+}
+
+impl Inode {
+    fn from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Inode> {
+        Ok(Inode {
+            ino: r.get::<_, i64>(at)? as u64,
+            kind: r.get(at + 1)?,
+            perm: r.get(at + 2)?,
+            uid: r.get(at + 3)?,
+            gid: r.get(at + 4)?,
+            size: r.get::<_, i64>(at + 5)? as u64,
+            nlink: r.get(at + 6)?,
+            rdev: r.get(at + 7)?,
+            atime: r.get(at + 8)?,
+            mtime: r.get(at + 9)?,
+            ctime: r.get(at + 10)?,
+            btime: r.get(at + 11)?,
+        })
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == kind::DIR
+    }
+}
+
+/// A new inode to insert.
+pub struct NewInode<'a> {
+    pub kind: u32,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub nlink: u32,
+    pub now: i64,
+    pub target: Option<&'a [u8]>,
+}
+
+/// Where a blob's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobData {
+    /// Start cluster of its chain in the container.
+    Cluster(u32),
+    /// Stored inline in SQLite.
+    Inline(Vec<u8>),
+}
+
+/// A chunk of a file: which blob, how long, where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub hash: [u8; 32],
+    pub size: u32,
+    pub data: BlobData,
+}
+
+/// One blob row, for checks.
+pub struct BlobRow {
+    pub hash: [u8; 32],
+    pub size: u64,
+    pub refcount: i64,
+    pub data: BlobData,
+}
+
+/// Counts for `info`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    pub files: u64,
+    pub dirs: u64,
+    pub logical_bytes: u64,
+    pub blobs: u64,
+    pub stored_bytes: u64,
+    pub inline_bytes: u64,
+}
+
+fn hash_of(v: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
+    v.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            "blob hash is not 32 bytes".into(),
+        )
+    })
+}
+
+fn blob_data(loc: Option<i64>, data: Option<Vec<u8>>) -> BlobData {
+    match (loc, data) {
+        (Some(l), _) => BlobData::Cluster(l as u32),
+        (None, d) => BlobData::Inline(d.unwrap_or_default()),
+    }
+}
+
+/// A metadata connection.
+pub struct Meta {
+    conn: Connection,
+}
+
+impl Meta {
+    /// Opens (creating if asked) the database at `path` and migrates it.
+    pub fn open(path: &Path, create: bool) -> Result<Meta> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags)?;
+        Self::setup(conn)
+    }
+
+    /// Opens the database read-only (for offline readers beside a mount).
+    pub fn open_read_only(path: &Path) -> Result<Meta> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Meta { conn })
+    }
+
+    /// An in-memory database, for unit tests.
+    pub fn open_in_memory() -> Result<Meta> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Meta> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // 16 MiB page cache: the hot part of the tree and chunk index.
+        conn.pragma_update(None, "cache_size", -16384)?;
+        migrations().to_latest(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(128);
+        Ok(Meta { conn })
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction; commits on `Ok`, rolls back on `Err`.
+    pub fn write<T, E: From<MetaError>>(
+        &self,
+        f: impl FnOnce(&Meta) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(MetaError::from)?;
+        match f(self) {
+            Ok(v) => {
+                if let Err(e) = self.conn.execute_batch("COMMIT") {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(MetaError::from(e).into());
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` in a read transaction, so that it sees one snapshot.
+    pub fn read<T, E: From<MetaError>>(
+        &self,
+        f: impl FnOnce(&Meta) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(MetaError::from)?;
+        let r = f(self);
+        let _ = self.conn.execute_batch("COMMIT");
+        r
+    }
+
+    /// Makes every commit so far durable: one commit with `synchronous=FULL`.
+    pub fn barrier(&self) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let r = self
+            .conn
+            .prepare_cached(q::BARRIER)
+            .and_then(|mut s| s.execute([]));
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        r?;
+        Ok(())
+    }
+
+    // ----- store settings -----
+
+    pub fn store_get(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::STORE_GET)?
+            .query_row(named_params! {":key": key}, |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn store_set(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(q::STORE_SET)?
+            .execute(named_params! {":key": key, ":value": value})?;
+        Ok(())
+    }
+
+    // ----- inodes -----
+
+    pub fn insert_root(&self, perm: u32, uid: u32, gid: u32, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::INODE_INSERT_ROOT)?
+            .execute(named_params! {
+                ":kind": kind::DIR, ":perm": perm, ":uid": uid, ":gid": gid, ":now": now,
+            })?;
+        Ok(())
+    }
+
+    pub fn inode(&self, ino: u64) -> Result<Option<Inode>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::INODE_GET)?
+            .query_row(named_params! {":ino": ino as i64}, |r| {
+                Inode::from_row(r, 0)
+            })
+            .optional()?)
+    }
+
+    pub fn insert_inode(&self, n: &NewInode<'_>) -> Result<u64> {
+        let size = n.target.map(|t| t.len() as i64).unwrap_or(0);
+        self.conn.prepare_cached(q::INODE_INSERT)?.execute(named_params! {
+            ":kind": n.kind, ":perm": n.perm, ":uid": n.uid, ":gid": n.gid, ":size": size,
+            ":nlink": n.nlink, ":rdev": n.rdev, ":atime": n.now, ":mtime": n.now, ":ctime": n.now,
+            ":btime": n.now, ":target": n.target,
+        })?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Writes back every mutable column of `i`.
+    pub fn update_inode(&self, i: &Inode) -> Result<()> {
+        self.conn.prepare_cached(q::INODE_UPDATE)?.execute(named_params! {
+            ":ino": i.ino as i64, ":perm": i.perm, ":uid": i.uid, ":gid": i.gid, ":size": i.size as i64,
+            ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime,
+        })?;
+        Ok(())
+    }
+
+    pub fn delete_inode_row(&self, ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::INODE_DELETE)?
+            .execute(named_params! {":ino": ino as i64})?;
+        self.conn
+            .prepare_cached(q::XATTR_DELETE_ALL)?
+            .execute(named_params! {":ino": ino as i64})?;
+        Ok(())
+    }
+
+    pub fn symlink_target(&self, ino: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::INODE_TARGET)?
+            .query_row(named_params! {":ino": ino as i64}, |r| {
+                r.get::<_, Option<Vec<u8>>>(0)
+            })
+            .optional()?
+            .flatten())
+    }
+
+    pub fn unlinked_inodes(&self) -> Result<Vec<u64>> {
+        let mut s = self.conn.prepare_cached(q::INODE_UNLINKED)?;
+        let rows = s.query_map([], |r| r.get::<_, i64>(0))?;
+        Ok(rows
+            .map(|r| r.map(|v| v as u64))
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ----- directory entries -----
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Inode>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::DENTRY_LOOKUP)?
+            .query_row(
+                named_params! {":parent": parent as i64, ":name": name},
+                |r| Inode::from_row(r, 0),
+            )
+            .optional()?)
+    }
+
+    pub fn list_dir(&self, parent: u64) -> Result<Vec<(Vec<u8>, Inode)>> {
+        let mut s = self.conn.prepare_cached(q::DENTRY_LIST)?;
+        let rows = s.query_map(named_params! {":parent": parent as i64}, |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, Inode::from_row(r, 1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn insert_dentry(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::DENTRY_INSERT)?
+            .execute(named_params! {":parent": parent as i64, ":name": name, ":ino": ino as i64})?;
+        Ok(())
+    }
+
+    pub fn delete_dentry(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::DENTRY_DELETE)?
+            .execute(named_params! {":parent": parent as i64, ":name": name})?;
+        Ok(())
+    }
+
+    pub fn set_dentry_ino(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::DENTRY_SET_INO)?
+            .execute(named_params! {":parent": parent as i64, ":name": name, ":ino": ino as i64})?;
+        Ok(())
+    }
+
+    pub fn dir_has_entries(&self, parent: u64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::DENTRY_ANY)?
+            .query_row(named_params! {":parent": parent as i64}, |r| r.get(0))?)
+    }
+
+    /// One (parent, name) naming `ino`, if any.
+    pub fn parent_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::DENTRY_PARENT)?
+            .query_row(named_params! {":ino": ino as i64}, |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?)
+    }
+
+    // ----- chunks and blobs -----
+
+    pub fn chunks(&self, ino: u64) -> Result<Vec<(u64, ChunkRef)>> {
+        let mut s = self.conn.prepare_cached(q::CHUNK_LIST)?;
+        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                ChunkRef {
+                    hash: hash_of(r.get(1)?)?,
+                    size: r.get(2)?,
+                    data: blob_data(r.get(3)?, r.get(4)?),
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn chunk_hashes(&self, ino: u64) -> Result<Vec<[u8; 32]>> {
+        let mut s = self.conn.prepare_cached(q::CHUNK_HASHES)?;
+        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| hash_of(r.get(0)?))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn set_chunk(&self, ino: u64, idx: u64, hash: &[u8; 32]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::CHUNK_UPSERT)?
+            .execute(named_params! {":ino": ino as i64, ":idx": idx as i64, ":hash": &hash[..]})?;
+        Ok(())
+    }
+
+    pub fn delete_chunks_from(&self, ino: u64, from: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::CHUNK_DELETE_FROM)?
+            .execute(named_params! {":ino": ino as i64, ":from": from as i64})?;
+        Ok(())
+    }
+
+    pub fn delete_all_chunks(&self, ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::CHUNK_DELETE_ALL)?
+            .execute(named_params! {":ino": ino as i64})?;
+        Ok(())
+    }
+
+    /// Size and location of a blob, if it exists.
+    pub fn blob(&self, hash: &[u8; 32]) -> Result<Option<(u32, BlobData)>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::BLOB_GET)?
+            .query_row(named_params! {":hash": &hash[..]}, |r| {
+                Ok((r.get::<_, u32>(0)?, blob_data(r.get(1)?, r.get(2)?)))
+            })
+            .optional()?)
+    }
+
+    /// Inserts a blob with refcount 1.
+    pub fn insert_blob(&self, hash: &[u8; 32], size: u64, data: &BlobData) -> Result<()> {
+        let (loc, inline): (Option<i64>, Option<&[u8]>) = match data {
+            BlobData::Cluster(c) => (Some(*c as i64), None),
+            BlobData::Inline(d) => (None, Some(d)),
+        };
+        self.conn
+            .prepare_cached(q::BLOB_INSERT)?
+            .execute(named_params! {
+                ":hash": &hash[..], ":size": size as i64, ":loc": loc, ":data": inline,
+            })?;
+        Ok(())
+    }
+
+    pub fn incref(&self, hash: &[u8; 32]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::BLOB_INCREF)?
+            .execute(named_params! {":hash": &hash[..]})?;
+        Ok(())
+    }
+
+    /// Drops one reference. When it was the last, deletes the row and returns
+    /// `Some(loc)` (`Some(None)` for an inline blob) so the caller can free the
+    /// clusters after the transaction commits.
+    pub fn decref(&self, hash: &[u8; 32]) -> Result<Option<Option<u32>>> {
+        let row: Option<(i64, Option<i64>)> = self
+            .conn
+            .prepare_cached(q::BLOB_DECREF)?
+            .query_row(named_params! {":hash": &hash[..]}, |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match row {
+            Some((rc, loc)) if rc <= 0 => {
+                self.conn
+                    .prepare_cached(q::BLOB_DELETE)?
+                    .execute(named_params! {":hash": &hash[..]})?;
+                Ok(Some(loc.map(|l| l as u32)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Start clusters of every blob in the container.
+    pub fn blob_locations(&self) -> Result<Vec<u32>> {
+        let mut s = self.conn.prepare_cached(q::BLOB_LOCS)?;
+        let rows = s.query_map([], |r| r.get::<_, i64>(0))?;
+        Ok(rows
+            .map(|r| r.map(|v| v as u32))
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn all_blobs(&self) -> Result<Vec<BlobRow>> {
+        let mut s = self.conn.prepare_cached(q::BLOB_ALL)?;
+        let rows = s.query_map([], |r| {
+            Ok(BlobRow {
+                hash: hash_of(r.get(0)?)?,
+                size: r.get::<_, i64>(1)? as u64,
+                refcount: r.get(2)?,
+                data: blob_data(r.get(3)?, r.get(4)?),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Deletes blob rows nobody references; returns their container chains.
+    pub fn delete_unreferenced_blobs(&self) -> Result<Vec<Option<u32>>> {
+        let rows: Vec<(Vec<u8>, Option<i64>)> = {
+            let mut s = self.conn.prepare_cached(q::BLOB_UNREFERENCED)?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::new();
+        for (hash, loc) in rows {
+            self.conn
+                .prepare_cached(q::BLOB_DELETE)?
+                .execute(named_params! {":hash": hash})?;
+            out.push(loc.map(|l| l as u32));
+        }
+        Ok(out)
+    }
+
+    // ----- xattrs -----
+
+    pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::XATTR_GET)?
+            .query_row(named_params! {":ino": ino as i64, ":name": name}, |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::XATTR_SET)?
+            .execute(named_params! {":ino": ino as i64, ":name": name, ":value": value})?;
+        Ok(())
+    }
+
+    pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+        let mut s = self.conn.prepare_cached(q::XATTR_LIST)?;
+        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Removes one xattr; false if it did not exist.
+    pub fn delete_xattr(&self, ino: u64, name: &[u8]) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::XATTR_DELETE)?
+            .execute(named_params! {":ino": ino as i64, ":name": name})?
+            > 0)
+    }
+
+    // ----- statistics and checks -----
+
+    pub fn stats(&self) -> Result<Stats> {
+        Ok(self.conn.prepare_cached(q::STATS)?.query_row([], |r| {
+            Ok(Stats {
+                files: r.get::<_, i64>(0)? as u64,
+                dirs: r.get::<_, i64>(1)? as u64,
+                logical_bytes: r.get::<_, i64>(2)? as u64,
+                blobs: r.get::<_, i64>(3)? as u64,
+                stored_bytes: r.get::<_, i64>(4)? as u64,
+                inline_bytes: r.get::<_, i64>(5)? as u64,
+            })
+        })?)
+    }
+
+    /// `PRAGMA integrity_check` lines other than "ok".
+    pub fn integrity_problems(&self) -> Result<Vec<String>> {
+        let mut s = self.conn.prepare("PRAGMA integrity_check")?;
+        let rows = s.query_map([], |r| r.get::<_, String>(0))?;
+        let all: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(all.into_iter().filter(|l| l != "ok").collect())
+    }
+
+    /// Text descriptions of every cross-table inconsistency.
+    pub fn consistency_problems(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        {
+            let mut s = self.conn.prepare_cached(q::BLOB_REFCOUNT_MISMATCH)?;
+            let rows = s.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (h, rc, n) = row?;
+                out.push(format!(
+                    "blob {} has refcount {rc} but {n} chunk references",
+                    hex(&h)
+                ));
+            }
+        }
+        {
+            let mut s = self.conn.prepare_cached(q::CHUNK_MISSING_BLOB)?;
+            let rows = s.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (ino, idx) = row?;
+                out.push(format!(
+                    "inode {ino} chunk {idx} names a blob that does not exist"
+                ));
+            }
+        }
+        {
+            let mut s = self.conn.prepare_cached(q::CHUNK_ORPHAN)?;
+            let rows = s.query_map([], |r| r.get::<_, i64>(0))?;
+            for row in rows {
+                out.push(format!(
+                    "chunks belong to inode {} which does not exist",
+                    row?
+                ));
+            }
+        }
+        {
+            let mut s = self.conn.prepare_cached(q::DENTRY_ORPHAN)?;
+            let rows = s.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (p, n, i) = row?;
+                out.push(format!(
+                    "entry {:?} in inode {p} names inode {i}, but one of them is missing or not a directory",
+                    String::from_utf8_lossy(&n)
+                ));
+            }
+        }
+        {
+            let mut s = self.conn.prepare_cached(q::NLINK_MISMATCH)?;
+            let rows = s.query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (ino, nlink, names, subdirs) = row?;
+                if nlink == 0 && names == 0 {
+                    continue; // unlinked but open at the crash: gc reclaims it
+                }
+                out.push(format!(
+                    "inode {ino} has nlink {nlink} but {names} names and {subdirs} subdirectories"
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+    }
+
+    #[test]
+    fn every_statement_prepares() {
+        let m = Meta::open_in_memory().unwrap();
+        for (name, sql) in queries::ALL {
+            m.conn
+                .prepare(sql)
+                .unwrap_or_else(|e| panic!("queries/meta/{name}.sql: {e}"));
+        }
+    }
+
+    #[test]
+    fn refcounts_and_rollback() {
+        let m = Meta::open_in_memory().unwrap();
+        let h = [7u8; 32];
+        m.write::<_, MetaError>(|t| t.insert_blob(&h, 3, &BlobData::Inline(vec![1, 2, 3])))
+            .unwrap();
+        m.incref(&h).unwrap();
+        assert_eq!(m.decref(&h).unwrap(), None);
+        assert_eq!(m.decref(&h).unwrap(), Some(None));
+        assert!(m.blob(&h).unwrap().is_none());
+        // A failed transaction leaves nothing behind.
+        let r: std::result::Result<(), MetaError> = m.write(|t| {
+            t.insert_blob(&h, 3, &BlobData::Cluster(5))?;
+            Err(MetaError::Sql(rusqlite::Error::InvalidQuery))
+        });
+        assert!(r.is_err());
+        assert!(m.blob(&h).unwrap().is_none());
+    }
+}
