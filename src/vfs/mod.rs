@@ -1,0 +1,1367 @@
+//! The filesystem core: protocol-neutral operations over the store.
+//!
+//! FUSE and the offline CLI both drive this module; it knows nothing of
+//! either. It owns the open-file table, the handle table and the write
+//! buffers.
+//!
+//! # Files, chunks and write buffering
+//! A file is a sequence of chunks of `chunk_size` bytes (64 KiB by default);
+//! chunk `i` is a BLAKE3-named blob, stored once whatever the number of files
+//! and positions that hold it. Writes go to per-file dirty chunk buffers and
+//! are committed (hashed, stored, indexed in one SQLite transaction) when the
+//! buffers pass `dirty_limit`, on `flush` (every `close`), on `fsync`, and on
+//! the last `release`.
+//!
+//! # Durability protocol
+//! 1. New blob bytes go to newly allocated clusters (blobs are immutable).
+//! 2. Before a transaction that references new clusters commits, the
+//!    container is synced (data, then FAT).
+//! 3. Clusters are freed only after the transaction that dropped their last
+//!    reference has committed.
+//! 4. `fsync` commits the file's buffers and then runs a durable barrier
+//!    (a `synchronous=FULL` commit that syncs the WAL).
+//!
+//! So `close` returning means the data is committed: it survives a crash or
+//! kill of the queryfs process; `fsync` returning means it also survives a
+//! crash of the machine. A crash between steps leaves only orphan clusters,
+//! which opening the store for writing reclaims.
+//!
+//! # Locking
+//! Order: a file's data lock, then the metadata lock; the open-file and
+//! handle tables are leaf locks held only for map operations. Reads hold
+//! their file's data lock shared for the whole read, so a concurrent flush of
+//! that file cannot free the clusters under them.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{FsError, Result};
+use crate::meta::{kind, BlobData, ChunkRef, Inode, Meta, NewInode};
+use crate::qvfs::Container;
+
+/// Longest name of one directory entry, in bytes.
+pub const NAME_MAX: usize = 255;
+/// Longest xattr value.
+pub const XATTR_VALUE_MAX: usize = 64 * 1024;
+/// Largest file (what SQLite's i64 sizes and chunk indexes allow, with room).
+pub const FILE_MAX: u64 = 1 << 50;
+/// The root directory's inode number.
+pub const ROOT: u64 = 1;
+
+/// Tuning of the core, chosen from measurements (see BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Blobs up to this size live inline in SQLite instead of the container.
+    pub inline_max: usize,
+    /// Commit a file's buffers when they hold more than this.
+    pub dirty_limit: usize,
+    /// A reader beside another process that may write: blob bytes are
+    /// checked against their hash (their clusters could have been reused),
+    /// and nothing is committed.
+    pub read_only: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            inline_max: 4096,
+            dirty_limit: 64 << 20,
+            read_only: false,
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
+    /// The calling process's own ids.
+    pub fn current() -> Caller {
+        // SAFETY: getuid/getgid cannot fail.
+        unsafe {
+            Caller {
+                uid: libc::geteuid(),
+                gid: libc::getegid(),
+            }
+        }
+    }
+}
+
+/// A time to set.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(i64),
+}
+
+/// Attribute changes of `setattr`.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    pub ctime: Option<i64>,
+}
+
+/// One directory listing entry.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub attr: Inode,
+}
+
+/// What `statfs` reports.
+#[derive(Debug, Clone, Default)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks a name for one directory entry.
+pub fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." {
+        return Err(FsError::Invalid(format!(
+            "{:?} is not a valid name",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid("a name cannot contain '/' or NUL".into()));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct FileData {
+    /// Committed chunks, by index.
+    chunks: HashMap<u64, ChunkRef>,
+    /// Chunks written but not committed, by index. A buffer may be shorter
+    /// than the chunk; the rest reads as zeros.
+    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty_bytes: usize,
+    /// Committed chunks from this index on were cut off by a truncate.
+    drop_from: Option<u64>,
+    dropped: Vec<[u8; 32]>,
+    /// Size or times changed and not committed.
+    meta_dirty: bool,
+    size: u64,
+    mtime: i64,
+}
+
+/// State of a regular file while at least one handle has it open.
+struct OpenFile {
+    ino: u64,
+    opens: AtomicU32,
+    /// Mirrors of `data.size` / `data.mtime`, readable without the data lock.
+    size: AtomicU64,
+    mtime: AtomicI64,
+    data: RwLock<FileData>,
+}
+
+enum Handle {
+    File(Arc<OpenFile>),
+    Dir(Arc<Vec<DirEntry>>),
+}
+
+/// The filesystem core over one store.
+pub struct Fs {
+    meta: Mutex<Meta>,
+    blobs: Arc<Container>,
+    chunk_size: u64,
+    tuning: Tuning,
+    open: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// A folder on the disk holding the store, for `statfs`.
+    statfs_dir: Option<PathBuf>,
+}
+
+impl Fs {
+    /// Builds the core over an opened database and container.
+    pub fn new(
+        meta: Meta,
+        blobs: Arc<Container>,
+        chunk_size: u64,
+        tuning: Tuning,
+        statfs_dir: Option<PathBuf>,
+    ) -> Fs {
+        Fs {
+            meta: Mutex::new(meta),
+            blobs,
+            chunk_size,
+            tuning,
+            open: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            statfs_dir,
+        }
+    }
+
+    /// The metadata connection (for the store's own checks and statistics).
+    pub fn meta(&self) -> MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The blob container.
+    pub fn container(&self) -> &Arc<Container> {
+        &self.blobs
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// Runs `f` in a write transaction, then frees the clusters it released.
+    fn tx<T>(&self, f: impl FnOnce(&Meta, &mut Vec<u32>) -> Result<T>) -> Result<T> {
+        let mut frees = Vec::new();
+        let v = self.meta().write(|m| f(m, &mut frees))?;
+        self.free_clusters(&frees);
+        Ok(v)
+    }
+
+    fn free_clusters(&self, frees: &[u32]) {
+        for &loc in frees {
+            if let Err(e) = self.blobs.free_chain(loc) {
+                // The blob row is gone; the clusters become orphans that gc reclaims.
+                tracing::warn!("could not free cluster chain {loc}: {e}");
+            }
+        }
+    }
+
+    fn new_fh(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, h);
+        fh
+    }
+
+    /// Applies the size and mtime of an open file's uncommitted state.
+    fn overlay(&self, mut attr: Inode) -> Inode {
+        if attr.kind == kind::FILE {
+            if let Some(of) = self.open.lock().unwrap().get(&attr.ino) {
+                attr.size = of.size.load(Ordering::Acquire);
+                let m = of.mtime.load(Ordering::Acquire);
+                if m > attr.mtime {
+                    attr.mtime = m;
+                    attr.ctime = attr.ctime.max(m);
+                }
+            }
+        }
+        attr
+    }
+
+    fn inode(&self, m: &Meta, ino: u64) -> Result<Inode> {
+        m.inode(ino)?.ok_or(FsError::NotFound)
+    }
+
+    fn dir(&self, m: &Meta, ino: u64) -> Result<Inode> {
+        let d = self.inode(m, ino)?;
+        if !d.is_dir() {
+            return Err(FsError::NotDir);
+        }
+        Ok(d)
+    }
+
+    // ----- names -----
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let attr = {
+            let m = self.meta();
+            self.dir(&m, parent)?;
+            m.lookup(parent, name)?.ok_or(FsError::NotFound)?
+        };
+        Ok(self.overlay(attr))
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Inode> {
+        let attr = self.inode(&self.meta(), ino)?;
+        Ok(self.overlay(attr))
+    }
+
+    /// Resolves a path relative to the root ("/a/b" or "a/b").
+    pub fn resolve(&self, path: &str) -> Result<Inode> {
+        let mut cur = self.getattr(ROOT)?;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            if part == ".." {
+                let parent = self
+                    .meta()
+                    .parent_of(cur.ino)?
+                    .map(|(p, _)| p)
+                    .unwrap_or(ROOT);
+                cur = self.getattr(parent)?;
+                continue;
+            }
+            if !cur.is_dir() {
+                return Err(FsError::NotDir);
+            }
+            cur = self.lookup(cur.ino, part.as_bytes())?;
+        }
+        Ok(cur)
+    }
+
+    /// The path of an inode (one of its names), for messages and listings.
+    pub fn path_of(&self, ino: u64) -> Result<String> {
+        let m = self.meta();
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        let mut steps = 0;
+        while cur != ROOT {
+            let (p, name) = m.parent_of(cur)?.ok_or(FsError::NotFound)?;
+            parts.push(String::from_utf8_lossy(&name).into_owned());
+            cur = p;
+            steps += 1;
+            if steps > 4096 {
+                return Err(FsError::Corrupt(format!("inode {ino}: parent chain loops")));
+            }
+        }
+        parts.reverse();
+        Ok(format!("/{}", parts.join("/")))
+    }
+
+    // ----- creating -----
+
+    fn new_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> Result<Inode> {
+        check_name(name)?;
+        let now = now_ns();
+        self.tx(|m, _| {
+            let mut p = self.dir(m, parent)?;
+            if m.lookup(parent, name)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            let k = mode & libc::S_IFMT;
+            let mut perm = mode & 0o7777;
+            // BSD group semantics under a set-group-id directory.
+            let gid = if p.perm & libc::S_ISGID != 0 {
+                if k == kind::DIR {
+                    perm |= libc::S_ISGID;
+                }
+                p.gid
+            } else {
+                caller.gid
+            };
+            let ino = m.insert_inode(&NewInode {
+                kind: k,
+                perm,
+                uid: caller.uid,
+                gid,
+                rdev,
+                nlink: if k == kind::DIR { 2 } else { 1 },
+                now,
+                target,
+            })?;
+            m.insert_dentry(parent, name, ino)?;
+            if k == kind::DIR {
+                p.nlink += 1;
+            }
+            p.mtime = now;
+            p.ctime = now;
+            m.update_inode(&p)?;
+            self.inode(m, ino)
+        })
+    }
+
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Inode> {
+        let k = mode & libc::S_IFMT;
+        let k = if k == 0 { kind::FILE } else { k };
+        if ![
+            kind::FILE,
+            kind::FIFO,
+            kind::SOCKET,
+            kind::CHAR,
+            kind::BLOCK,
+        ]
+        .contains(&k)
+        {
+            return Err(FsError::Invalid(
+                "mknod makes files, FIFOs, sockets and devices".into(),
+            ));
+        }
+        self.new_node(parent, name, k | (mode & 0o7777), rdev, None, caller)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Inode> {
+        self.new_node(parent, name, kind::DIR | (perm & 0o7777), 0, None, caller)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Inode> {
+        if target.is_empty() || target.len() > 4095 {
+            return Err(FsError::Invalid(
+                "a symlink target is 1 to 4095 bytes".into(),
+            ));
+        }
+        self.new_node(parent, name, kind::SYMLINK | 0o777, 0, Some(target), caller)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let m = self.meta();
+        let i = self.inode(&m, ino)?;
+        if i.kind != kind::SYMLINK {
+            return Err(FsError::Invalid("not a symbolic link".into()));
+        }
+        m.symlink_target(ino)?
+            .ok_or(FsError::Corrupt(format!("symlink {ino} has no target")))
+    }
+
+    /// Creates a regular file and opens it.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+    ) -> Result<(Inode, u64)> {
+        let attr = self.new_node(parent, name, kind::FILE | (perm & 0o7777), 0, None, caller)?;
+        let fh = self.open(attr.ino)?;
+        Ok((attr, fh))
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Inode> {
+        check_name(newname)?;
+        let now = now_ns();
+        let attr = self.tx(|m, _| {
+            let mut i = self.inode(m, ino)?;
+            if i.is_dir() {
+                return Err(FsError::NotPermitted);
+            }
+            if i.nlink == 0 {
+                return Err(FsError::NotFound);
+            }
+            if i.nlink >= 65000 {
+                return Err(FsError::TooManyLinks);
+            }
+            let mut p = self.dir(m, newparent)?;
+            if m.lookup(newparent, newname)?.is_some() {
+                return Err(FsError::Exists);
+            }
+            m.insert_dentry(newparent, newname, ino)?;
+            i.nlink += 1;
+            i.ctime = now;
+            m.update_inode(&i)?;
+            p.mtime = now;
+            p.ctime = now;
+            m.update_inode(&p)?;
+            Ok(i)
+        })?;
+        Ok(self.overlay(attr))
+    }
+
+    // ----- removing -----
+
+    /// Deletes an inode's content, xattrs and row. Its clusters go to `frees`.
+    fn purge(&self, m: &Meta, ino: u64, frees: &mut Vec<u32>) -> Result<()> {
+        for h in m.chunk_hashes(ino)? {
+            if let Some(Some(loc)) = m.decref(&h)? {
+                frees.push(loc);
+            }
+        }
+        m.delete_all_chunks(ino)?;
+        m.delete_inode_row(ino)?;
+        Ok(())
+    }
+
+    /// Drops one name of a non-directory; deletes it when it was the last
+    /// name and nobody has it open.
+    fn drop_link(&self, m: &Meta, mut i: Inode, now: i64, frees: &mut Vec<u32>) -> Result<()> {
+        i.nlink = i.nlink.saturating_sub(1);
+        i.ctime = now;
+        if i.nlink == 0 && !self.open.lock().unwrap().contains_key(&i.ino) {
+            self.purge(m, i.ino, frees)
+        } else {
+            // Still named elsewhere, or open: the last release deletes it.
+            Ok(m.update_inode(&i)?)
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let now = now_ns();
+        self.tx(|m, frees| {
+            let mut p = self.dir(m, parent)?;
+            let i = m.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+            if i.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            m.delete_dentry(parent, name)?;
+            p.mtime = now;
+            p.ctime = now;
+            m.update_inode(&p)?;
+            self.drop_link(m, i, now, frees)
+        })
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(FsError::Invalid("cannot remove '.'".into()));
+        }
+        if name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        let now = now_ns();
+        self.tx(|m, frees| {
+            let mut p = self.dir(m, parent)?;
+            let d = m.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+            if !d.is_dir() {
+                return Err(FsError::NotDir);
+            }
+            if m.dir_has_entries(d.ino)? {
+                return Err(FsError::NotEmpty);
+            }
+            m.delete_dentry(parent, name)?;
+            p.nlink = p.nlink.saturating_sub(1);
+            p.mtime = now;
+            p.ctime = now;
+            m.update_inode(&p)?;
+            self.purge(m, d.ino, frees)
+        })
+    }
+
+    /// True when `ino` is `ancestor` or lies below it.
+    fn is_within(&self, m: &Meta, mut ino: u64, ancestor: u64) -> Result<bool> {
+        let mut steps = 0;
+        loop {
+            if ino == ancestor {
+                return Ok(true);
+            }
+            if ino == ROOT {
+                return Ok(false);
+            }
+            match m.parent_of(ino)? {
+                Some((p, _)) => ino = p,
+                None => return Ok(false),
+            }
+            steps += 1;
+            if steps > 1 << 16 {
+                return Err(FsError::Corrupt("directory parents loop".into()));
+            }
+        }
+    }
+
+    /// rename(2), with RENAME_NOREPLACE and RENAME_EXCHANGE.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        check_name(newname)?;
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
+        {
+            return Err(FsError::Invalid("unsupported rename flags".into()));
+        }
+        let now = now_ns();
+        self.tx(|m, frees| {
+            self.dir(m, parent)?;
+            self.dir(m, newparent)?;
+            let mut src = m.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+            let dst = m.lookup(newparent, newname)?;
+            if exchange {
+                let mut dst = dst.ok_or(FsError::NotFound)?;
+                if src.is_dir() && self.is_within(m, newparent, src.ino)? {
+                    return Err(FsError::Invalid(
+                        "cannot move a directory into itself".into(),
+                    ));
+                }
+                if dst.is_dir() && self.is_within(m, parent, dst.ino)? {
+                    return Err(FsError::Invalid(
+                        "cannot move a directory into itself".into(),
+                    ));
+                }
+                m.set_dentry_ino(parent, name, dst.ino)?;
+                m.set_dentry_ino(newparent, newname, src.ino)?;
+                if parent != newparent && src.is_dir() != dst.is_dir() {
+                    let (mut gains, mut loses) =
+                        (self.inode(m, parent)?, self.inode(m, newparent)?);
+                    if src.is_dir() {
+                        std::mem::swap(&mut gains, &mut loses);
+                    }
+                    gains.nlink += 1;
+                    loses.nlink = loses.nlink.saturating_sub(1);
+                    m.update_inode(&gains)?;
+                    m.update_inode(&loses)?;
+                }
+                src.ctime = now;
+                dst.ctime = now;
+                m.update_inode(&src)?;
+                m.update_inode(&dst)?;
+            } else {
+                if let Some(d) = dst {
+                    if noreplace {
+                        return Err(FsError::Exists);
+                    }
+                    if d.ino == src.ino {
+                        return Ok(()); // two names of one file: nothing to do
+                    }
+                    match (src.is_dir(), d.is_dir()) {
+                        (true, false) => return Err(FsError::NotDir),
+                        (false, true) => return Err(FsError::IsDir),
+                        _ => {}
+                    }
+                    if src.is_dir() && self.is_within(m, newparent, src.ino)? {
+                        return Err(FsError::Invalid(
+                            "cannot move a directory into itself".into(),
+                        ));
+                    }
+                    if d.is_dir() {
+                        if m.dir_has_entries(d.ino)? {
+                            return Err(FsError::NotEmpty);
+                        }
+                        m.delete_dentry(newparent, newname)?;
+                        let mut np = self.inode(m, newparent)?;
+                        np.nlink = np.nlink.saturating_sub(1);
+                        m.update_inode(&np)?;
+                        self.purge(m, d.ino, frees)?;
+                    } else {
+                        m.delete_dentry(newparent, newname)?;
+                        self.drop_link(m, d, now, frees)?;
+                    }
+                } else if src.is_dir() && self.is_within(m, newparent, src.ino)? {
+                    return Err(FsError::Invalid(
+                        "cannot move a directory into itself".into(),
+                    ));
+                }
+                m.delete_dentry(parent, name)?;
+                m.insert_dentry(newparent, newname, src.ino)?;
+                if src.is_dir() && parent != newparent {
+                    let mut op = self.inode(m, parent)?;
+                    op.nlink = op.nlink.saturating_sub(1);
+                    m.update_inode(&op)?;
+                    let mut np = self.inode(m, newparent)?;
+                    np.nlink += 1;
+                    m.update_inode(&np)?;
+                }
+                src = self.inode(m, src.ino)?;
+                src.ctime = now;
+                m.update_inode(&src)?;
+            }
+            for p in [parent, newparent] {
+                let mut d = self.inode(m, p)?;
+                d.mtime = now;
+                d.ctime = now;
+                m.update_inode(&d)?;
+            }
+            Ok(())
+        })
+    }
+
+    // ----- attributes -----
+
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Inode> {
+        let now = now_ns();
+        if let Some(size) = set.size {
+            if size > FILE_MAX {
+                return Err(FsError::TooBig);
+            }
+        }
+        // The open state of the file, held for the whole change: a truncate
+        // needs it, and pending writes must be committed first so that their
+        // mtime cannot override the one being set.
+        let of = match set.size {
+            Some(_) => Some(self.acquire(ino)?),
+            None => self.open.lock().unwrap().get(&ino).cloned().inspect(|o| {
+                o.opens.fetch_add(1, Ordering::AcqRel);
+            }),
+        };
+        let result = (|| {
+            let mut guard = of.as_ref().map(|o| o.data.write().unwrap());
+            if let (Some(o), Some(st)) = (&of, guard.as_mut()) {
+                if let Some(size) = set.size {
+                    self.truncate_locked(o, st, size, now);
+                }
+                self.commit_locked(o, st)?;
+            }
+            let attr = self.tx(|m, _| {
+                let mut i = self.inode(m, ino)?;
+                if let Some(mode) = set.mode {
+                    i.perm = mode & 0o7777;
+                }
+                if let Some(uid) = set.uid {
+                    i.uid = uid;
+                }
+                if let Some(gid) = set.gid {
+                    i.gid = gid;
+                }
+                let t = |s: SetTime| match s {
+                    SetTime::Now => now,
+                    SetTime::At(v) => v,
+                };
+                if let Some(a) = set.atime {
+                    i.atime = t(a);
+                }
+                if let Some(mt) = set.mtime {
+                    i.mtime = t(mt);
+                }
+                i.ctime = set.ctime.unwrap_or(now);
+                m.update_inode(&i)?;
+                Ok(i)
+            })?;
+            if let (Some(o), Some(st)) = (&of, guard.as_mut()) {
+                st.mtime = attr.mtime;
+                o.mtime.store(attr.mtime, Ordering::Release);
+            }
+            Ok(attr)
+        })();
+        if let Some(o) = of {
+            self.release_file(o)?;
+        }
+        result.map(|a| self.overlay(a))
+    }
+
+    pub fn access(&self, ino: u64, mask: i32, caller: Caller) -> Result<()> {
+        let i = self.getattr(ino)?;
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        let bits = if caller.uid == 0 {
+            // Root may read and write anything, and execute what anyone may.
+            let x = if i.is_dir() || i.perm & 0o111 != 0 {
+                1
+            } else {
+                0
+            };
+            6 | x
+        } else if caller.uid == i.uid {
+            (i.perm >> 6) & 7
+        } else if caller.gid == i.gid {
+            (i.perm >> 3) & 7
+        } else {
+            i.perm & 7
+        };
+        if (mask as u32) & !bits & 7 != 0 {
+            return Err(FsError::Access);
+        }
+        Ok(())
+    }
+
+    // ----- xattrs (`user.*` only) -----
+
+    fn check_xattr_name(name: &[u8]) -> Result<()> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::Range);
+        }
+        if !name.starts_with(b"user.") || name.len() == 5 {
+            return Err(FsError::NotSupported);
+        }
+        Ok(())
+    }
+
+    /// flags: XATTR_CREATE (1) fails if it exists, XATTR_REPLACE (2) if not.
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        Self::check_xattr_name(name)?;
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(FsError::Range);
+        }
+        let now = now_ns();
+        self.tx(|m, _| {
+            let mut i = self.inode(m, ino)?;
+            let exists = m.xattr(ino, name)?.is_some();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(FsError::Exists);
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(FsError::NoAttr);
+            }
+            m.set_xattr(ino, name, value)?;
+            i.ctime = now;
+            m.update_inode(&i)?;
+            Ok(())
+        })
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        if !name.starts_with(b"user.") {
+            return Err(FsError::NoAttr);
+        }
+        let m = self.meta();
+        self.inode(&m, ino)?;
+        m.xattr(ino, name)?.ok_or(FsError::NoAttr)
+    }
+
+    /// Names, each followed by NUL, as listxattr(2) returns them.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let m = self.meta();
+        self.inode(&m, ino)?;
+        let mut out = Vec::new();
+        for n in m.xattr_names(ino)? {
+            out.extend_from_slice(&n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        Self::check_xattr_name(name).map_err(|e| match e {
+            FsError::NotSupported => FsError::NoAttr,
+            e => e,
+        })?;
+        let now = now_ns();
+        self.tx(|m, _| {
+            let mut i = self.inode(m, ino)?;
+            if !m.delete_xattr(ino, name)? {
+                return Err(FsError::NoAttr);
+            }
+            i.ctime = now;
+            m.update_inode(&i)?;
+            Ok(())
+        })
+    }
+
+    // ----- directories -----
+
+    /// Opens a directory: the listing is a snapshot taken now, with `.` and
+    /// `..` first, so offsets stay valid whatever changes meanwhile.
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let entries = {
+            let m = self.meta();
+            let d = self.dir(&m, ino)?;
+            let parent = match m.parent_of(ino)? {
+                Some((p, _)) if ino != ROOT => self.inode(&m, p)?,
+                _ => d.clone(),
+            };
+            let mut v = vec![
+                DirEntry {
+                    name: b".".to_vec(),
+                    attr: d,
+                },
+                DirEntry {
+                    name: b"..".to_vec(),
+                    attr: parent,
+                },
+            ];
+            for (name, attr) in m.list_dir(ino)? {
+                v.push(DirEntry { name, attr });
+            }
+            v
+        };
+        let entries = entries.into_iter().map(|mut e| {
+            e.attr = self.overlay(e.attr);
+            e
+        });
+        Ok(self.new_fh(Handle::Dir(Arc::new(entries.collect()))))
+    }
+
+    /// The snapshot of an open directory.
+    pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
+        match self.handles.lock().unwrap().get(&fh) {
+            Some(Handle::Dir(v)) => Ok(v.clone()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) -> Result<()> {
+        self.handles.lock().unwrap().remove(&fh);
+        Ok(())
+    }
+
+    /// Lists a directory in one go (offline use).
+    pub fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let fh = self.opendir(ino)?;
+        let v = self.dir_entries(fh)?;
+        self.releasedir(fh)?;
+        Ok(v.iter().skip(2).cloned().collect())
+    }
+
+    // ----- open files -----
+
+    /// Gets the open state of `ino`, loading it on first open; counts one open.
+    fn acquire(&self, ino: u64) -> Result<Arc<OpenFile>> {
+        if let Some(of) = self.open.lock().unwrap().get(&ino) {
+            of.opens.fetch_add(1, Ordering::AcqRel);
+            return Ok(of.clone());
+        }
+        // Load outside the table lock, then insert unless someone beat us.
+        let (attr, chunks) = {
+            let m = self.meta();
+            let a = self.inode(&m, ino)?;
+            if a.is_dir() {
+                return Err(FsError::IsDir);
+            }
+            if a.kind != kind::FILE {
+                return Err(FsError::Invalid("only regular files hold data".into()));
+            }
+            let c = m.chunks(ino)?;
+            (a, c)
+        };
+        let mut table = self.open.lock().unwrap();
+        let of = table.entry(ino).or_insert_with(|| {
+            Arc::new(OpenFile {
+                ino,
+                opens: AtomicU32::new(0),
+                size: AtomicU64::new(attr.size),
+                mtime: AtomicI64::new(attr.mtime),
+                data: RwLock::new(FileData {
+                    chunks: chunks.into_iter().collect(),
+                    size: attr.size,
+                    mtime: attr.mtime,
+                    ..Default::default()
+                }),
+            })
+        });
+        of.opens.fetch_add(1, Ordering::AcqRel);
+        Ok(of.clone())
+    }
+
+    /// Commits the file and drops one open; the last one forgets the state
+    /// and deletes the file if it has no name left.
+    fn release_file(&self, of: Arc<OpenFile>) -> Result<()> {
+        let r = {
+            let mut st = of.data.write().unwrap();
+            self.commit_locked(&of, &mut st)
+        };
+        let last = {
+            let mut table = self.open.lock().unwrap();
+            if of.opens.fetch_sub(1, Ordering::AcqRel) == 1 {
+                table.remove(&of.ino);
+                true
+            } else {
+                false
+            }
+        };
+        if last {
+            let ino = of.ino;
+            self.tx(|m, frees| {
+                if let Some(i) = m.inode(ino)? {
+                    if i.nlink == 0 {
+                        self.purge(m, ino, frees)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        r
+    }
+
+    pub fn open(&self, ino: u64) -> Result<u64> {
+        let of = self.acquire(ino)?;
+        Ok(self.new_fh(Handle::File(of)))
+    }
+
+    fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        match self.handles.lock().unwrap().get(&fh) {
+            Some(Handle::File(of)) => Ok(of.clone()),
+            _ => Err(FsError::BadHandle),
+        }
+    }
+
+    /// Content of committed chunk `c` into `out`, from byte `from` of the chunk.
+    fn read_chunk(&self, c: &ChunkRef, from: usize, out: &mut [u8]) -> Result<()> {
+        let have = (c.size as usize).saturating_sub(from).min(out.len());
+        match &c.data {
+            BlobData::Inline(d) => {
+                let avail = d.len().saturating_sub(from).min(have);
+                out[..avail].copy_from_slice(&d[from..from + avail]);
+                out[avail..].fill(0);
+            }
+            BlobData::Cluster(loc) if self.tuning.read_only => {
+                let mut whole = vec![0u8; c.size as usize];
+                self.blobs.read_chain(*loc, 0, &mut whole)?;
+                if blake3::hash(&whole).as_bytes() != &c.hash {
+                    return Err(FsError::Corrupt(format!(
+                        "blob {} changed under the reader (the store is busy); try again",
+                        crate::meta::hex(&c.hash[..8])
+                    )));
+                }
+                out[..have].copy_from_slice(&whole[from..from + have]);
+                out[have..].fill(0);
+            }
+            BlobData::Cluster(loc) => {
+                if have > 0 {
+                    self.blobs.read_chain(*loc, from as u64, &mut out[..have])?;
+                }
+                out[have..].fill(0);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let of = self.file(fh)?;
+        let st = of.data.read().unwrap();
+        if offset >= st.size {
+            return Ok(Vec::new());
+        }
+        let end = (offset + size as u64).min(st.size);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let cs = self.chunk_size;
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / cs;
+            let within = (pos % cs) as usize;
+            let n = ((cs - within as u64).min(end - pos)) as usize;
+            let dst = &mut out[(pos - offset) as usize..(pos - offset) as usize + n];
+            if let Some(buf) = st.dirty.get(&idx) {
+                let avail = buf.len().saturating_sub(within).min(n);
+                dst[..avail].copy_from_slice(&buf[within..within + avail]);
+                dst[avail..].fill(0);
+            } else if let Some(c) = st.chunks.get(&idx) {
+                self.read_chunk(c, within, dst)?;
+            } // else: a hole, already zeros
+            pos += n as u64;
+        }
+        Ok(out)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let of = self.file(fh)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::TooBig)?;
+        if end > FILE_MAX {
+            return Err(FsError::TooBig);
+        }
+        let mut st = of.data.write().unwrap();
+        let cs = self.chunk_size;
+        let mut pos = offset;
+        while pos < end {
+            let idx = pos / cs;
+            let within = (pos % cs) as usize;
+            let n = ((cs - within as u64).min(end - pos)) as usize;
+            let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
+            if !st.dirty.contains_key(&idx) {
+                // Start from the committed chunk unless the write covers it all.
+                let mut buf = Vec::new();
+                if !(within == 0 && n as u64 == cs) {
+                    if let Some(c) = st.chunks.get(&idx) {
+                        buf = vec![0u8; c.size as usize];
+                        self.read_chunk(c, 0, &mut buf)?;
+                    }
+                }
+                st.dirty_bytes += cs as usize;
+                st.dirty.insert(idx, buf);
+            }
+            let buf = st.dirty.get_mut(&idx).unwrap();
+            if buf.len() < within + n {
+                buf.resize(within + n, 0);
+            }
+            buf[within..within + n].copy_from_slice(src);
+            pos += n as u64;
+        }
+        let now = now_ns();
+        st.size = st.size.max(end);
+        st.mtime = now;
+        st.meta_dirty = true;
+        of.size.store(st.size, Ordering::Release);
+        of.mtime.store(now, Ordering::Release);
+        if st.dirty_bytes >= self.tuning.dirty_limit {
+            self.commit_locked(&of, &mut st)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    fn truncate_locked(&self, of: &OpenFile, st: &mut FileData, size: u64, now: i64) {
+        let cs = self.chunk_size;
+        if size < st.size {
+            let keep = size.div_ceil(cs);
+            let cut: Vec<u64> = st.chunks.keys().copied().filter(|&i| i >= keep).collect();
+            for i in cut {
+                let c = st.chunks.remove(&i).unwrap();
+                st.dropped.push(c.hash);
+            }
+            st.drop_from = Some(st.drop_from.map_or(keep, |d| d.min(keep)));
+            let removed: Vec<u64> = st.dirty.range(keep..).map(|(&k, _)| k).collect();
+            for k in removed {
+                st.dirty.remove(&k);
+                st.dirty_bytes = st.dirty_bytes.saturating_sub(cs as usize);
+            }
+            let tail = (size % cs) as usize;
+            if tail != 0 {
+                let idx = size / cs;
+                if let Some(buf) = st.dirty.get_mut(&idx) {
+                    buf.truncate(tail);
+                } else if let Some(c) = st.chunks.get(&idx) {
+                    if c.size as usize > tail {
+                        let mut buf = vec![0u8; tail];
+                        // On a read error the chunk reads as zeros from here on.
+                        if self.read_chunk(c, 0, &mut buf).is_err() {
+                            buf.fill(0);
+                        }
+                        st.dirty.insert(idx, buf);
+                        st.dirty_bytes += cs as usize;
+                    }
+                }
+            }
+        }
+        st.size = size;
+        st.mtime = now;
+        st.meta_dirty = true;
+        of.size.store(size, Ordering::Release);
+        of.mtime.store(now, Ordering::Release);
+    }
+
+    /// Commits a file's buffers: hash, store new blobs, one transaction.
+    fn commit_locked(&self, of: &OpenFile, st: &mut FileData) -> Result<()> {
+        if st.dirty.is_empty() && !st.meta_dirty && st.drop_from.is_none() {
+            return Ok(());
+        }
+        if self.tuning.read_only {
+            return Err(FsError::Invalid("the store is open read-only".into()));
+        }
+        let items: Vec<(u64, [u8; 32])> = st
+            .dirty
+            .iter()
+            .map(|(&idx, buf)| (idx, *blake3::hash(buf).as_bytes()))
+            .collect();
+        // Which blobs are new? Store those before the transaction.
+        let known: HashSet<[u8; 32]> = {
+            let m = self.meta();
+            let mut k = HashSet::new();
+            for (_, h) in &items {
+                if m.blob(h)?.is_some() {
+                    k.insert(*h);
+                }
+            }
+            k
+        };
+        let mut fresh: HashMap<[u8; 32], BlobData> = HashMap::new();
+        let mut written = Vec::new();
+        let store = (|| -> Result<()> {
+            for (idx, h) in &items {
+                if known.contains(h) || fresh.contains_key(h) {
+                    continue;
+                }
+                let buf = &st.dirty[idx];
+                let d = if buf.len() <= self.tuning.inline_max {
+                    BlobData::Inline(buf.clone())
+                } else {
+                    let loc = self.blobs.write_chain(buf)?;
+                    written.push(loc);
+                    BlobData::Cluster(loc)
+                };
+                fresh.insert(*h, d);
+            }
+            if !written.is_empty() {
+                self.blobs.sync()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = store {
+            self.free_clusters(&written);
+            return Err(e);
+        }
+        let ino = of.ino;
+        let mut used: HashSet<[u8; 32]> = HashSet::new();
+        let result = self.tx(|m, frees| {
+            if st.drop_from.is_some() || !st.dropped.is_empty() {
+                for h in &st.dropped {
+                    if let Some(Some(loc)) = m.decref(h)? {
+                        frees.push(loc);
+                    }
+                }
+                if let Some(from) = st.drop_from {
+                    m.delete_chunks_from(ino, from)?;
+                }
+            }
+            let mut resolved = Vec::with_capacity(items.len());
+            for (idx, h) in &items {
+                let old = st.chunks.get(idx).map(|c| c.hash);
+                if old == Some(*h) {
+                    continue;
+                }
+                let size = st.dirty[idx].len() as u32;
+                let data = match m.blob(h)? {
+                    Some((_, d)) => {
+                        m.incref(h)?;
+                        d
+                    }
+                    None => {
+                        let d = fresh.get(h).cloned().ok_or_else(|| {
+                            FsError::Corrupt("a blob vanished during commit".into())
+                        })?;
+                        m.insert_blob(h, size as u64, &d)?;
+                        used.insert(*h);
+                        d
+                    }
+                };
+                m.set_chunk(ino, *idx, h)?;
+                if let Some(oh) = old {
+                    if let Some(Some(loc)) = m.decref(&oh)? {
+                        frees.push(loc);
+                    }
+                }
+                resolved.push((
+                    *idx,
+                    ChunkRef {
+                        hash: *h,
+                        size,
+                        data,
+                    },
+                ));
+            }
+            if let Some(mut i) = m.inode(ino)? {
+                i.size = st.size;
+                i.mtime = i.mtime.max(st.mtime);
+                i.ctime = i.ctime.max(st.mtime);
+                m.update_inode(&i)?;
+            }
+            Ok(resolved)
+        });
+        match result {
+            Ok(resolved) => {
+                // Clusters written for blobs someone else stored meanwhile.
+                let unused: Vec<u32> = fresh
+                    .iter()
+                    .filter(|(h, _)| !used.contains(*h))
+                    .filter_map(|(_, d)| match d {
+                        BlobData::Cluster(l) => Some(*l),
+                        _ => None,
+                    })
+                    .collect();
+                self.free_clusters(&unused);
+                for (idx, c) in resolved {
+                    st.chunks.insert(idx, c);
+                }
+                st.dirty.clear();
+                st.dirty_bytes = 0;
+                st.dropped.clear();
+                st.drop_from = None;
+                st.meta_dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.free_clusters(&written);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits the handle's file (what `close` promises).
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let of = self.file(fh)?;
+        let mut st = of.data.write().unwrap();
+        self.commit_locked(&of, &mut st)
+    }
+
+    /// Commits the file and makes the store durable.
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        self.flush(fh)?;
+        self.sync_all()
+    }
+
+    /// Durable barrier for everything committed so far.
+    pub fn sync_all(&self) -> Result<()> {
+        if self.tuning.read_only {
+            return Ok(());
+        }
+        self.blobs.sync()?;
+        self.meta().barrier()?;
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let h = self.handles.lock().unwrap().remove(&fh);
+        match h {
+            Some(Handle::File(of)) => self.release_file(of),
+            Some(Handle::Dir(_)) => Ok(()),
+            None => Err(FsError::BadHandle),
+        }
+    }
+
+    /// Commits every open file (unmount, shutdown).
+    pub fn commit_all(&self) -> Result<()> {
+        let files: Vec<Arc<OpenFile>> = self.open.lock().unwrap().values().cloned().collect();
+        let mut first_err = None;
+        for of in files {
+            let mut st = of.data.write().unwrap();
+            if let Err(e) = self.commit_locked(&of, &mut st) {
+                tracing::error!("could not commit inode {}: {e}", of.ino);
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => self.sync_all(),
+        }
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let (files, _) = {
+            let s = self.meta().stats()?;
+            (s.files + s.dirs, s.blobs)
+        };
+        let mut out = StatFs {
+            bsize: 4096,
+            namelen: NAME_MAX as u32,
+            files,
+            ffree: u32::MAX as u64,
+            ..Default::default()
+        };
+        if let Some(dir) = &self.statfs_dir {
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|_| FsError::Invalid("store path has NUL".into()))?;
+            let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: c is a valid C string and v a valid out-pointer.
+            if unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0 {
+                let scale = v.f_frsize as u64 / 4096;
+                let scale = scale.max(1);
+                out.blocks = v.f_blocks as u64 * scale;
+                out.bfree = v.f_bfree as u64 * scale;
+                out.bavail = v.f_bavail as u64 * scale;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        if let Err(e) = self.commit_all() {
+            tracing::error!("committing on shutdown failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! Core tests without a kernel: an in-memory database and container.
+
+use super::*;
+use crate::qvfs::MemDevice;
+
+fn fs_with(tuning: Tuning) -> Fs {
+    let meta = Meta::open_in_memory().unwrap();
+    meta.write::<_, crate::meta::MetaError>(|m| {
+        m.store_set("durable_barrier", "0")?;
+        m.insert_root(0o755, 0, 0, now_ns())
+    })
+    .unwrap();
+    let c = Container::create(
+        Box::new(MemDevice::default()),
+        Box::new(MemDevice::default()),
+        b"",
+    )
+    .unwrap();
+    Fs::new(meta, Arc::new(c), 64 * 1024, tuning, None)
+}
+
+fn fs() -> Fs {
+    fs_with(Tuning::default())
+}
+
+fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let d = fs.read(fh, out.len() as u64, 100_000).unwrap();
+        if d.is_empty() {
+            break;
+        }
+        out.extend(d);
+    }
+    fs.release(fh).unwrap();
+    out
+}
+
+#[test]
+fn write_read_across_chunks_and_commits() {
+    let fs = fs_with(Tuning {
+        dirty_limit: 200_000,
+        ..Tuning::default()
+    });
+    let (a, fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
+    let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 7 % 251) as u8).collect();
+    // Odd-sized pieces, so writes straddle chunks and commits happen mid-way.
+    let mut off = 0;
+    for piece in data.chunks(77_777) {
+        fs.write(fh, off as u64, piece).unwrap();
+        off += piece.len();
+    }
+    fs.release(fh).unwrap();
+    assert_eq!(fs.getattr(a.ino).unwrap().size, data.len() as u64);
+    assert_eq!(read_all(&fs, a.ino), data);
+}
+
+#[test]
+fn holes_read_as_zeros_and_truncate_trims() {
+    let fs = fs();
+    let (a, fh) = fs.create(ROOT, b"s", 0o644, Caller::ROOT).unwrap();
+    fs.write(fh, 300_000, b"end").unwrap();
+    fs.write(fh, 5, b"start").unwrap();
+    fs.release(fh).unwrap();
+    let d = read_all(&fs, a.ino);
+    assert_eq!(d.len(), 300_003);
+    assert_eq!(&d[5..10], b"start");
+    assert!(d[10..300_000].iter().all(|&b| b == 0));
+    // Shrink into the first chunk, then grow again: the cut bytes stay gone.
+    fs.setattr(
+        a.ino,
+        &SetAttr {
+            size: Some(7),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.setattr(
+        a.ino,
+        &SetAttr {
+            size: Some(100_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let d = read_all(&fs, a.ino);
+    assert_eq!(&d[..7], b"\0\0\0\0\0st");
+    assert!(d[7..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn identical_content_is_stored_once_and_freed_with_the_last_copy() {
+    let fs = fs();
+    let data = vec![42u8; 1 << 20];
+    let mut inos = vec![];
+    for name in [&b"a"[..], b"b"] {
+        let (i, fh) = fs.create(ROOT, name, 0o644, Caller::ROOT).unwrap();
+        fs.write(fh, 0, &data).unwrap();
+        fs.release(fh).unwrap();
+        inos.push(i.ino);
+    }
+    let s = fs.meta().stats().unwrap();
+    assert_eq!(s.logical_bytes, 2 << 20);
+    // 16 identical 64 KiB chunks in each file: one blob.
+    assert_eq!(s.blobs, 1);
+    assert_eq!(s.stored_bytes, 64 * 1024);
+    fs.unlink(ROOT, b"a").unwrap();
+    assert_eq!(fs.meta().stats().unwrap().blobs, 1);
+    fs.unlink(ROOT, b"b").unwrap();
+    assert_eq!(fs.meta().stats().unwrap().blobs, 0);
+    assert_eq!(
+        fs.container().allocated_count(),
+        1,
+        "only cluster 0 is left"
+    );
+}
+
+#[test]
+fn unlinked_open_file_lives_until_release() {
+    let fs = fs();
+    let (a, fh) = fs.create(ROOT, b"tmp", 0o644, Caller::ROOT).unwrap();
+    fs.write(fh, 0, &[1u8; 100_000]).unwrap();
+    fs.flush(fh).unwrap();
+    fs.unlink(ROOT, b"tmp").unwrap();
+    assert_eq!(fs.read(fh, 0, 10).unwrap(), vec![1u8; 10]);
+    fs.release(fh).unwrap();
+    assert!(matches!(fs.getattr(a.ino), Err(FsError::NotFound)));
+    assert_eq!(fs.meta().stats().unwrap().blobs, 0);
+}
+
+#[test]
+fn directories_links_and_nlink() {
+    let fs = fs();
+    let c = Caller::ROOT;
+    let d = fs.mkdir(ROOT, b"d", 0o755, c).unwrap();
+    let sub = fs.mkdir(d.ino, b"sub", 0o755, c).unwrap();
+    assert_eq!(fs.getattr(d.ino).unwrap().nlink, 3);
+    assert_eq!(fs.getattr(ROOT).unwrap().nlink, 3);
+    let (f, fh) = fs.create(d.ino, b"f", 0o600, c).unwrap();
+    fs.release(fh).unwrap();
+    fs.link(f.ino, ROOT, b"hard").unwrap();
+    assert_eq!(fs.getattr(f.ino).unwrap().nlink, 2);
+    assert!(matches!(
+        fs.link(d.ino, ROOT, b"x"),
+        Err(FsError::NotPermitted)
+    ));
+    assert!(matches!(fs.rmdir(ROOT, b"d"), Err(FsError::NotEmpty)));
+    assert!(matches!(
+        fs.mkdir(ROOT, b"d", 0o755, c),
+        Err(FsError::Exists)
+    ));
+    assert!(matches!(
+        fs.mkdir(ROOT, &[b'x'; 256], 0o755, c),
+        Err(FsError::NameTooLong)
+    ));
+    let s = fs.symlink(ROOT, b"ln", b"d/f", c).unwrap();
+    assert_eq!(fs.readlink(s.ino).unwrap(), b"d/f");
+    assert_eq!(fs.resolve("/d/sub").unwrap().kind, kind::DIR);
+    assert_eq!(fs.path_of(sub.ino).unwrap(), "/d/sub");
+    assert!(["/d/f", "/hard"].contains(&fs.path_of(f.ino).unwrap().as_str()));
+}
+
+#[test]
+fn rename_rules() {
+    let fs = fs();
+    let c = Caller::ROOT;
+    let a = fs.mkdir(ROOT, b"a", 0o755, c).unwrap();
+    let b = fs.mkdir(ROOT, b"b", 0o755, c).unwrap();
+    let (f, fh) = fs.create(a.ino, b"f", 0o644, c).unwrap();
+    fs.release(fh).unwrap();
+    let (g, fh) = fs.create(b.ino, b"g", 0o644, c).unwrap();
+    fs.release(fh).unwrap();
+    // Over an existing file: the old one goes.
+    fs.rename(a.ino, b"f", b.ino, b"g", 0).unwrap();
+    assert_eq!(fs.lookup(b.ino, b"g").unwrap().ino, f.ino);
+    assert!(matches!(fs.getattr(g.ino), Err(FsError::NotFound)));
+    // NOREPLACE refuses, EXCHANGE swaps.
+    let (h, fh) = fs.create(a.ino, b"h", 0o644, c).unwrap();
+    fs.release(fh).unwrap();
+    assert!(matches!(
+        fs.rename(a.ino, b"h", b.ino, b"g", libc::RENAME_NOREPLACE),
+        Err(FsError::Exists)
+    ));
+    fs.rename(a.ino, b"h", b.ino, b"g", libc::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(fs.lookup(b.ino, b"g").unwrap().ino, h.ino);
+    assert_eq!(fs.lookup(a.ino, b"h").unwrap().ino, f.ino);
+    // A directory cannot move into itself; moving updates link counts.
+    assert!(matches!(
+        fs.rename(ROOT, b"a", a.ino, b"x", 0),
+        Err(FsError::Invalid(_))
+    ));
+    fs.rename(ROOT, b"a", b.ino, b"a", 0).unwrap();
+    assert_eq!(fs.getattr(ROOT).unwrap().nlink, 3);
+    assert_eq!(fs.getattr(b.ino).unwrap().nlink, 3);
+    // Over an empty directory works, over a non-empty one does not.
+    fs.mkdir(ROOT, b"e", 0o755, c).unwrap();
+    assert!(matches!(fs.rename(ROOT, b"b", ROOT, b"e", 0), Ok(())));
+    assert!(matches!(
+        fs.rename(ROOT, b"b", ROOT, b"e", 0),
+        Err(FsError::NotFound)
+    ));
+    let m = fs.meta();
+    assert!(
+        m.consistency_problems().unwrap().is_empty(),
+        "{:?}",
+        m.consistency_problems()
+    );
+}
+
+#[test]
+fn xattrs() {
+    let fs = fs();
+    let (f, fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
+    fs.release(fh).unwrap();
+    fs.setxattr(f.ino, b"user.colour", b"blue", 0).unwrap();
+    assert_eq!(fs.getxattr(f.ino, b"user.colour").unwrap(), b"blue");
+    assert!(matches!(
+        fs.setxattr(f.ino, b"user.colour", b"red", libc::XATTR_CREATE),
+        Err(FsError::Exists)
+    ));
+    assert!(matches!(
+        fs.setxattr(f.ino, b"user.size", b"1", libc::XATTR_REPLACE),
+        Err(FsError::NoAttr)
+    ));
+    assert!(matches!(
+        fs.setxattr(f.ino, b"trusted.x", b"1", 0),
+        Err(FsError::NotSupported)
+    ));
+    assert_eq!(fs.listxattr(f.ino).unwrap(), b"user.colour\0");
+    fs.removexattr(f.ino, b"user.colour").unwrap();
+    assert!(matches!(
+        fs.getxattr(f.ino, b"user.colour"),
+        Err(FsError::NoAttr)
+    ));
+}
