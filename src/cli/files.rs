@@ -1,0 +1,707 @@
+//! Offline file commands: `put`, `get`, `ls`, `cat`, `mkdir`, `rm`, `mv`, `stat`.
+//!
+//! They drive the same filesystem core as the mount, so a file put here is
+//! exactly what a copy through the mount would make.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use queryfs::error::FsError;
+use queryfs::meta::{kind, Inode};
+use queryfs::store::{self, Access, Store};
+use queryfs::vfs::{Caller, Fs, SetAttr, SetTime, ROOT};
+use serde::Serialize;
+
+use super::{json_line, Outcome};
+
+const IO_SIZE: usize = 1 << 20;
+
+fn open_write(dir: &Path, what: &str) -> Result<Store> {
+    Ok(store::open(
+        dir,
+        Access::Write {
+            purpose: format!("queryfs {what}"),
+            recover: true,
+        },
+        false,
+    )?)
+}
+
+fn open_read(dir: &Path) -> Result<Store> {
+    Ok(store::open(dir, Access::Read, false)?)
+}
+
+/// Splits a store path into its parent and last name.
+fn split(path: &str) -> Result<(String, String)> {
+    let trimmed = path.trim_end_matches('/');
+    let (parent, name) = match trimmed.rsplit_once('/') {
+        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+        None => ("/", trimmed),
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        bail!("{path:?} does not name an entry");
+    }
+    Ok((parent.to_string(), name.to_string()))
+}
+
+fn resolve(fs: &Fs, path: &str) -> Result<Inode> {
+    fs.resolve(path).map_err(|e| anyhow!("{path}: {e}"))
+}
+
+fn kind_name(k: u32) -> &'static str {
+    match k {
+        kind::DIR => "directory",
+        kind::FILE => "file",
+        kind::SYMLINK => "symlink",
+        kind::FIFO => "fifo",
+        kind::SOCKET => "socket",
+        kind::CHAR => "char-device",
+        kind::BLOCK => "block-device",
+        _ => "unknown",
+    }
+}
+
+fn mode_string(i: &Inode) -> String {
+    let t = match i.kind {
+        kind::DIR => 'd',
+        kind::SYMLINK => 'l',
+        kind::FIFO => 'p',
+        kind::SOCKET => 's',
+        kind::CHAR => 'c',
+        kind::BLOCK => 'b',
+        _ => '-',
+    };
+    let mut s = String::from(t);
+    for shift in [6, 3, 0] {
+        let b = (i.perm >> shift) & 7;
+        s.push(if b & 4 != 0 { 'r' } else { '-' });
+        s.push(if b & 2 != 0 { 'w' } else { '-' });
+        s.push(if b & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn mtime_ns(m: &fs::Metadata) -> i64 {
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+// ----- put -----
+
+#[derive(clap::Args)]
+pub struct PutArgs {
+    /// Files or directories on disk, then the destination in the store.
+    #[arg(num_args = 2.., required = true, value_name = "SRC... DEST")]
+    paths: Vec<PathBuf>,
+}
+
+struct Putter<'a> {
+    fs: &'a Fs,
+    bar: ProgressBar,
+    /// (dev, ino) on disk -> inode in the store, to keep hard links.
+    links: HashMap<(u64, u64), u64>,
+    buf: Vec<u8>,
+}
+
+fn disk_bytes(p: &Path) -> u64 {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| disk_bytes(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) if m.is_file() => m.len(),
+        _ => 0,
+    }
+}
+
+impl Putter<'_> {
+    fn put(&mut self, src: &Path, parent: u64, name: &[u8]) -> Result<()> {
+        let md = fs::symlink_metadata(src).with_context(|| format!("{}", src.display()))?;
+        let who = Caller {
+            uid: md.uid(),
+            gid: md.gid(),
+        };
+        let existing = match self.fs.lookup(parent, name) {
+            Ok(i) => Some(i),
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let ft = md.file_type();
+        if ft.is_dir() {
+            let d = match existing {
+                Some(i) if i.is_dir() => i,
+                Some(_) => bail!(
+                    "{}: a non-directory of that name is in the store",
+                    src.display()
+                ),
+                None => self.fs.mkdir(parent, name, md.mode() & 0o7777, who)?,
+            };
+            let mut entries: Vec<_> = fs::read_dir(src)
+                .with_context(|| format!("{}", src.display()))?
+                .collect::<std::io::Result<_>>()
+                .with_context(|| format!("{}", src.display()))?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let n = e.file_name();
+                self.put(&e.path(), d.ino, n.as_encoded_bytes())?;
+            }
+            self.finish(d.ino, &md)?;
+            return Ok(());
+        }
+        if let Some(i) = &existing {
+            if i.is_dir() {
+                bail!(
+                    "{}: a directory of that name is in the store",
+                    src.display()
+                );
+            }
+        }
+        if md.nlink() > 1 && !ft.is_dir() {
+            if let Some(&target) = self.links.get(&(md.dev(), md.ino())) {
+                if existing.is_some() {
+                    self.fs.unlink(parent, name)?;
+                }
+                self.fs.link(target, parent, name)?;
+                return Ok(());
+            }
+        }
+        let ino = if ft.is_file() {
+            let (ino, fh) = match existing {
+                Some(i) if i.kind == kind::FILE => {
+                    self.fs.setattr(
+                        i.ino,
+                        &SetAttr {
+                            size: Some(0),
+                            ..Default::default()
+                        },
+                    )?;
+                    (i.ino, self.fs.open(i.ino)?)
+                }
+                Some(_) => {
+                    self.fs.unlink(parent, name)?;
+                    let (i, fh) = self.fs.create(parent, name, md.mode() & 0o7777, who)?;
+                    (i.ino, fh)
+                }
+                None => {
+                    let (i, fh) = self.fs.create(parent, name, md.mode() & 0o7777, who)?;
+                    (i.ino, fh)
+                }
+            };
+            let r = self.copy_in(src, fh);
+            let rel = self.fs.release(fh);
+            r?;
+            rel?;
+            ino
+        } else {
+            if existing.is_some() {
+                self.fs.unlink(parent, name)?;
+            }
+            if ft.is_symlink() {
+                let t = fs::read_link(src).with_context(|| format!("{}", src.display()))?;
+                self.fs
+                    .symlink(parent, name, t.as_os_str().as_encoded_bytes(), who)?
+                    .ino
+            } else if ft.is_fifo() || ft.is_socket() || ft.is_char_device() || ft.is_block_device()
+            {
+                self.fs
+                    .mknod(parent, name, md.mode(), md.rdev() as u32, who)?
+                    .ino
+            } else {
+                bail!("{}: unsupported file type", src.display());
+            }
+        };
+        if md.nlink() > 1 {
+            self.links.insert((md.dev(), md.ino()), ino);
+        }
+        if !ft.is_symlink() {
+            self.finish(ino, &md)?;
+        }
+        Ok(())
+    }
+
+    fn copy_in(&mut self, src: &Path, fh: u64) -> Result<()> {
+        let mut f = File::open(src).with_context(|| format!("{}", src.display()))?;
+        let mut off = 0u64;
+        loop {
+            let n = f
+                .read(&mut self.buf)
+                .with_context(|| format!("reading {}", src.display()))?;
+            if n == 0 {
+                break;
+            }
+            self.fs
+                .write(fh, off, &self.buf[..n])
+                .map_err(|e| anyhow!("writing {} into the store: {e}", src.display()))?;
+            off += n as u64;
+            self.bar.inc(n as u64);
+        }
+        self.fs
+            .flush(fh)
+            .map_err(|e| anyhow!("committing {}: {e}", src.display()))?;
+        Ok(())
+    }
+
+    fn finish(&self, ino: u64, md: &fs::Metadata) -> Result<()> {
+        self.fs.setattr(
+            ino,
+            &SetAttr {
+                mode: Some(md.mode() & 0o7777),
+                uid: Some(md.uid()),
+                gid: Some(md.gid()),
+                atime: Some(SetTime::At(md.atime() * 1_000_000_000 + md.atime_nsec())),
+                mtime: Some(SetTime::At(mtime_ns(md))),
+                ..Default::default()
+            },
+        )?;
+        Ok(())
+    }
+}
+
+pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
+    let (dest, sources) = a.paths.split_last().unwrap();
+    let dest = dest.to_string_lossy().to_string();
+    let s = open_write(dir, "put")?;
+    let fs = &s.fs;
+    let total: u64 = sources.iter().map(|p| disk_bytes(p)).sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut p = Putter {
+        fs,
+        bar,
+        links: HashMap::new(),
+        buf: vec![0u8; IO_SIZE],
+    };
+    // Into an existing directory, each source keeps its name; otherwise the
+    // one source takes the destination's name.
+    let target = match fs.resolve(&dest) {
+        Ok(i) if i.is_dir() => Some(i.ino),
+        Ok(_) | Err(FsError::NotFound) => None,
+        Err(e) => bail!("{dest}: {e}"),
+    };
+    match target {
+        Some(d) => {
+            for src in sources {
+                let name = src
+                    .canonicalize()
+                    .with_context(|| format!("{}", src.display()))?
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .ok_or_else(|| anyhow!("{}: has no name", src.display()))?;
+                p.put(src, d, name.as_encoded_bytes())?;
+            }
+        }
+        None => {
+            if sources.len() != 1 {
+                bail!("{dest}: not a directory in the store (needed for several sources)");
+            }
+            let (parent, name) = split(&dest)?;
+            let pi = resolve(fs, &parent)?;
+            p.put(&sources[0], pi.ino, name.as_bytes())?;
+        }
+    }
+    p.bar.finish_and_clear();
+    fs.sync_all()?;
+    Ok(Outcome::Ok)
+}
+
+// ----- get -----
+
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// Path in the store.
+    src: String,
+    /// Destination on disk.
+    dest: PathBuf,
+}
+
+fn set_disk_times(path: &Path, i: &Inode) -> Result<()> {
+    let t = |ns: i64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
+    let f = File::options()
+        .read(true)
+        .open(path)
+        .or_else(|_| File::open(path))
+        .with_context(|| format!("{}", path.display()))?;
+    f.set_times(
+        fs::FileTimes::new()
+            .set_accessed(t(i.atime))
+            .set_modified(t(i.mtime)),
+    )
+    .with_context(|| format!("setting times of {}", path.display()))?;
+    Ok(())
+}
+
+fn get_one(fs: &Fs, i: &Inode, dest: &Path, buf_size: usize, bar: &ProgressBar) -> Result<()> {
+    match i.kind {
+        kind::DIR => {
+            fs::create_dir_all(dest).with_context(|| format!("{}", dest.display()))?;
+            for e in fs.list(i.ino)? {
+                let name = std::ffi::OsStr::from_encoded_bytes_checked(&e.name);
+                get_one(fs, &e.attr, &dest.join(name), buf_size, bar)?;
+            }
+        }
+        kind::FILE => {
+            let mut out = File::create(dest).with_context(|| format!("{}", dest.display()))?;
+            let fh = fs.open(i.ino)?;
+            let r = (|| -> Result<()> {
+                let mut off = 0u64;
+                loop {
+                    let d = fs.read(fh, off, buf_size as u32)?;
+                    if d.is_empty() {
+                        break;
+                    }
+                    out.write_all(&d)
+                        .with_context(|| format!("writing {}", dest.display()))?;
+                    off += d.len() as u64;
+                    bar.inc(d.len() as u64);
+                }
+                Ok(())
+            })();
+            fs.release(fh)?;
+            r?;
+        }
+        kind::SYMLINK => {
+            let t = fs.readlink(i.ino)?;
+            let _ = fs::remove_file(dest);
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_encoded_bytes_checked(&t), dest)
+                .with_context(|| format!("{}", dest.display()))?;
+            return Ok(());
+        }
+        _ => {
+            let c = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())?;
+            // SAFETY: a valid C string; mknod has no other preconditions.
+            if unsafe { libc::mknod(c.as_ptr(), i.kind | i.perm, i.rdev as libc::dev_t) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("{}", dest.display()));
+            }
+            return Ok(());
+        }
+    }
+    fs::set_permissions(dest, fs::Permissions::from_mode(i.perm))
+        .with_context(|| format!("{}", dest.display()))?;
+    set_disk_times(dest, i)
+}
+
+/// Turns raw name bytes into an OsStr.
+trait FromBytes {
+    fn from_encoded_bytes_checked(b: &[u8]) -> &std::ffi::OsStr;
+}
+impl FromBytes for std::ffi::OsStr {
+    fn from_encoded_bytes_checked(b: &[u8]) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+pub fn get(dir: &Path, a: GetArgs) -> Result<Outcome> {
+    let s = open_read(dir)?;
+    let i = resolve(&s.fs, &a.src)?;
+    let dest = if a.dest.is_dir() {
+        let name = split(&a.src)
+            .map(|(_, n)| n)
+            .unwrap_or_else(|_| "root".into());
+        a.dest.join(name)
+    } else {
+        a.dest.clone()
+    };
+    let bar = ProgressBar::new(if i.is_dir() { 0 } else { i.size });
+    get_one(&s.fs, &i, &dest, IO_SIZE, &bar)?;
+    bar.finish_and_clear();
+    Ok(Outcome::Ok)
+}
+
+// ----- ls / stat -----
+
+#[derive(clap::Args)]
+pub struct LsArgs {
+    /// Directory (or file) in the store; default the root.
+    #[arg(default_value = "/")]
+    path: String,
+    /// Long listing: mode, links, owner, size, mtime, name.
+    #[arg(short, long)]
+    long: bool,
+    /// JSON Lines, one object per entry.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct EntryJson<'a> {
+    name: String,
+    path: String,
+    ino: u64,
+    kind: &'a str,
+    mode: String,
+    size: u64,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u32,
+    atime_ns: i64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    btime_ns: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+fn entry_json(fs: &Fs, name: String, path: String, i: &Inode) -> EntryJson<'static> {
+    EntryJson {
+        name,
+        path,
+        ino: i.ino,
+        kind: kind_name(i.kind),
+        mode: format!("{:04o}", i.perm),
+        size: i.size,
+        nlink: i.nlink,
+        uid: i.uid,
+        gid: i.gid,
+        rdev: i.rdev,
+        atime_ns: i.atime,
+        mtime_ns: i.mtime,
+        ctime_ns: i.ctime,
+        btime_ns: i.btime,
+        target: if i.kind == kind::SYMLINK {
+            fs.readlink(i.ino)
+                .ok()
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+        } else {
+            None
+        },
+    }
+}
+
+fn fmt_time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.ends_with('/') {
+        format!("{parent}{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+pub fn ls(dir: &Path, a: LsArgs) -> Result<Outcome> {
+    let s = open_read(dir)?;
+    let fs = &s.fs;
+    let i = resolve(fs, &a.path)?;
+    let entries: Vec<(String, String, Inode)> = if i.is_dir() {
+        fs.list(i.ino)?
+            .into_iter()
+            .map(|e| {
+                let n = String::from_utf8_lossy(&e.name).into_owned();
+                (n.clone(), join(&a.path, &n), e.attr)
+            })
+            .collect()
+    } else {
+        let n = split(&a.path).map(|(_, n)| n).unwrap_or_default();
+        vec![(n, a.path.clone(), i)]
+    };
+    let mut out = std::io::stdout().lock();
+    for (name, path, e) in entries {
+        if a.json {
+            json_line(&mut out, &entry_json(fs, name, path, &e))?;
+        } else if a.long {
+            let suffix = if e.kind == kind::SYMLINK {
+                format!(
+                    " -> {}",
+                    String::from_utf8_lossy(&fs.readlink(e.ino).unwrap_or_default())
+                )
+            } else {
+                String::new()
+            };
+            writeln!(
+                out,
+                "{} {:>3} {:>5} {:>5} {:>12} {} {name}{suffix}",
+                mode_string(&e),
+                e.nlink,
+                e.uid,
+                e.gid,
+                e.size,
+                fmt_time(e.mtime)
+            )?;
+        } else {
+            writeln!(out, "{name}")?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn stat(dir: &Path, json: bool, paths: &[String]) -> Result<Outcome> {
+    let s = open_read(dir)?;
+    let fs = &s.fs;
+    let mut out = std::io::stdout().lock();
+    for p in paths {
+        let i = resolve(fs, p)?;
+        let name = split(p).map(|(_, n)| n).unwrap_or_else(|_| "/".into());
+        let e = entry_json(fs, name, p.clone(), &i);
+        if json {
+            json_line(&mut out, &e)?;
+        } else {
+            writeln!(out, "  path: {}", e.path)?;
+            writeln!(
+                out,
+                "  kind: {}{}",
+                e.kind,
+                e.target.map(|t| format!(" -> {t}")).unwrap_or_default()
+            )?;
+            writeln!(
+                out,
+                "   ino: {}   links: {}   size: {}",
+                e.ino, e.nlink, e.size
+            )?;
+            writeln!(
+                out,
+                "  mode: {} ({})   uid: {}   gid: {}",
+                e.mode,
+                mode_string(&i),
+                e.uid,
+                e.gid
+            )?;
+            writeln!(out, " atime: {}", fmt_time(e.atime_ns))?;
+            writeln!(out, " mtime: {}", fmt_time(e.mtime_ns))?;
+            writeln!(out, " ctime: {}", fmt_time(e.ctime_ns))?;
+            writeln!(out, " btime: {}", fmt_time(e.btime_ns))?;
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+// ----- cat, mkdir, rm, mv -----
+
+pub fn cat(dir: &Path, paths: &[String]) -> Result<Outcome> {
+    let s = open_read(dir)?;
+    let fs = &s.fs;
+    let mut out = std::io::stdout().lock();
+    for p in paths {
+        let i = resolve(fs, p)?;
+        if i.is_dir() {
+            bail!("{p}: is a directory");
+        }
+        let fh = fs.open(i.ino).map_err(|e| anyhow!("{p}: {e}"))?;
+        let mut off = 0u64;
+        let r = (|| -> Result<()> {
+            loop {
+                let d = fs
+                    .read(fh, off, IO_SIZE as u32)
+                    .map_err(|e| anyhow!("{p}: {e}"))?;
+                if d.is_empty() {
+                    return Ok(());
+                }
+                out.write_all(&d)?;
+                off += d.len() as u64;
+            }
+        })();
+        fs.release(fh)?;
+        r?;
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn mkdir(dir: &Path, parents: bool, paths: &[String]) -> Result<Outcome> {
+    let s = open_write(dir, "mkdir")?;
+    let fs = &s.fs;
+    let who = Caller::current();
+    for p in paths {
+        if parents {
+            let mut cur = ROOT;
+            for part in p.split('/').filter(|x| !x.is_empty() && *x != ".") {
+                cur = match fs.lookup(cur, part.as_bytes()) {
+                    Ok(i) if i.is_dir() => i.ino,
+                    Ok(_) => bail!("{p}: {part} is not a directory"),
+                    Err(FsError::NotFound) => {
+                        fs.mkdir(cur, part.as_bytes(), 0o755, who)
+                            .map_err(|e| anyhow!("{p}: {e}"))?
+                            .ino
+                    }
+                    Err(e) => bail!("{p}: {e}"),
+                };
+            }
+        } else {
+            let (parent, name) = split(p)?;
+            let pi = resolve(fs, &parent)?;
+            fs.mkdir(pi.ino, name.as_bytes(), 0o755, who)
+                .map_err(|e| anyhow!("{p}: {e}"))?;
+        }
+    }
+    fs.sync_all()?;
+    Ok(Outcome::Ok)
+}
+
+fn remove_tree(fs: &Fs, parent: u64, name: &[u8]) -> Result<()> {
+    let i = fs.lookup(parent, name)?;
+    if i.is_dir() {
+        for e in fs.list(i.ino)? {
+            remove_tree(fs, i.ino, &e.name)?;
+        }
+        fs.rmdir(parent, name)?;
+    } else {
+        fs.unlink(parent, name)?;
+    }
+    Ok(())
+}
+
+pub fn rm(dir: &Path, recursive: bool, paths: &[String]) -> Result<Outcome> {
+    let s = open_write(dir, "rm")?;
+    let fs = &s.fs;
+    for p in paths {
+        let (parent, name) = split(p)?;
+        let pi = resolve(fs, &parent)?;
+        let i = fs
+            .lookup(pi.ino, name.as_bytes())
+            .map_err(|e| anyhow!("{p}: {e}"))?;
+        if i.is_dir() && !recursive {
+            bail!("{p}: is a directory (use -r)");
+        }
+        remove_tree(fs, pi.ino, name.as_bytes()).map_err(|e| anyhow!("{p}: {e}"))?;
+    }
+    fs.sync_all()?;
+    Ok(Outcome::Ok)
+}
+
+pub fn mv(dir: &Path, src: &str, dest: &str) -> Result<Outcome> {
+    let s = open_write(dir, "mv")?;
+    let fs = &s.fs;
+    let (sp, sn) = split(src)?;
+    let spi = resolve(fs, &sp)?;
+    fs.lookup(spi.ino, sn.as_bytes())
+        .map_err(|e| anyhow!("{src}: {e}"))?;
+    let (dp, dn) = match fs.resolve(dest) {
+        Ok(d) if d.is_dir() => (d.ino, sn.clone()),
+        _ => {
+            let (p, n) = split(dest)?;
+            (resolve(fs, &p)?.ino, n)
+        }
+    };
+    fs.rename(spi.ino, sn.as_bytes(), dp, dn.as_bytes(), 0)
+        .map_err(|e| anyhow!("moving {src} to {dest}: {e}"))?;
+    fs.sync_all()?;
+    Ok(Outcome::Ok)
+}

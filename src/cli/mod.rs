@@ -1,0 +1,174 @@
+//! Command-line interface: parsing, output and exit codes.
+//!
+//! Exit codes: 0 success; 1 the command ran but found nothing or found
+//! problems (`fsck`); 2 an error (the message names the path and the cause).
+//! A closed output pipe counts as success. `--json` prints JSON Lines: one
+//! object per line.
+
+mod admin;
+mod files;
+mod mount;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// A database you mount as a drive.
+#[derive(Parser)]
+#[command(name = "queryfs", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The store folder (default: $XDG_DATA_HOME/queryfs/default, created on first use by `mount`).
+    #[arg(long, global = true, value_name = "STORE")]
+    store: Option<PathBuf>,
+    /// Log level for messages on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new, empty store.
+    Init {
+        /// Where (default: --store, else the default store).
+        dir: Option<PathBuf>,
+    },
+    /// Mount a store; serves in the foreground until unmounted or Ctrl-C.
+    Mount(mount::MountArgs),
+    /// Unmount a queryfs mount and wait for its process to finish.
+    Umount { mountpoint: PathBuf },
+    /// Copy files or directory trees from disk into the store.
+    Put(files::PutArgs),
+    /// Copy a file or directory tree from the store to disk.
+    Get(files::GetArgs),
+    /// List a directory of the store.
+    Ls(files::LsArgs),
+    /// Print files of the store to standard output.
+    Cat {
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Create directories in the store.
+    Mkdir {
+        /// Create parents as needed; no error if it exists.
+        #[arg(short, long)]
+        parents: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Remove files (and with -r, directory trees) from the store.
+    Rm {
+        #[arg(short, long)]
+        recursive: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Rename or move within the store.
+    Mv { src: String, dest: String },
+    /// Show the attributes of paths in the store.
+    Stat {
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Store statistics: files, logical and stored bytes, dedup ratio, sizes.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the store; exit 0 when clean, 1 when problems were found.
+    Fsck {
+        /// Also re-hash every blob.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reclaim unreferenced blobs, orphan clusters and unlinked files.
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The outcome of a command that ran.
+pub enum Outcome {
+    Ok,
+    NothingFound,
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUERYFS_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("queryfs={level},fuser=error"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(&cli.log);
+    match run(cli) {
+        Ok(Outcome::Ok) => 0,
+        Ok(Outcome::NothingFound) => 1,
+        Err(e) if is_broken_pipe(&e) => 0,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("queryfs: {e:#}");
+            2
+        }
+    }
+}
+
+fn store_dir(cli_store: &Option<PathBuf>) -> PathBuf {
+    cli_store
+        .clone()
+        .unwrap_or_else(queryfs::store::default_dir)
+}
+
+fn run(cli: Cli) -> Result<Outcome> {
+    let dir = store_dir(&cli.store);
+    match cli.cmd {
+        Cmd::Init { dir: d } => admin::init(&d.unwrap_or(dir)),
+        Cmd::Mount(args) => mount::mount(&cli.store, args),
+        Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
+        Cmd::Put(args) => files::put(&dir, args),
+        Cmd::Get(args) => files::get(&dir, args),
+        Cmd::Ls(args) => files::ls(&dir, args),
+        Cmd::Cat { paths } => files::cat(&dir, &paths),
+        Cmd::Mkdir { parents, paths } => files::mkdir(&dir, parents, &paths),
+        Cmd::Rm { recursive, paths } => files::rm(&dir, recursive, &paths),
+        Cmd::Mv { src, dest } => files::mv(&dir, &src, &dest),
+        Cmd::Stat { json, paths } => files::stat(&dir, json, &paths),
+        Cmd::Info { json } => admin::info(&dir, json),
+        Cmd::Fsck { verify, json } => admin::fsck(&dir, verify, json),
+        Cmd::Gc { json } => admin::gc(&dir, json),
+    }
+}
+
+/// Writes one JSON Lines record.
+pub fn json_line(out: &mut impl Write, v: &impl serde::Serialize) -> Result<()> {
+    serde_json::to_writer(&mut *out, v)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! `mount` and `umount`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use queryfs::fuse::{serve, MountConfig};
+use queryfs::store::{self, Access};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use super::Outcome;
+
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// Where to mount (created if missing).
+    mountpoint: PathBuf,
+    /// Let other users (root included) use the mount.
+    #[arg(long)]
+    allow_other: bool,
+    /// Threads serving FUSE requests.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// umount2(2); on EBUSY with `lazy`, detaches instead.
+fn unmount(mp: &Path, lazy: bool) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+    // SAFETY: c is a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if lazy && e.raw_os_error() == Some(libc::EBUSY) {
+        // SAFETY: as above.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+        return Err(std::io::Error::last_os_error());
+    }
+    Err(e)
+}
+
+pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
+    let dir = store_opt.clone().unwrap_or_else(store::default_dir);
+    // The default store is created on first use; a named one must exist.
+    let create = store_opt.is_none();
+    if !a.mountpoint.exists() {
+        std::fs::create_dir_all(&a.mountpoint)
+            .with_context(|| format!("creating mount point {}", a.mountpoint.display()))?;
+    }
+    let mp = a
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
+    if !mp.is_dir() {
+        bail!("mount point {} is not a directory", mp.display());
+    }
+    let s = store::open(
+        &dir,
+        Access::Write {
+            purpose: format!("mounted at {}", mp.display()),
+            recover: true,
+        },
+        create,
+    )?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let fsname = {
+        let d = dir.display().to_string();
+        if d.contains([',', ' ', '\t', '\n', '\\']) {
+            "queryfs".to_string()
+        } else {
+            d
+        }
+    };
+    let fs = s.fs.clone();
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
+    let sig_mp = mp.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            tracing::info!("signal {sig}: unmounting {}", sig_mp.display());
+            if let Err(e) = unmount(&sig_mp, true) {
+                eprintln!("queryfs: could not unmount {}: {e}", sig_mp.display());
+            }
+        }
+    });
+    let cfg = MountConfig {
+        allow_other: a.allow_other,
+        threads: a.threads,
+    };
+    let shown = dir.display().to_string();
+    let at = mp.display().to_string();
+    serve(fs, &mp, &cfg, &fsname, |_| {
+        eprintln!("queryfs: mounted {shown} at {at} (Ctrl-C or `queryfs umount {at}` to unmount)");
+    })
+    .with_context(|| format!("mounting at {}", mp.display()))?;
+    // Commit whatever is left before the lock is released.
+    s.fs.commit_all().context("committing at unmount")?;
+    drop(s);
+    eprintln!("queryfs: unmounted {at}");
+    Ok(Outcome::Ok)
+}
+
+/// The source (the store folder, or "queryfs") of a queryfs mount at `mp`.
+fn mount_source(mp: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mp.display().to_string();
+    for line in text.lines() {
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?.replace("\\040", " ");
+        let mut r = right.split(' ');
+        let fstype = r.next()?;
+        let source = r.next()?;
+        // A direct mount shows as "fuse" (the subtype needs fusermount).
+        let ours = source == "queryfs" || store::exists(Path::new(source));
+        if point == want && (fstype == "fuse" || fstype == "fuse.queryfs") && ours {
+            return Some(source.to_string());
+        }
+    }
+    None
+}
+
+pub fn umount(mountpoint: &Path) -> Result<Outcome> {
+    let mp = mountpoint
+        .canonicalize()
+        .with_context(|| format!("mount point {}", mountpoint.display()))?;
+    let Some(source) = mount_source(&mp) else {
+        bail!("{} is not a queryfs mount", mp.display());
+    };
+    unmount(&mp, false).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            anyhow::anyhow!(
+                "{} is busy: a process still uses it (see `fuser -vm {}`)",
+                mp.display(),
+                mp.display()
+            )
+        } else {
+            anyhow::anyhow!("unmounting {}: {e}", mp.display())
+        }
+    })?;
+    // Wait for the serving process to commit and let go of the store.
+    let store_dir = PathBuf::from(&source);
+    if store::exists(&store_dir) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match store::open(
+                &store_dir,
+                Access::Write {
+                    purpose: "queryfs umount (waiting)".into(),
+                    recover: false,
+                },
+                false,
+            ) {
+                Ok(_) => break,
+                Err(store::StoreError::Busy { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}

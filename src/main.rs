@@ -1,0 +1,7 @@
+//! The `queryfs` command.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}
