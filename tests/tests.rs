@@ -1,0 +1,7 @@
+//! All integration tests, built as one binary: the real `queryfs` binary,
+//! real stores on disk, and real FUSE mounts.
+
+mod cli;
+mod crash;
+mod mount;
+mod util;
