@@ -95,7 +95,7 @@ fn mtime_ns(m: &fs::Metadata) -> i64 {
 #[derive(clap::Args)]
 pub struct PutArgs {
     /// Files or directories on disk, then the destination in the store.
-    #[arg(num_args = 2.., required = true, value_name = "SRC... DEST")]
+    #[arg(num_args = 2.., required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
 }
 
