@@ -10,6 +10,7 @@
 //! WAL and so makes every earlier commit durable too. `fsync` uses it.
 
 pub mod queries;
+pub mod sandbox;
 
 use std::path::Path;
 
@@ -31,7 +32,10 @@ pub enum MetaError {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
-static MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../migrations/0001_initial.sql"))];
+static MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../migrations/0001_initial.sql")),
+    M::up(include_str!("../../migrations/0002_tags_and_queries.sql")),
+];
 
 /// The migration list, for opening and for `validate()` in tests.
 pub fn migrations() -> Migrations<'static> {
@@ -313,7 +317,196 @@ impl Meta {
         self.conn
             .prepare_cached(q::XATTR_DELETE_ALL)?
             .execute(named_params! {":ino": ino as i64})?;
+        self.conn
+            .prepare_cached(q::FILE_TAG_DELETE_ALL)?
+            .execute(named_params! {":ino": ino as i64})?;
         Ok(())
+    }
+
+    /// Sets the content id of a regular file.
+    pub fn set_chash(&self, ino: u64, chash: &[u8; 32]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::INODE_SET_CHASH)?
+            .execute(named_params! {":ino": ino as i64, ":chash": &chash[..]})?;
+        Ok(())
+    }
+
+    /// Chunk hashes of a file in index order.
+    pub fn chunk_hashes_ordered(&self, ino: u64) -> Result<Vec<(u64, [u8; 32])>> {
+        let mut s = self.conn.prepare_cached(q::CHUNK_HASHES_ORDERED)?;
+        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, [u8; 32]>(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Other live regular files with content id `chash`: (parent, name, ino).
+    pub fn same_content(&self, chash: &[u8; 32], not: u64) -> Result<Vec<(u64, Vec<u8>, u64)>> {
+        let mut s = self.conn.prepare_cached(q::INODE_SAME_CONTENT)?;
+        let rows = s.query_map(
+            named_params! {":chash": &chash[..], ":ino": not as i64},
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            },
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ----- tags -----
+
+    /// Creates a tag if it does not exist yet.
+    pub fn create_tag(&self, name: &str, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::TAG_CREATE)?
+            .execute(named_params! {":name": name, ":now": now})?;
+        Ok(())
+    }
+
+    pub fn delete_tag(&self, name: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(q::TAG_DELETE)?
+            .execute(named_params! {":name": name})?;
+        Ok(())
+    }
+
+    pub fn tag_exists(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::TAG_EXISTS)?
+            .query_row(named_params! {":name": name}, |r| r.get(0))?)
+    }
+
+    /// Whether any file holds the tag.
+    pub fn tag_used(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::TAG_USED)?
+            .query_row(named_params! {":name": name}, |r| r.get(0))?)
+    }
+
+    /// Renames a tag and every use of it.
+    pub fn rename_tag(&self, old: &str, new: &str) -> Result<()> {
+        for sql in [q::TAG_RENAME, q::TAG_RENAME_USES] {
+            self.conn
+                .prepare_cached(sql)?
+                .execute(named_params! {":old": old, ":new": new})?;
+        }
+        Ok(())
+    }
+
+    /// Every tag with the number of files holding it.
+    pub fn tag_counts(&self) -> Result<Vec<(String, u64)>> {
+        let mut s = self.conn.prepare_cached(q::TAG_COUNTS)?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn tag_names(&self) -> Result<Vec<String>> {
+        let mut s = self.conn.prepare_cached(q::TAG_NAMES)?;
+        let rows = s.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A file's tags with their values, by name.
+    pub fn file_tags(&self, ino: u64) -> Result<Vec<(String, Option<String>)>> {
+        let mut s = self.conn.prepare_cached(q::FILE_TAGS_GET)?;
+        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One tag of a file: `None` if the file does not hold it.
+    pub fn file_tag(&self, ino: u64, tag: &str) -> Result<Option<Option<String>>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::FILE_TAG_GET)?
+            .query_row(named_params! {":ino": ino as i64, ":tag": tag}, |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Tags a file (creating the tag if needed).
+    pub fn set_file_tag(&self, ino: u64, tag: &str, value: Option<&str>, now: i64) -> Result<()> {
+        self.create_tag(tag, now)?;
+        self.conn
+            .prepare_cached(q::FILE_TAG_SET)?
+            .execute(named_params! {":ino": ino as i64, ":tag": tag, ":value": value})?;
+        Ok(())
+    }
+
+    /// Untags a file; false if it did not hold the tag.
+    pub fn delete_file_tag(&self, ino: u64, tag: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::FILE_TAG_DELETE)?
+            .execute(named_params! {":ino": ino as i64, ":tag": tag})?
+            > 0)
+    }
+
+    pub fn delete_file_tags(&self, ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::FILE_TAG_DELETE_ALL)?
+            .execute(named_params! {":ino": ino as i64})?;
+        Ok(())
+    }
+
+    // ----- saved queries -----
+
+    pub fn saved_query(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::SAVED_GET)?
+            .query_row(named_params! {":name": name}, |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn save_query(&self, name: &str, sql: &str, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::SAVED_SET)?
+            .execute(named_params! {":name": name, ":sql": sql, ":now": now})?;
+        Ok(())
+    }
+
+    /// Deletes a saved query; false if there was none.
+    pub fn delete_saved_query(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::SAVED_DELETE)?
+            .execute(named_params! {":name": name})?
+            > 0)
+    }
+
+    pub fn saved_queries(&self) -> Result<Vec<(String, String)>> {
+        let mut s = self.conn.prepare_cached(q::SAVED_LIST)?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Runs a listing compiled by the query-folder layer (trusted SQL with
+    /// bound parameters) whose rows are `name, <inode columns>`.
+    pub fn listing(
+        &self,
+        sql: &str,
+        params: &[rusqlite::types::Value],
+    ) -> Result<Vec<(Vec<u8>, Inode)>> {
+        let mut s = self.conn.prepare_cached(sql)?;
+        let rows = s.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, Inode::from_row(r, 1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Runs a compiled query whose rows are one text column.
+    pub fn strings(&self, sql: &str, params: &[rusqlite::types::Value]) -> Result<Vec<String>> {
+        let mut s = self.conn.prepare_cached(sql)?;
+        let rows = s.query_map(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn symlink_target(&self, ino: u64) -> Result<Option<Vec<u8>>> {

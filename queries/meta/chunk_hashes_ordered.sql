@@ -1,0 +1,1 @@
+SELECT idx, hash FROM chunks WHERE ino = :ino ORDER BY idx

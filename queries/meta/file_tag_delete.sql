@@ -1,0 +1,1 @@
+DELETE FROM file_tags WHERE ino = :ino AND tag = :tag

@@ -1,0 +1,1 @@
+SELECT value FROM file_tags WHERE ino = :ino AND tag = :tag

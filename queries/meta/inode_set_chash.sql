@@ -1,0 +1,1 @@
+UPDATE inodes SET chash = :chash WHERE ino = :ino

@@ -1,0 +1,1 @@
+SELECT sql FROM saved_queries WHERE name = :name

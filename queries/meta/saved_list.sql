@@ -1,0 +1,1 @@
+SELECT name, sql FROM saved_queries ORDER BY name

@@ -1,0 +1,1 @@
+INSERT OR IGNORE INTO tags (name, created) VALUES (:name, :now)

@@ -1,0 +1,1 @@
+SELECT name FROM tags ORDER BY name

@@ -1,0 +1,1 @@
+UPDATE tags SET name = :new WHERE name = :old

@@ -1,0 +1,1 @@
+UPDATE file_tags SET tag = :new WHERE tag = :old
