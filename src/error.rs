@@ -43,6 +43,10 @@ pub enum FsError {
     TooBig,
     #[error("too many links")]
     TooManyLinks,
+    #[error("cannot move between these folders (a query folder is not a place to keep files)")]
+    CrossDevice,
+    #[error("the name is reserved for a query folder")]
+    Busy,
     #[error("no space left on the store's disk")]
     NoSpace,
     #[error("{0}")]
@@ -76,6 +80,8 @@ impl FsError {
             FsError::TooBig => EFBIG,
             FsError::TooManyLinks => EMLINK,
             FsError::NoSpace => ENOSPC,
+            FsError::CrossDevice => EXDEV,
+            FsError::Busy => EBUSY,
             FsError::Corrupt(_) => EIO,
             FsError::Meta(MetaError::Sql(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::DiskFull =>

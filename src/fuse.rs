@@ -17,12 +17,23 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::meta::{kind, Inode};
-use crate::vfs::{Caller, Fs, SetAttr, SetTime};
+use crate::vfs::{is_virtual, Caller, Fs, SetAttr, SetTime};
 
 /// How long the kernel may cache entries and attributes of real nodes. Every
 /// change goes through this mount (one owner), so the kernel's own
 /// invalidation keeps the cache right.
 const TTL: Duration = Duration::from_secs(1);
+/// Query folders and what they show change with any commit: no caching.
+const NO_TTL: Duration = Duration::ZERO;
+
+/// The kernel cache lifetime of an entry `ino` in `parent` (and its attributes).
+fn ttl(parent: u64, ino: u64) -> &'static Duration {
+    if is_virtual(parent) || is_virtual(ino) {
+        &NO_TTL
+    } else {
+        &TTL
+    }
+}
 
 /// The mounted filesystem.
 pub struct FuseFs {
@@ -104,9 +115,9 @@ fn set_time(t: TimeOrNow) -> SetTime {
     }
 }
 
-fn reply_entry(r: crate::error::Result<Inode>, reply: ReplyEntry) {
+fn reply_entry(parent: u64, r: crate::error::Result<Inode>, reply: ReplyEntry) {
     match r {
-        Ok(i) => reply.entry(&TTL, &attr(&i), Generation(0)),
+        Ok(i) => reply.entry(ttl(parent, i.ino), &attr(&i), Generation(0)),
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -144,12 +155,12 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(self.fs.lookup(parent.0, name.as_bytes()), reply)
+        reply_entry(parent.0, self.fs.lookup(parent.0, name.as_bytes()), reply)
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Ok(i) => reply.attr(ttl(i.ino, i.ino), &attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -182,7 +193,7 @@ impl Filesystem for FuseFs {
             ctime: ctime.map(ns),
         };
         match self.fs.setattr(ino.0, &set) {
-            Ok(i) => reply.attr(&TTL, &attr(&i)),
+            Ok(i) => reply.attr(ttl(i.ino, i.ino), &attr(&i)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -206,6 +217,7 @@ impl Filesystem for FuseFs {
     ) {
         let mode = mode & !(umask & 0o777);
         reply_entry(
+            parent.0,
             self.fs
                 .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req)),
             reply,
@@ -223,6 +235,7 @@ impl Filesystem for FuseFs {
     ) {
         let mode = mode & !(umask & 0o777);
         reply_entry(
+            parent.0,
             self.fs.mkdir(parent.0, name.as_bytes(), mode, caller(req)),
             reply,
         )
@@ -245,6 +258,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         reply_entry(
+            parent.0,
             self.fs.symlink(
                 parent.0,
                 link_name.as_bytes(),
@@ -285,13 +299,20 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply_entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply)
+        reply_entry(
+            newparent.0,
+            self.fs.link(ino.0, newparent.0, newname.as_bytes()),
+            reply,
+        )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0) {
             // Every change goes through this mount, so the page cache stays
             // right across opens.
+            Ok(fh) if is_virtual(ino.0) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e)),
         }
@@ -404,7 +425,7 @@ impl Filesystem for FuseFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -417,7 +438,7 @@ impl Filesystem for FuseFs {
                         INodeNo(e.attr.ino),
                         i as u64 + 1,
                         name,
-                        &TTL,
+                        ttl(ino.0, e.attr.ino),
                         &attr(&e.attr),
                         Generation(0),
                     ) {
@@ -506,7 +527,7 @@ impl Filesystem for FuseFs {
         let mode = mode & !(umask & 0o777);
         match self.fs.create(parent.0, name.as_bytes(), mode, caller(req)) {
             Ok((i, fh)) => reply.created(
-                &TTL,
+                ttl(parent.0, i.ino),
                 &attr(&i),
                 Generation(0),
                 FileHandle(fh),

@@ -25,6 +25,7 @@
 pub mod error;
 pub mod fuse;
 pub mod meta;
+pub mod query;
 pub mod qvfs;
 pub mod store;
 pub mod vfs;

@@ -265,13 +265,10 @@ pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
         read_only,
         ..Tuning::default()
     };
-    let fs = Arc::new(Fs::new(
-        meta,
-        container,
-        chunk_size,
-        tuning,
-        Some(dir.to_path_buf()),
-    ));
+    let fs = Arc::new(
+        Fs::new(meta, container, chunk_size, tuning, Some(dir.to_path_buf()))
+            .with_query_db(dir.join(DB_FILE)),
+    );
     Ok(Store {
         dir: dir.to_path_buf(),
         fs,

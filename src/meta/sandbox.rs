@@ -8,7 +8,9 @@
 //!    (and of the tables under them only on behalf of those views),
 //!    recursive CTEs and ordinary functions; everything else (writes,
 //!    `ATTACH`, `PRAGMA`, transactions, `load_extension`) is denied;
-//! 3. one statement only;
+//! 3. one statement only, naming no internal table and no schema: its
+//!    identifiers are checked before SQLite sees it, so every read of an
+//!    internal table is one that a documented view makes;
 //! 4. a time budget enforced by a progress handler, a row cap, and a cap on
 //!    the size of any string or blob a query can build.
 
@@ -112,6 +114,7 @@ impl Sandbox {
         if sql.trim().is_empty() {
             return Err(QueryError::Invalid("the query is empty".into()));
         }
+        check_identifiers(sql)?;
         let stmt = self.conn.prepare(sql).map_err(|e| match e {
             rusqlite::Error::MultipleStatement => {
                 QueryError::Invalid("only one statement is allowed".into())
@@ -170,15 +173,124 @@ impl Sandbox {
     }
 }
 
+/// Identifiers a query may not use: schemas and the tables under the views.
+const FORBIDDEN: &[&str] = &[
+    "main",
+    "temp",
+    "temporary",
+    "inodes",
+    "dentries",
+    "blobs",
+    "chunks",
+    "file_tags",
+    "store",
+    "saved_queries",
+];
+
+/// Refuses SQL that names a schema or an internal table (outside string
+/// literals and comments). Views named like internal tables (`tags`,
+/// `xattrs`) resolve to the views, which shadow them.
+fn check_identifiers(sql: &str) -> Result<(), QueryError> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let bad = |id: &str| {
+        let l = id.to_ascii_lowercase();
+        if FORBIDDEN.contains(&l.as_str()) || l.starts_with("sqlite_") || l.starts_with("pragma_") {
+            Err(QueryError::Invalid(format!(
+                "{id:?} is not one of the views a query may read (files, tags, tag_list, xattrs)"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' => {
+                // String literal ('' escapes a quote).
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\'' {
+                        if b.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'"' | b'`' | b'[' => {
+                let close = if c == b'[' { b']' } else { c };
+                let start = i + 1;
+                let mut id = Vec::new();
+                i += 1;
+                while i < b.len() {
+                    if b[i] == close {
+                        if close != b']' && b.get(i + 1) == Some(&close) {
+                            id.push(close);
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    id.push(b[i]);
+                    i += 1;
+                }
+                let _ = start;
+                bad(&String::from_utf8_lossy(&id))?;
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i += 2;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                let start = i;
+                while i < b.len()
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i] >= 0x80)
+                {
+                    i += 1;
+                }
+                bad(&String::from_utf8_lossy(&b[start..i]))?;
+            }
+            c if c.is_ascii_digit() => {
+                // Numbers, including 1e8 and 0x1F: not identifiers.
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
 fn authorize(ctx: AuthContext<'_>) -> Authorization {
     let ours = |name: &str| VIEWS.iter().any(|(v, _)| v.eq_ignore_ascii_case(name));
     let ok = match ctx.action {
         AuthAction::Select | AuthAction::Recursive => true,
         AuthAction::Read { table_name, .. } => {
-            // Reads of a view itself, of the tables under it on its behalf,
-            // and of pure table-valued functions.
+            // Reads of a view itself, of the tables under the views (user
+            // SQL cannot name them: `check_identifiers`; SQLite does not
+            // always report the view as accessor, e.g. for `count(*)`),
+            // of CTEs and subqueries (no database), and of pure
+            // table-valued functions.
             (ctx.database_name == Some("temp") && ours(table_name))
-                || (ctx.database_name == Some("main") && ctx.accessor.is_some_and(ours))
+                || ctx.database_name == Some("main")
+                || ctx.database_name.is_none()
                 || PURE_TABLES
                     .iter()
                     .any(|t| t.eq_ignore_ascii_case(table_name))
@@ -191,6 +303,12 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
     if ok {
         Authorization::Allow
     } else {
+        tracing::debug!(
+            "sandbox denied {:?} (database {:?}, via {:?})",
+            ctx.action,
+            ctx.database_name,
+            ctx.accessor
+        );
         Authorization::Deny
     }
 }

@@ -40,7 +40,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{FsError, Result};
 use crate::meta::{kind, BlobData, ChunkRef, Inode, Meta, NewInode};
+use crate::query;
 use crate::qvfs::Container;
+
+mod virt;
+pub use virt::{is_virtual, QUERY_BUDGET, RESERVED, ROW_CAP};
 
 /// Longest name of one directory entry, in bytes.
 pub const NAME_MAX: usize = 255;
@@ -189,6 +193,69 @@ struct OpenFile {
 enum Handle {
     File(Arc<OpenFile>),
     Dir(Arc<Vec<DirEntry>>),
+    /// A query result file (read-only bytes).
+    Virtual(Arc<Vec<u8>>),
+}
+
+/// An xattr name that addresses tags.
+enum TagAttr {
+    /// `user.tags`: the whole set.
+    All,
+    /// `user.tag.<name>`: one tag.
+    One(String),
+}
+
+impl TagAttr {
+    fn parse(name: &[u8]) -> Result<Option<TagAttr>> {
+        if name == b"user.tags" {
+            return Ok(Some(TagAttr::All));
+        }
+        let Some(rest) = name.strip_prefix(b"user.tag.") else {
+            return Ok(None);
+        };
+        let t = std::str::from_utf8(rest)
+            .map_err(|_| FsError::Invalid("a tag name must be UTF-8".into()))?;
+        if let Err(e) = query::check_tag(t) {
+            tracing::warn!("xattr user.tag.{t}: {e}");
+            return Err(FsError::Invalid(e));
+        }
+        Ok(Some(TagAttr::One(t.to_string())))
+    }
+}
+
+/// Content id of a file: BLAKE3 over its size and, for every chunk index,
+/// the chunk's hash (a hole counts as the hash of zeros of its length).
+/// Files with equal ids have equal content.
+pub fn content_id(chunks: &[(u64, [u8; 32])], size: u64, chunk_size: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&size.to_le_bytes());
+    let n = size.div_ceil(chunk_size);
+    let mut it = chunks.iter().peekable();
+    let mut zero: Option<(u64, [u8; 32])> = None;
+    for idx in 0..n {
+        while it.peek().is_some_and(|(i, _)| *i < idx) {
+            it.next();
+        }
+        match it.peek() {
+            Some((i, hash)) if *i == idx => {
+                h.update(hash);
+            }
+            _ => {
+                let len = chunk_size.min(size - idx * chunk_size);
+                if zero.map(|(l, _)| l) != Some(len) {
+                    zero = Some((len, *blake3::hash(&vec![0u8; len as usize]).as_bytes()));
+                }
+                h.update(&zero.unwrap().1);
+            }
+        }
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The content id of a file from its committed chunks.
+fn content_id_of(m: &Meta, ino: u64, size: u64, chunk_size: u64) -> Result<[u8; 32]> {
+    let chunks = m.chunk_hashes_ordered(ino)?;
+    Ok(content_id(&chunks, size, chunk_size))
 }
 
 /// The filesystem core over one store.
@@ -202,6 +269,13 @@ pub struct Fs {
     next_fh: AtomicU64,
     /// A folder on the disk holding the store, for `statfs`.
     statfs_dir: Option<PathBuf>,
+    /// The database file, for the query sandbox's own connection.
+    query_db: Option<PathBuf>,
+    /// Bumped by every metadata commit; query-folder listings cache on it.
+    generation: AtomicU64,
+    /// When this core started (the times of virtual folders).
+    started: i64,
+    virt: virt::Virt,
 }
 
 impl Fs {
@@ -222,7 +296,17 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             statfs_dir,
+            query_db: None,
+            generation: AtomicU64::new(0),
+            started: now_ns(),
+            virt: virt::Virt::default(),
         }
+    }
+
+    /// Lets query folders and `run_query` open the database at `db`.
+    pub fn with_query_db(mut self, db: PathBuf) -> Fs {
+        self.query_db = Some(db);
+        self
     }
 
     /// The metadata connection (for the store's own checks and statistics).
@@ -242,7 +326,9 @@ impl Fs {
     /// Runs `f` in a write transaction, then frees the clusters it released.
     fn tx<T>(&self, f: impl FnOnce(&Meta, &mut Vec<u32>) -> Result<T>) -> Result<T> {
         let mut frees = Vec::new();
-        let v = self.meta().write(|m| f(m, &mut frees))?;
+        let v = self.meta().write(|m| f(m, &mut frees));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let v = v?;
         self.free_clusters(&frees);
         Ok(v)
     }
@@ -295,6 +381,12 @@ impl Fs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
+        if is_virtual(parent) {
+            return self.v_lookup(parent, name);
+        }
+        if virt::is_reserved(parent, name) {
+            return self.v_root_lookup(name);
+        }
         let attr = {
             let m = self.meta();
             self.dir(&m, parent)?;
@@ -304,6 +396,9 @@ impl Fs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Inode> {
+        if is_virtual(ino) {
+            return self.v_getattr(ino);
+        }
         let attr = self.inode(&self.meta(), ino)?;
         Ok(self.overlay(attr))
     }
@@ -360,6 +455,12 @@ impl Fs {
         caller: Caller,
     ) -> Result<Inode> {
         check_name(name)?;
+        if is_virtual(parent) {
+            return Err(FsError::NotPermitted);
+        }
+        if virt::is_reserved(parent, name) {
+            return Err(FsError::Exists);
+        }
         let now = now_ns();
         self.tx(|m, _| {
             let mut p = self.dir(m, parent)?;
@@ -388,6 +489,9 @@ impl Fs {
                 target,
             })?;
             m.insert_dentry(parent, name, ino)?;
+            if k == kind::FILE {
+                m.set_chash(ino, &content_id(&[], 0, self.chunk_size))?;
+            }
             if k == kind::DIR {
                 p.nlink += 1;
             }
@@ -425,6 +529,10 @@ impl Fs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Inode> {
+        if is_virtual(parent) {
+            check_name(name)?;
+            return self.v_mkdir(parent, name);
+        }
         self.new_node(parent, name, kind::DIR | (perm & 0o7777), 0, None, caller)
     }
 
@@ -444,6 +552,9 @@ impl Fs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        if is_virtual(ino) {
+            return self.v_readlink(ino);
+        }
         let m = self.meta();
         let i = self.inode(&m, ino)?;
         if i.kind != kind::SYMLINK {
@@ -461,6 +572,10 @@ impl Fs {
         perm: u32,
         caller: Caller,
     ) -> Result<(Inode, u64)> {
+        if is_virtual(parent) {
+            check_name(name)?;
+            return self.v_create(parent, name, perm, caller);
+        }
         let attr = self.new_node(parent, name, kind::FILE | (perm & 0o7777), 0, None, caller)?;
         let fh = self.open(attr.ino)?;
         Ok((attr, fh))
@@ -468,6 +583,15 @@ impl Fs {
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Inode> {
         check_name(newname)?;
+        if is_virtual(newparent) {
+            return self.v_link(ino, newparent);
+        }
+        if is_virtual(ino) {
+            return Err(FsError::NotPermitted);
+        }
+        if virt::is_reserved(newparent, newname) {
+            return Err(FsError::Exists);
+        }
         let now = now_ns();
         let attr = self.tx(|m, _| {
             let mut i = self.inode(m, ino)?;
@@ -524,6 +648,12 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        if is_virtual(parent) {
+            return self.v_unlink(parent, name);
+        }
+        if virt::is_reserved(parent, name) {
+            return Err(FsError::IsDir);
+        }
         let now = now_ns();
         self.tx(|m, frees| {
             let mut p = self.dir(m, parent)?;
@@ -545,6 +675,12 @@ impl Fs {
         }
         if name == b".." {
             return Err(FsError::NotEmpty);
+        }
+        if is_virtual(parent) {
+            return self.v_rmdir(parent, name);
+        }
+        if virt::is_reserved(parent, name) {
+            return Err(FsError::Busy);
         }
         let now = now_ns();
         self.tx(|m, frees| {
@@ -601,6 +737,17 @@ impl Fs {
         if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
         {
             return Err(FsError::Invalid("unsupported rename flags".into()));
+        }
+        if is_virtual(parent) || is_virtual(newparent) {
+            if exchange {
+                return Err(FsError::Invalid(
+                    "RENAME_EXCHANGE does not apply to query folders".into(),
+                ));
+            }
+            return self.v_rename(parent, name, newparent, newname);
+        }
+        if virt::is_reserved(parent, name) || virt::is_reserved(newparent, newname) {
+            return Err(FsError::Busy);
         }
         let now = now_ns();
         self.tx(|m, frees| {
@@ -700,6 +847,9 @@ impl Fs {
     // ----- attributes -----
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Inode> {
+        if is_virtual(ino) {
+            return Err(FsError::NotPermitted);
+        }
         let now = now_ns();
         if let Some(size) = set.size {
             if size > FILE_MAX {
@@ -800,11 +950,55 @@ impl Fs {
 
     /// flags: XATTR_CREATE (1) fails if it exists, XATTR_REPLACE (2) if not.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if is_virtual(ino) {
+            return Err(FsError::NotSupported);
+        }
         Self::check_xattr_name(name)?;
         if value.len() > XATTR_VALUE_MAX {
             return Err(FsError::Range);
         }
         let now = now_ns();
+        if let Some(t) = TagAttr::parse(name)? {
+            let bad = |e: String| {
+                tracing::warn!("setxattr {}: {e}", String::from_utf8_lossy(name));
+                FsError::Invalid(e)
+            };
+            let value_str = || {
+                std::str::from_utf8(value)
+                    .map(|v| v.trim().to_string())
+                    .map_err(|_| bad("a tag value must be UTF-8".into()))
+            };
+            let set = match &t {
+                TagAttr::All => query::parse_tag_set(value).map_err(bad)?,
+                TagAttr::One(n) => {
+                    let v = value_str()?;
+                    query::check_value(&v).map_err(bad)?;
+                    vec![(n.clone(), (!v.is_empty()).then_some(v))]
+                }
+            };
+            return self.tx(|m, _| {
+                let mut i = self.inode(m, ino)?;
+                let exists = match &t {
+                    TagAttr::All => !m.file_tags(ino)?.is_empty(),
+                    TagAttr::One(n) => m.file_tag(ino, n)?.is_some(),
+                };
+                if flags & libc::XATTR_CREATE != 0 && exists {
+                    return Err(FsError::Exists);
+                }
+                if flags & libc::XATTR_REPLACE != 0 && !exists {
+                    return Err(FsError::NoAttr);
+                }
+                if let TagAttr::All = t {
+                    m.delete_file_tags(ino)?;
+                }
+                for (n, v) in &set {
+                    m.set_file_tag(ino, n, v.as_deref(), now)?;
+                }
+                i.ctime = now;
+                m.update_inode(&i)?;
+                Ok(())
+            });
+        }
         self.tx(|m, _| {
             let mut i = self.inode(m, ino)?;
             let exists = m.xattr(ino, name)?.is_some();
@@ -822,19 +1016,46 @@ impl Fs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        if !name.starts_with(b"user.") {
+        if !name.starts_with(b"user.") || is_virtual(ino) {
             return Err(FsError::NoAttr);
         }
         let m = self.meta();
         self.inode(&m, ino)?;
+        match TagAttr::parse(name) {
+            Ok(Some(TagAttr::All)) => {
+                let t = m.file_tags(ino)?;
+                if t.is_empty() {
+                    return Err(FsError::NoAttr);
+                }
+                return Ok(query::format_tag_set(&t));
+            }
+            Ok(Some(TagAttr::One(n))) => {
+                let v = m.file_tag(ino, &n)?.ok_or(FsError::NoAttr)?;
+                return Ok(v.unwrap_or_default().into_bytes());
+            }
+            Ok(None) => {}
+            Err(_) => return Err(FsError::NoAttr),
+        }
         m.xattr(ino, name)?.ok_or(FsError::NoAttr)
     }
 
     /// Names, each followed by NUL, as listxattr(2) returns them.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        if is_virtual(ino) {
+            return Ok(Vec::new());
+        }
         let m = self.meta();
         self.inode(&m, ino)?;
         let mut out = Vec::new();
+        let tags = m.file_tags(ino)?;
+        if !tags.is_empty() {
+            out.extend_from_slice(b"user.tags\0");
+        }
+        for (n, _) in tags {
+            out.extend_from_slice(b"user.tag.");
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
         for n in m.xattr_names(ino)? {
             out.extend_from_slice(&n);
             out.push(0);
@@ -847,7 +1068,29 @@ impl Fs {
             FsError::NotSupported => FsError::NoAttr,
             e => e,
         })?;
+        if is_virtual(ino) {
+            return Err(FsError::NoAttr);
+        }
         let now = now_ns();
+        if let Some(t) = TagAttr::parse(name).map_err(|_| FsError::NoAttr)? {
+            return self.tx(|m, _| {
+                let mut i = self.inode(m, ino)?;
+                let had = match &t {
+                    TagAttr::All => {
+                        let had = !m.file_tags(ino)?.is_empty();
+                        m.delete_file_tags(ino)?;
+                        had
+                    }
+                    TagAttr::One(n) => m.delete_file_tag(ino, n)?,
+                };
+                if !had {
+                    return Err(FsError::NoAttr);
+                }
+                i.ctime = now;
+                m.update_inode(&i)?;
+                Ok(())
+            });
+        }
         self.tx(|m, _| {
             let mut i = self.inode(m, ino)?;
             if !m.delete_xattr(ino, name)? {
@@ -864,7 +1107,10 @@ impl Fs {
     /// Opens a directory: the listing is a snapshot taken now, with `.` and
     /// `..` first, so offsets stay valid whatever changes meanwhile.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let entries = {
+        if is_virtual(ino) {
+            return self.v_opendir(ino);
+        }
+        let mut entries = {
             let m = self.meta();
             let d = self.dir(&m, ino)?;
             let parent = match m.parent_of(ino)? {
@@ -886,6 +1132,9 @@ impl Fs {
             }
             v
         };
+        if ino == ROOT {
+            entries.extend(self.v_root_entries()?);
+        }
         let entries = entries.into_iter().map(|mut e| {
             e.attr = self.overlay(e.attr);
             e
@@ -985,6 +1234,9 @@ impl Fs {
     }
 
     pub fn open(&self, ino: u64) -> Result<u64> {
+        if is_virtual(ino) {
+            return self.v_open(ino);
+        }
         let of = self.acquire(ino)?;
         Ok(self.new_fh(Handle::File(of)))
     }
@@ -1028,6 +1280,11 @@ impl Fs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if let Some(Handle::Virtual(d)) = self.handles.lock().unwrap().get(&fh) {
+            let from = (offset as usize).min(d.len());
+            let to = from.saturating_add(size as usize).min(d.len());
+            return Ok(d[from..to].to_vec());
+        }
         let of = self.file(fh)?;
         let st = of.data.read().unwrap();
         if offset >= st.size {
@@ -1245,6 +1502,7 @@ impl Fs {
                 i.mtime = i.mtime.max(st.mtime);
                 i.ctime = i.ctime.max(st.mtime);
                 m.update_inode(&i)?;
+                m.set_chash(ino, &content_id_of(m, ino, st.size, self.chunk_size)?)?;
             }
             Ok(resolved)
         });
@@ -1279,6 +1537,9 @@ impl Fs {
 
     /// Commits the handle's file (what `close` promises).
     pub fn flush(&self, fh: u64) -> Result<()> {
+        if let Some(Handle::Virtual(_)) = self.handles.lock().unwrap().get(&fh) {
+            return Ok(());
+        }
         let of = self.file(fh)?;
         let mut st = of.data.write().unwrap();
         self.commit_locked(&of, &mut st)
@@ -1303,8 +1564,17 @@ impl Fs {
     pub fn release(&self, fh: u64) -> Result<()> {
         let h = self.handles.lock().unwrap().remove(&fh);
         match h {
-            Some(Handle::File(of)) => self.release_file(of),
-            Some(Handle::Dir(_)) => Ok(()),
+            Some(Handle::File(of)) => {
+                let ino = of.ino;
+                self.release_file(of)?;
+                if !self.virt.staged.lock().unwrap().is_empty()
+                    && !self.open.lock().unwrap().contains_key(&ino)
+                {
+                    self.settle_staged(ino)?;
+                }
+                Ok(())
+            }
+            Some(Handle::Dir(_)) | Some(Handle::Virtual(_)) => Ok(()),
             None => Err(FsError::BadHandle),
         }
     }

@@ -1,0 +1,432 @@
+//! Query folders: from a path under `/by-tag`, `/sql` or `/queries` to a
+//! query, and from rows to directory entries. Pure logic: SQL runs in
+//! [`crate::meta`] (trusted, compiled listings with bound parameters) or in
+//! its sandbox (users' SQL).
+//!
+//! # Tags
+//! A tag name is UTF-8 (any script), 1 to 200 bytes, and case-sensitive
+//! (`Jazz` and `jazz` are two tags). It may not contain `/`, `,`, NUL or
+//! control characters (they cannot appear in a folder name or the
+//! comma-separated `user.tags`), nor `=`, `<`, `>`, `!`, `|` (the `/by-tag`
+//! syntax), and may not be `.` or `..` or start or end with a space. A value
+//! is UTF-8 up to 1024 bytes without `,`, NUL or control characters.
+//!
+//! # `/by-tag` syntax
+//! Each folder level below `/by-tag` is a term; the levels are ANDed:
+//! - `jazz`: tagged jazz;
+//! - `!jazz`: not tagged jazz;
+//! - `jazz|blues`: tagged jazz or blues (alternatives may be comparisons);
+//! - `year=1959`, `year!=1959`, `year<1960`, `year<=1960`, `year>1950`,
+//!   `year>=1950`: the tag's value compared, as numbers when the literal
+//!   is a number, else as text.
+
+pub mod saved;
+
+use std::collections::{BTreeMap, HashSet};
+
+use rusqlite::types::Value;
+
+/// Longest tag name, in bytes (so that `user.tag.<name>` fits an xattr name).
+pub const TAG_MAX: usize = 200;
+/// Longest tag value, in bytes.
+pub const VALUE_MAX: usize = 1024;
+
+/// Checks a tag name; the error says what is wrong.
+pub fn check_tag(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a tag name cannot be empty".into());
+    }
+    if name.len() > TAG_MAX {
+        return Err(format!("tag name longer than {TAG_MAX} bytes"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} cannot be a tag name"));
+    }
+    if name.starts_with(' ') || name.ends_with(' ') {
+        return Err(format!("tag name {name:?} starts or ends with a space"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || "/,=<>!|".contains(*c))
+    {
+        return Err(format!(
+            "tag name {name:?} contains {c:?}; '/', ',', '=', '<', '>', '!', '|' and control characters are not allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a tag value.
+pub fn check_value(v: &str) -> Result<(), String> {
+    if v.len() > VALUE_MAX {
+        return Err(format!("tag value longer than {VALUE_MAX} bytes"));
+    }
+    if v.contains(',') || v.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "tag value {v:?} contains ',' or a control character"
+        ));
+    }
+    Ok(())
+}
+
+/// A tag with an optional value.
+pub type TagItem = (String, Option<String>);
+
+/// Parses one `name` or `name=value` item.
+pub fn parse_item(s: &str) -> Result<TagItem, String> {
+    let s = s.trim();
+    match s.split_once('=') {
+        Some((n, v)) => {
+            let n = n.trim();
+            check_tag(n)?;
+            check_value(v.trim())?;
+            let v = v.trim();
+            Ok((n.to_string(), (!v.is_empty()).then(|| v.to_string())))
+        }
+        None => {
+            check_tag(s)?;
+            Ok((s.to_string(), None))
+        }
+    }
+}
+
+/// Parses a whole `user.tags` value: items separated by commas (empty items
+/// and surrounding spaces ignored; a later item wins over an earlier one).
+pub fn parse_tag_set(raw: &[u8]) -> Result<Vec<TagItem>, String> {
+    let s = std::str::from_utf8(raw).map_err(|_| "tags must be UTF-8".to_string())?;
+    let mut out: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for part in s.split(',') {
+        if part.trim().is_empty() {
+            continue;
+        }
+        let (n, v) = parse_item(part)?;
+        out.insert(n, v);
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Formats a tag set as `user.tags` shows it: sorted, comma separated.
+pub fn format_tag_set(tags: &[TagItem]) -> Vec<u8> {
+    let parts: Vec<String> = tags
+        .iter()
+        .map(|(n, v)| match v {
+            Some(v) => format!("{n}={v}"),
+            None => n.clone(),
+        })
+        .collect();
+    parts.join(",").into_bytes()
+}
+
+/// A comparison operator of a value term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    fn sql(self) -> &'static str {
+        match self {
+            Op::Eq => "=",
+            Op::Ne => "<>",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Gt => ">",
+            Op::Ge => ">=",
+        }
+    }
+}
+
+/// One alternative of a term.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Atom {
+    Tag(String),
+    Cmp(String, Op, String),
+}
+
+impl Atom {
+    pub fn tag(&self) -> &str {
+        match self {
+            Atom::Tag(t) | Atom::Cmp(t, _, _) => t,
+        }
+    }
+}
+
+/// One folder level under `/by-tag`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Term {
+    pub negated: bool,
+    /// ORed alternatives (at least one).
+    pub any: Vec<Atom>,
+}
+
+impl Term {
+    /// A plain `tag` term.
+    pub fn plain(&self) -> Option<&str> {
+        match (self.negated, self.any.as_slice()) {
+            (false, [Atom::Tag(t)]) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+fn parse_atom(s: &str) -> Result<Atom, String> {
+    // Two-character operators first.
+    for (tok, op) in [
+        ("<=", Op::Le),
+        (">=", Op::Ge),
+        ("!=", Op::Ne),
+        ("=", Op::Eq),
+        ("<", Op::Lt),
+        (">", Op::Gt),
+    ] {
+        if let Some((n, v)) = s.split_once(tok) {
+            check_tag(n)?;
+            check_value(v)?;
+            return Ok(Atom::Cmp(n.to_string(), op, v.to_string()));
+        }
+    }
+    check_tag(s)?;
+    Ok(Atom::Tag(s.to_string()))
+}
+
+/// Parses one folder name under `/by-tag`.
+pub fn parse_term(name: &str) -> Result<Term, String> {
+    let (negated, rest) = match name.strip_prefix('!') {
+        Some(r) => (true, r),
+        None => (false, name),
+    };
+    let any = rest
+        .split('|')
+        .map(parse_atom)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Term { negated, any })
+}
+
+fn atom_sql(a: &Atom, params: &mut Vec<Value>) -> String {
+    match a {
+        Atom::Tag(t) => {
+            params.push(Value::Text(t.clone()));
+            "tag = ?".into()
+        }
+        Atom::Cmp(t, op, lit) => {
+            params.push(Value::Text(t.clone()));
+            match lit.trim().parse::<f64>() {
+                Ok(n) if n.is_finite() => {
+                    params.push(Value::Real(n));
+                    format!(
+                        "(tag = ? AND value GLOB '*[0-9]*' AND CAST(value AS REAL) {} ?)",
+                        op.sql()
+                    )
+                }
+                _ => {
+                    params.push(Value::Text(lit.clone()));
+                    format!("(tag = ? AND value {} ?)", op.sql())
+                }
+            }
+        }
+    }
+}
+
+/// The inode numbers matching `terms`, as one compound SELECT.
+fn matches_sql(terms: &[Term], params: &mut Vec<Value>) -> String {
+    let mut sql = String::new();
+    let term_sql = |t: &Term, params: &mut Vec<Value>| {
+        let alts: Vec<String> = t.any.iter().map(|a| atom_sql(a, params)).collect();
+        format!("SELECT ino FROM file_tags WHERE {}", alts.join(" OR "))
+    };
+    let pos: Vec<&Term> = terms.iter().filter(|t| !t.negated).collect();
+    if pos.is_empty() {
+        sql.push_str("SELECT ino FROM inodes WHERE nlink > 0 AND ino <> 1");
+    }
+    for (i, t) in pos.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(" INTERSECT ");
+        }
+        sql.push_str(&term_sql(t, params));
+    }
+    for t in terms.iter().filter(|t| t.negated) {
+        sql.push_str(" EXCEPT ");
+        sql.push_str(&term_sql(t, params));
+    }
+    sql
+}
+
+/// SQL listing the files matching `terms`: rows of `name, <inode columns>`
+/// (a file's first name, by parent and name), for [`crate::meta::Meta::listing`].
+pub fn files_sql(terms: &[Term]) -> (String, Vec<Value>) {
+    let mut params = Vec::new();
+    let m = matches_sql(terms, &mut params);
+    let sql = format!(
+        "WITH m(ino) AS ({m}) \
+         SELECT (SELECT d.name FROM dentries d WHERE d.ino = i.ino ORDER BY d.parent, d.name LIMIT 1), \
+         i.ino, i.kind, i.perm, i.uid, i.gid, i.size, i.nlink, i.rdev, i.atime, i.mtime, i.ctime, i.btime \
+         FROM m JOIN inodes i ON i.ino = m.ino WHERE i.nlink > 0 AND i.ino <> 1 ORDER BY i.ino"
+    );
+    (sql, params)
+}
+
+/// SQL listing the tags held by some file matching `terms` (the sub-folders
+/// that narrow further), for [`crate::meta::Meta::strings`].
+pub fn narrowing_sql(terms: &[Term]) -> (String, Vec<Value>) {
+    let mut params = Vec::new();
+    let m = matches_sql(terms, &mut params);
+    let sql = format!(
+        "WITH m(ino) AS ({m}) \
+         SELECT DISTINCT f.tag FROM m JOIN file_tags f ON f.ino = m.ino ORDER BY f.tag"
+    );
+    (sql, params)
+}
+
+/// Decodes `%XX` escapes of a `/sql` folder name (`%2F` is `/`, `%25` is `%`).
+/// A `%` not followed by two hex digits stays as it is.
+pub fn percent_decode(name: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(name.len());
+    let mut i = 0;
+    while i < name.len() {
+        if name[i] == b'%' && i + 2 < name.len() {
+            if let (Some(h), Some(l)) = (hex(name[i + 1]), hex(name[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(name[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Splits `name.ext` for the clash suffix (a leading dot is not an extension).
+fn split_ext(name: &[u8]) -> (&[u8], &[u8]) {
+    match name.iter().rposition(|&c| c == b'.') {
+        Some(p) if p > 0 => (&name[..p], &name[p..]),
+        _ => (name, b""),
+    }
+}
+
+/// Gives every entry a unique name. Entries are `(name, ino)`; duplicates of
+/// the same pair are dropped. Among entries sharing a name, the lowest inode
+/// keeps it (unless `taken` holds it already) and each other one becomes
+/// `stem~INO.ext`, e.g. `report~1234.pdf`. Keeps the input order.
+pub fn unique_names<T>(
+    entries: Vec<(Vec<u8>, u64, T)>,
+    taken: &HashSet<Vec<u8>>,
+) -> Vec<(Vec<u8>, u64, T)> {
+    let mut seen = HashSet::new();
+    let entries: Vec<_> = entries
+        .into_iter()
+        .filter(|(n, ino, _)| seen.insert((n.clone(), *ino)))
+        .collect();
+    let mut lowest: std::collections::HashMap<&[u8], u64> = std::collections::HashMap::new();
+    for (n, ino, _) in &entries {
+        let e = lowest.entry(n.as_slice()).or_insert(*ino);
+        *e = (*e).min(*ino);
+    }
+    let keep: Vec<bool> = entries
+        .iter()
+        .map(|(n, ino, _)| lowest[n.as_slice()] == *ino && !taken.contains(n))
+        .collect();
+    entries
+        .into_iter()
+        .zip(keep)
+        .map(|((n, ino, t), keep)| {
+            if keep {
+                (n, ino, t)
+            } else {
+                let (stem, ext) = split_ext(&n);
+                let mut s = stem.to_vec();
+                s.extend_from_slice(format!("~{ino}").as_bytes());
+                s.extend_from_slice(ext);
+                (s, ino, t)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_names() {
+        assert!(check_tag("jazz").is_ok());
+        assert!(check_tag("Ünïcödé 音楽").is_ok());
+        for bad in [
+            "", "a/b", "a,b", "a=b", "!a", "a|b", "a\0b", ".", "..", " a", "a\n",
+        ] {
+            assert!(check_tag(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_tag(&"x".repeat(TAG_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn tag_sets() {
+        let t = parse_tag_set(b" jazz, year=1959,,blues ,jazz").unwrap();
+        assert_eq!(
+            t,
+            vec![
+                ("blues".into(), None),
+                ("jazz".into(), None),
+                ("year".into(), Some("1959".into()))
+            ]
+        );
+        assert_eq!(format_tag_set(&t), b"blues,jazz,year=1959");
+        assert!(parse_tag_set(b"a/b").is_err());
+        assert!(parse_tag_set(&[0xff]).is_err());
+    }
+
+    #[test]
+    fn terms() {
+        assert_eq!(parse_term("jazz").unwrap().plain(), Some("jazz"));
+        let t = parse_term("!a|year>=1950").unwrap();
+        assert!(t.negated);
+        assert_eq!(
+            t.any,
+            vec![
+                Atom::Tag("a".into()),
+                Atom::Cmp("year".into(), Op::Ge, "1950".into())
+            ]
+        );
+        assert_eq!(
+            parse_term("year!=3").unwrap().any,
+            vec![Atom::Cmp("year".into(), Op::Ne, "3".into())]
+        );
+        assert!(parse_term("a||b").is_err());
+        assert!(parse_term("").is_err());
+    }
+
+    #[test]
+    fn percent() {
+        assert_eq!(percent_decode(b"a%2Fb%2fc"), b"a/b/c");
+        assert_eq!(percent_decode(b"100%"), b"100%");
+        assert_eq!(percent_decode(b"%zz%25"), b"%zz%");
+    }
+
+    #[test]
+    fn clashes() {
+        let v = vec![
+            (b"a.txt".to_vec(), 9, ()),
+            (b"a.txt".to_vec(), 3, ()),
+            (b"a.txt".to_vec(), 3, ()),
+            (b".rc".to_vec(), 4, ()),
+            (b"b".to_vec(), 5, ()),
+        ];
+        let taken: HashSet<Vec<u8>> = [b"b".to_vec()].into();
+        let names: Vec<Vec<u8>> = unique_names(v, &taken).into_iter().map(|e| e.0).collect();
+        assert_eq!(
+            names,
+            vec![
+                b"a~9.txt".to_vec(),
+                b"a.txt".to_vec(),
+                b".rc".to_vec(),
+                b"b~5".to_vec()
+            ]
+        );
+    }
+}
