@@ -8,6 +8,7 @@
 mod admin;
 mod files;
 mod mount;
+mod tags;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -93,6 +94,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Add, remove or list the tags of a file.
+    #[command(subcommand)]
+    Tag(tags::TagCmd),
+    /// Every tag with the number of files holding it.
+    Tags {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a SELECT over the store's views, or manage saved queries.
+    Query(tags::QueryArgs),
 }
 
 /// The outcome of a command that ran.
@@ -163,6 +174,9 @@ fn run(cli: Cli) -> Result<Outcome> {
         Cmd::Info { json } => admin::info(&dir, json),
         Cmd::Fsck { verify, json } => admin::fsck(&dir, verify, json),
         Cmd::Gc { json } => admin::gc(&dir, json),
+        Cmd::Tag(cmd) => tags::tag(&dir, cmd),
+        Cmd::Tags { json } => tags::tags(&dir, json),
+        Cmd::Query(a) => tags::query(&dir, a),
     }
 }
 

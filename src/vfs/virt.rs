@@ -841,3 +841,73 @@ fn resolve_in(m: &crate::meta::Meta, path: &str) -> Result<Option<Inode>> {
     }
     m.inode(cur).map_err(Into::into)
 }
+
+/// Tags and saved queries for the CLI.
+impl Fs {
+    /// Checks users' SQL without running it.
+    pub fn check_query(&self, sql: &str) -> std::result::Result<(), String> {
+        let db = self
+            .query_db
+            .as_ref()
+            .ok_or("queries need a store on disk")?;
+        let mut sb = self.virt.sandbox.lock().unwrap();
+        if sb.is_none() {
+            *sb = Some(Sandbox::open(db).map_err(|e| e.to_string())?);
+        }
+        sb.as_ref()
+            .unwrap()
+            .check(sql)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every tag with the number of files holding it.
+    pub fn tag_counts(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self.meta().tag_counts()?)
+    }
+
+    /// A file's tags.
+    pub fn file_tags(&self, ino: u64) -> Result<Vec<query::TagItem>> {
+        Ok(self.meta().file_tags(ino)?)
+    }
+
+    /// Saves (or replaces) a user query after checking it.
+    pub fn save_query(&self, name: &str, sql: &str) -> Result<()> {
+        saved::check_name(name).map_err(FsError::Invalid)?;
+        self.check_query(sql).map_err(FsError::Invalid)?;
+        let now = super::now_ns();
+        self.tx(|m, _| Ok(m.save_query(name, sql, now)?))
+    }
+
+    /// Deletes a user query; `NotFound` if there is none.
+    pub fn delete_query(&self, name: &str) -> Result<()> {
+        if saved::shipped(name).is_some() {
+            return Err(FsError::Invalid(format!(
+                "{name:?} is a shipped query and cannot be removed"
+            )));
+        }
+        self.tx(|m, _| {
+            if m.delete_saved_query(name)? {
+                Ok(())
+            } else {
+                Err(FsError::NotFound)
+            }
+        })
+    }
+
+    /// Shipped and saved queries: (name, SQL, shipped).
+    pub fn queries(&self) -> Result<Vec<(String, String, bool)>> {
+        let mut v: Vec<(String, String, bool)> = saved::SHIPPED
+            .iter()
+            .map(|(n, q)| (n.to_string(), q.to_string(), true))
+            .collect();
+        v.extend(
+            self.meta()
+                .saved_queries()?
+                .into_iter()
+                .map(|(n, q)| (n, q, false)),
+        );
+        v.sort();
+        Ok(v)
+    }
+}

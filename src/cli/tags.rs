@@ -1,0 +1,245 @@
+//! `tag`, `tags` and `query`: tags and SQL from the command line.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Subcommand};
+use queryfs::meta::sandbox::{value_json, value_text};
+use queryfs::store::{self, Access, Store};
+
+use super::{json_line, Outcome};
+
+#[derive(Subcommand)]
+pub enum TagCmd {
+    /// Tag a file: TAG or TAG=VALUE.
+    Add {
+        path: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Untag a file.
+    Rm {
+        path: String,
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// List a file's tags.
+    Ls {
+        #[arg(long)]
+        json: bool,
+        path: String,
+    },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct QueryArgs {
+    #[command(subcommand)]
+    cmd: Option<QueryCmd>,
+    /// A SELECT over the views files, tags, tag_list and xattrs.
+    sql: Option<String>,
+    /// One JSON object per row.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum QueryCmd {
+    /// Save a query; it shows as /queries/NAME/ in the mount.
+    Save { name: String, sql: String },
+    /// List shipped and saved queries.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a saved query.
+    Rm { name: String },
+}
+
+fn open(dir: &Path, write: Option<&str>) -> Result<Store> {
+    let access = match write {
+        Some(what) => Access::Write {
+            purpose: format!("queryfs {what}"),
+            recover: true,
+        },
+        None => Access::Read,
+    };
+    Ok(store::open(dir, access, false)?)
+}
+
+pub fn tag(dir: &Path, cmd: TagCmd) -> Result<Outcome> {
+    match cmd {
+        TagCmd::Add { path, tags } => {
+            let s = open(dir, Some("tag add"))?;
+            let i = s.fs.resolve(&path).map_err(|e| anyhow!("{path}: {e}"))?;
+            for t in &tags {
+                let (n, v) = queryfs::query::parse_item(t).map_err(|e| anyhow!("{t:?}: {e}"))?;
+                let name = format!("user.tag.{n}");
+                s.fs.setxattr(i.ino, name.as_bytes(), v.unwrap_or_default().as_bytes(), 0)
+                    .map_err(|e| anyhow!("{path}: tag {t:?}: {e}"))?;
+            }
+            Ok(Outcome::Ok)
+        }
+        TagCmd::Rm { path, tags } => {
+            let s = open(dir, Some("tag rm"))?;
+            let i = s.fs.resolve(&path).map_err(|e| anyhow!("{path}: {e}"))?;
+            let mut missing = false;
+            for t in &tags {
+                let name = format!("user.tag.{t}");
+                match s.fs.removexattr(i.ino, name.as_bytes()) {
+                    Ok(()) => {}
+                    Err(queryfs::error::FsError::NoAttr) => {
+                        eprintln!("queryfs: {path}: not tagged {t:?}");
+                        missing = true;
+                    }
+                    Err(e) => bail!("{path}: tag {t:?}: {e}"),
+                }
+            }
+            Ok(if missing {
+                Outcome::NothingFound
+            } else {
+                Outcome::Ok
+            })
+        }
+        TagCmd::Ls { json, path } => {
+            let s = open(dir, None)?;
+            let i = s.fs.resolve(&path).map_err(|e| anyhow!("{path}: {e}"))?;
+            let tags = s.fs.file_tags(i.ino)?;
+            let mut out = std::io::stdout().lock();
+            for (n, v) in &tags {
+                if json {
+                    json_line(&mut out, &serde_json::json!({"tag": n, "value": v}))?;
+                } else {
+                    match v {
+                        Some(v) => writeln!(out, "{n}={v}")?,
+                        None => writeln!(out, "{n}")?,
+                    }
+                }
+            }
+            Ok(if tags.is_empty() {
+                Outcome::NothingFound
+            } else {
+                Outcome::Ok
+            })
+        }
+    }
+}
+
+pub fn tags(dir: &Path, json: bool) -> Result<Outcome> {
+    let s = open(dir, None)?;
+    let counts = s.fs.tag_counts()?;
+    let mut out = std::io::stdout().lock();
+    for (t, n) in &counts {
+        if json {
+            json_line(&mut out, &serde_json::json!({"tag": t, "files": n}))?;
+        } else {
+            writeln!(out, "{n:>8}  {t}")?;
+        }
+    }
+    Ok(if counts.is_empty() {
+        Outcome::NothingFound
+    } else {
+        Outcome::Ok
+    })
+}
+
+pub fn query(dir: &Path, a: QueryArgs) -> Result<Outcome> {
+    match a.cmd {
+        Some(QueryCmd::Save { name, sql }) => {
+            let s = open(dir, Some("query save"))?;
+            s.fs.save_query(&name, &sql)
+                .map_err(|e| anyhow!("query {name:?}: {e}"))?;
+            Ok(Outcome::Ok)
+        }
+        Some(QueryCmd::Rm { name }) => {
+            let s = open(dir, Some("query rm"))?;
+            s.fs.delete_query(&name)
+                .map_err(|e| anyhow!("query {name:?}: {e}"))?;
+            Ok(Outcome::Ok)
+        }
+        Some(QueryCmd::Ls { json }) => {
+            let s = open(dir, None)?;
+            let mut out = std::io::stdout().lock();
+            for (n, q, shipped) in s.fs.queries()? {
+                if json {
+                    json_line(
+                        &mut out,
+                        &serde_json::json!({"name": n, "sql": q, "shipped": shipped}),
+                    )?;
+                } else {
+                    let one: Vec<&str> = q
+                        .lines()
+                        .filter(|l| !l.trim_start().starts_with("--"))
+                        .map(str::trim)
+                        .collect();
+                    writeln!(
+                        out,
+                        "{n}\t{}{}",
+                        if shipped { "(shipped) " } else { "" },
+                        one.join(" ")
+                    )?;
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        None => {
+            let Some(sql) = a.sql else {
+                bail!("give a query, e.g. queryfs query 'SELECT path, size FROM files'");
+            };
+            let s = open(dir, None)?;
+            let r = s.fs.run_query(&sql).map_err(|e| anyhow!("query: {e}"))?;
+            let mut out = std::io::stdout().lock();
+            if a.json {
+                for row in &r.rows {
+                    let obj: serde_json::Map<String, serde_json::Value> = r
+                        .columns
+                        .iter()
+                        .cloned()
+                        .zip(row.iter().map(value_json))
+                        .collect();
+                    json_line(&mut out, &obj)?;
+                }
+            } else {
+                let cells: Vec<Vec<String>> = r
+                    .rows
+                    .iter()
+                    .map(|row| row.iter().map(value_text).collect())
+                    .collect();
+                let mut w: Vec<usize> = r.columns.iter().map(|c| c.chars().count()).collect();
+                for row in &cells {
+                    for (i, c) in row.iter().enumerate() {
+                        w[i] = w[i].max(c.chars().count());
+                    }
+                }
+                let line = |out: &mut dyn Write, row: &[String]| -> std::io::Result<()> {
+                    let parts: Vec<String> = row
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| format!("{c:<w$}", w = w[i]))
+                        .collect();
+                    writeln!(out, "{}", parts.join("  ").trim_end())
+                };
+                line(&mut out, &r.columns)?;
+                line(
+                    &mut out,
+                    &w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>(),
+                )?;
+                for row in &cells {
+                    line(&mut out, row)?;
+                }
+            }
+            if r.truncated {
+                eprintln!(
+                    "queryfs: only the first {} rows are shown",
+                    queryfs::vfs::ROW_CAP
+                );
+            }
+            Ok(if r.rows.is_empty() {
+                Outcome::NothingFound
+            } else {
+                Outcome::Ok
+            })
+        }
+    }
+}
