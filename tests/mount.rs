@@ -9,64 +9,6 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn c(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap()
-}
-
-fn setxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid pointers and lengths.
-    let r = unsafe {
-        libc::setxattr(
-            c(p).as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(errno())
-    }
-}
-
-fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: valid pointers and lengths.
-    let r = unsafe {
-        libc::getxattr(
-            c(p).as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if r < 0 {
-        return Err(errno());
-    }
-    buf.truncate(r as usize);
-    Ok(buf)
-}
-
-fn listxattr(p: &Path) -> Vec<String> {
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: valid pointers and lengths.
-    let r = unsafe { libc::listxattr(c(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(r >= 0, "listxattr: {}", errno());
-    buf.truncate(r as usize);
-    buf.split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8(s.to_vec()).unwrap())
-        .collect()
-}
-
 fn rename2(a: &Path, b: &Path, flags: u32) -> Result<(), i32> {
     // SAFETY: valid C strings; AT_FDCWD.
     let r = unsafe {

@@ -4,4 +4,5 @@
 mod cli;
 mod crash;
 mod mount;
+mod tags;
 mod util;

@@ -185,3 +185,74 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 pub fn info_json(store: &Path) -> serde_json::Value {
     serde_json::from_str(qfs_ok(store, &["info", "--json"]).trim()).unwrap()
 }
+
+// ----- system calls the tests make directly -----
+
+pub fn c(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+pub fn setxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> Result<(), i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid pointers and lengths.
+    let r = unsafe {
+        libc::setxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+pub fn getxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid pointers and lengths.
+    let r = unsafe {
+        libc::getxattr(
+            c(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        return Err(errno());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+pub fn listxattr(p: &Path) -> Vec<String> {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid pointers and lengths.
+    let r = unsafe { libc::listxattr(c(p).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(r >= 0, "listxattr: {}", errno());
+    buf.truncate(r as usize);
+    buf.split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8(s.to_vec()).unwrap())
+        .collect()
+}
+
+pub fn remove_xattr(p: &Path, name: &str) -> Result<(), i32> {
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings.
+    let r = unsafe { libc::removexattr(c(p).as_ptr(), n.as_ptr()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}

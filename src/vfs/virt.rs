@@ -77,8 +77,12 @@ pub(super) struct Virt {
     sandbox: std::sync::Mutex<Option<Sandbox>>,
     /// Files created in a tag folder: ino -> the folder's terms and the
     /// name the file was created with.
-    pub(super) staged: std::sync::Mutex<HashMap<u64, (Vec<Term>, Vec<u8>)>>,
+    pub(super) staged: std::sync::Mutex<HashMap<u64, Staged>>,
 }
+
+/// A file created in a tag folder: the folder's terms and the name it was
+/// created with.
+type Staged = (Vec<Term>, Vec<u8>);
 
 #[derive(Default)]
 struct Table {
