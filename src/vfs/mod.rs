@@ -1155,12 +1155,18 @@ impl Fs {
         Ok(())
     }
 
-    /// Lists a directory in one go (offline use).
+    /// Lists a directory in one go (offline use). The root's listing leaves
+    /// out the query folders, so that tree walks (`get /`, `rm -r`) see each
+    /// file once; they are still reachable by name.
     pub fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let fh = self.opendir(ino)?;
         let v = self.dir_entries(fh)?;
         self.releasedir(fh)?;
-        Ok(v.iter().skip(2).cloned().collect())
+        Ok(v.iter()
+            .skip(2)
+            .filter(|e| ino != ROOT || !is_virtual(e.attr.ino))
+            .cloned()
+            .collect())
     }
 
     // ----- open files -----
