@@ -154,7 +154,7 @@ impl Filesystem for Pass {
         _uid: Option<u32>,
         _gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -176,16 +176,38 @@ impl Filesystem for Pass {
                     .and_then(|f| f.set_len(s))
                     .map_err(err)?;
             }
-            if let Some(t) = mtime {
-                let t = match t {
-                    TimeOrNow::Now => SystemTime::now(),
-                    TimeOrNow::SpecificTime(t) => t,
+            if atime.is_some() || mtime.is_some() {
+                let ts = |t: Option<TimeOrNow>| match t {
+                    None => libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: libc::UTIME_OMIT,
+                    },
+                    Some(TimeOrNow::Now) => libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: libc::UTIME_NOW,
+                    },
+                    Some(TimeOrNow::SpecificTime(t)) => {
+                        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                        libc::timespec {
+                            tv_sec: d.as_secs() as i64,
+                            tv_nsec: d.subsec_nanos() as i64,
+                        }
+                    }
                 };
-                File::options()
-                    .write(true)
-                    .open(&p)
-                    .and_then(|f| f.set_modified(t))
-                    .map_err(err)?;
+                let times = [ts(atime), ts(mtime)];
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: valid C string and two timespecs.
+                let r = unsafe {
+                    libc::utimensat(
+                        libc::AT_FDCWD,
+                        c.as_ptr(),
+                        times.as_ptr(),
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if r != 0 {
+                    return Err(err(std::io::Error::last_os_error()));
+                }
             }
             self.attr(&p)
         })();

@@ -71,7 +71,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            inline_max: 4096,
+            inline_max: 16 * 1024,
             dirty_limit: 64 << 20,
             read_only: false,
         }
@@ -1225,7 +1225,9 @@ impl Fs {
                 false
             }
         };
-        if last {
+        // Only a file without names left needs a transaction here.
+        let unlinked = last && self.meta().inode(of.ino)?.is_some_and(|i| i.nlink == 0);
+        if unlinked {
             let ino = of.ino;
             self.tx(|m, frees| {
                 if let Some(i) = m.inode(ino)? {
