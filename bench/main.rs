@@ -182,17 +182,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn clear(dir: &Path) {
     for e in fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
-        let name = e.file_name();
-        if ["by-tag", "sql", "queries"].contains(&name.to_str().unwrap_or(""))
-            && p.parent().is_some()
-        {
-            if fs::symlink_metadata(&p)
-                .map(|m| m.is_dir())
-                .unwrap_or(false)
-                && p.parent().unwrap().ends_with("q-mnt")
-            {
-                continue;
-            }
+        // The query folders of a queryfs mount are not files to clear.
+        if ["by-tag", "sql", "queries"].contains(&e.file_name().to_str().unwrap_or("")) {
+            continue;
         }
         if e.file_type().unwrap().is_dir() {
             fs::remove_dir_all(&p).unwrap();

@@ -11,11 +11,14 @@
 //! 3. [`vfs`]: the filesystem core. Protocol-neutral operations, the open
 //!    file table, write buffers, the durability protocol. Errors are
 //!    [`error::FsError`], mapped to errno in exactly one place.
-//! 4. [`store`]: a store folder: opening, the single-owner lock, recovery,
+//! 4. [`query`]: query folders: tag syntax, `/by-tag` paths compiled to SQL
+//!    with bound parameters, entry naming. The virtual nodes themselves live
+//!    in `vfs::virt`.
+//! 5. [`store`]: a store folder: opening, the single-owner lock, recovery,
 //!    `fsck`, `gc`, `info`.
-//! 5. [`meta`]: the only place SQL runs: connection setup, migrations from
+//! 6. [`meta`]: the only place SQL runs: connection setup, migrations from
 //!    `migrations/`, statements from `queries/meta/`.
-//! 6. [`qvfs`]: the QVFS cluster format (FAT + clusters) through one small
+//! 7. [`qvfs`]: the QVFS cluster format (FAT + clusters) through one small
 //!    device trait; it holds blob bytes, and serves plain images.
 //!
 //! Content: a file is a list of chunks (64 KiB by default); each chunk is a
