@@ -24,8 +24,11 @@ use fuser::{
 
 const TTL: Duration = Duration::from_secs(1);
 
+/// inode -> path, path -> inode, the last inode number given.
+type Inodes = (HashMap<u64, PathBuf>, HashMap<PathBuf, u64>, u64);
+
 struct Pass {
-    inodes: RwLock<(HashMap<u64, PathBuf>, HashMap<PathBuf, u64>, u64)>,
+    inodes: RwLock<Inodes>,
     files: Mutex<HashMap<u64, Arc<File>>>,
     next_fh: Mutex<u64>,
 }
