@@ -213,46 +213,53 @@ fn tagging_with_mv_cp_ln_rm_mkdir_rmdir() {
     let ino = fs::metadata(&report).unwrap().ino();
 
     // mkdir creates a tag; an empty tag folder lists nothing.
-    fs::create_dir(m.path("by-tag/work")).unwrap();
-    assert_eq!(err_of(fs::create_dir(m.path("by-tag/work"))), libc::EEXIST);
+    fs::create_dir(m.path("by-tag/office")).unwrap();
+    assert_eq!(
+        err_of(fs::create_dir(m.path("by-tag/office"))),
+        libc::EEXIST
+    );
     assert_eq!(
         err_of(fs::create_dir(m.path("by-tag/bad,name"))),
         libc::EINVAL
     );
-    assert!(names(&m.path("by-tag/work")).is_empty());
+    assert!(names(&m.path("by-tag/office")).is_empty());
 
     // mv into a tag folder tags; the file stays where it is.
-    fs::rename(&report, m.path("by-tag/work/report.pdf")).unwrap();
+    fs::rename(&report, m.path("by-tag/office/report.pdf")).unwrap();
     assert!(report.exists());
-    assert_eq!(names(&m.path("by-tag/work")), set(&["report.pdf"]));
-    assert_eq!(getxattr(&report, "user.tags").unwrap(), b"work");
+    assert_eq!(names(&m.path("by-tag/office")), set(&["report.pdf"]));
+    assert_eq!(getxattr(&report, "user.tags").unwrap(), b"office");
 
     // ln into a tag folder tags, without a new name in the tree.
     fs::create_dir(m.path("by-tag/urgent")).unwrap();
     fs::hard_link(&report, m.path("by-tag/urgent/report.pdf")).unwrap();
     assert_eq!(fs::metadata(&report).unwrap().nlink(), 1);
-    assert_eq!(getxattr(&report, "user.tags").unwrap(), b"urgent,work");
+    assert_eq!(getxattr(&report, "user.tags").unwrap(), b"office,urgent");
 
     // cp of a file of the store into a tag folder tags that file: no copy.
     let files_before = info_files(&m);
-    fs::copy(m.path("docs/letter.txt"), m.path("by-tag/work/letter.txt")).unwrap();
+    fs::copy(
+        m.path("docs/letter.txt"),
+        m.path("by-tag/office/letter.txt"),
+    )
+    .unwrap();
     assert_eq!(
         getxattr(&m.path("docs/letter.txt"), "user.tags").unwrap(),
-        b"work"
+        b"office"
     );
     assert_eq!(
-        names(&m.path("by-tag/work")),
+        names(&m.path("by-tag/office")),
         set(&["report.pdf", "letter.txt", "urgent"])
     );
     assert_eq!(info_files(&m), files_before);
     // cp of a new file keeps it, tagged, in /inbox.
     let outside = dir.path().join("new.txt");
     fs::write(&outside, b"from outside").unwrap();
-    fs::copy(&outside, m.path("by-tag/work/new.txt")).unwrap();
+    fs::copy(&outside, m.path("by-tag/office/new.txt")).unwrap();
     assert_eq!(fs::read(m.path("inbox/new.txt")).unwrap(), b"from outside");
     assert_eq!(
         getxattr(&m.path("inbox/new.txt"), "user.tags").unwrap(),
-        b"work"
+        b"office"
     );
 
     // mv between tag folders retags.
@@ -262,10 +269,10 @@ fn tagging_with_mv_cp_ln_rm_mkdir_rmdir() {
         m.path("by-tag/done/report.pdf"),
     )
     .unwrap();
-    assert_eq!(getxattr(&report, "user.tags").unwrap(), b"done,work");
+    assert_eq!(getxattr(&report, "user.tags").unwrap(), b"done,office");
 
     // rm in a tag folder untags and never deletes.
-    fs::remove_file(m.path("by-tag/work/report.pdf")).unwrap();
+    fs::remove_file(m.path("by-tag/office/report.pdf")).unwrap();
     assert!(report.exists());
     assert_eq!(getxattr(&report, "user.tags").unwrap(), b"done");
     assert_eq!(fs::read(&report).unwrap(), b"docs/report.pdf");
@@ -280,8 +287,8 @@ fn tagging_with_mv_cp_ln_rm_mkdir_rmdir() {
     // rm -r of a tag folder untags everything in it and removes the tag,
     // leaving the files and their other tags alone.
     setxattr(&m.path("docs/letter.txt"), "user.tag.done", b"", 0).unwrap();
-    fs::remove_dir_all(m.path("by-tag/work")).unwrap();
-    assert!(!names(&m.path("by-tag")).contains("work"));
+    fs::remove_dir_all(m.path("by-tag/office")).unwrap();
+    assert!(!names(&m.path("by-tag")).contains("office"));
     assert_eq!(
         getxattr(&m.path("docs/letter.txt"), "user.tags").unwrap(),
         b"done"

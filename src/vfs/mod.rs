@@ -1549,8 +1549,16 @@ impl Fs {
             return Ok(());
         }
         let of = self.file(fh)?;
-        let mut st = of.data.write().unwrap();
-        self.commit_locked(&of, &mut st)
+        {
+            let mut st = of.data.write().unwrap();
+            self.commit_locked(&of, &mut st)?;
+        }
+        // A file copied into a tag folder settles at close (flush is
+        // synchronous with close(2); release is not).
+        if self.virt.staged.lock().unwrap().contains_key(&of.ino) {
+            self.settle_staged(of.ino)?;
+        }
+        Ok(())
     }
 
     /// Commits the file and makes the store durable.
