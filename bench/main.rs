@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(about = "queryfs benchmarks against a native directory and a FUSE passthrough")]
 struct Args {
     /// Work directory (on the disk to measure; everything is created inside).
@@ -265,7 +265,7 @@ fn random(t: &Target, a: &Args, res: &mut Results) {
             t,
             &Args {
                 runs: 1,
-                ..args_clone(a)
+                ..a.clone()
             },
             &mut Results::new(),
         );
@@ -303,19 +303,6 @@ fn random(t: &Target, a: &Args, res: &mut Results) {
         median(ww),
     );
     fs::remove_file(&p).unwrap();
-}
-
-fn args_clone(a: &Args) -> Args {
-    Args {
-        dir: a.dir.clone(),
-        runs: a.runs,
-        size_mib: a.size_mib,
-        files: a.files,
-        tar_files: a.tar_files,
-        query_files: a.query_files,
-        rss_mib: a.rss_mib,
-        only: a.only.clone(),
-    }
 }
 
 fn small(t: &Target, a: &Args, res: &mut Results) {
@@ -459,7 +446,6 @@ fn dedup(t: &Target, a: &Args, res: &mut Results) {
         t.name,
         100.0 * two.saturating_sub(one) as f64 / 256.0 / 1048576.0,
     );
-    let _ = one;
     fs::remove_file(t.root.join("copy1")).unwrap();
     fs::remove_file(t.root.join("copy2")).unwrap();
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
-use queryfs::meta::sandbox::{value_json, value_text};
+use queryfs::meta::sandbox::value_text;
 use queryfs::store::{self, Access, Store};
 
 use super::{json_line, Outcome};
@@ -191,14 +191,8 @@ pub fn query(dir: &Path, a: QueryArgs) -> Result<Outcome> {
             let r = s.fs.run_query(&sql).map_err(|e| anyhow!("query: {e}"))?;
             let mut out = std::io::stdout().lock();
             if a.json {
-                for row in &r.rows {
-                    let obj: serde_json::Map<String, serde_json::Value> = r
-                        .columns
-                        .iter()
-                        .cloned()
-                        .zip(row.iter().map(value_json))
-                        .collect();
-                    json_line(&mut out, &obj)?;
+                for i in 0..r.rows.len() {
+                    json_line(&mut out, &r.row_json(i))?;
                 }
             } else {
                 let cells: Vec<Vec<String>> = r

@@ -331,13 +331,14 @@ impl Meta {
         Ok(())
     }
 
-    /// Chunk hashes of a file in index order.
-    pub fn chunk_hashes_ordered(&self, ino: u64) -> Result<Vec<(u64, [u8; 32])>> {
-        let mut s = self.conn.prepare_cached(q::CHUNK_HASHES_ORDERED)?;
-        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, [u8; 32]>(1)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    /// The stored content id of a regular file.
+    pub fn chash(&self, ino: u64) -> Result<Option<[u8; 32]>> {
+        Ok(self
+            .conn
+            .prepare_cached(q::INODE_CHASH)?
+            .query_row(named_params! {":ino": ino as i64}, |r| r.get(0))
+            .optional()?
+            .flatten())
     }
 
     /// Other live regular files with content id `chash`: (parent, name, ino).

@@ -67,7 +67,7 @@ queries! {
     FILE_TAG_DELETE_ALL => "file_tag_delete_all",
     INODE_SET_CHASH => "inode_set_chash",
     INODE_SAME_CONTENT => "inode_same_content",
-    CHUNK_HASHES_ORDERED => "chunk_hashes_ordered",
+    INODE_CHASH => "inode_chash",
     SAVED_GET => "saved_get",
     SAVED_SET => "saved_set",
     SAVED_DELETE => "saved_delete",

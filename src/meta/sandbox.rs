@@ -58,6 +58,17 @@ pub struct QueryResult {
     pub truncated: bool,
 }
 
+impl QueryResult {
+    /// Row `i` as a JSON object keyed by column name.
+    pub fn row_json(&self, i: usize) -> serde_json::Map<String, serde_json::Value> {
+        self.columns
+            .iter()
+            .cloned()
+            .zip(self.rows[i].iter().map(value_json))
+            .collect()
+    }
+}
+
 /// A read-only, sandboxed connection to a store's database.
 pub struct Sandbox {
     conn: Connection,
@@ -223,7 +234,6 @@ fn check_identifiers(sql: &str) -> Result<(), QueryError> {
             }
             b'"' | b'`' | b'[' => {
                 let close = if c == b'[' { b']' } else { c };
-                let start = i + 1;
                 let mut id = Vec::new();
                 i += 1;
                 while i < b.len() {
@@ -238,7 +248,6 @@ fn check_identifiers(sql: &str) -> Result<(), QueryError> {
                     id.push(b[i]);
                     i += 1;
                 }
-                let _ = start;
                 bad(&String::from_utf8_lossy(&id))?;
                 i += 1;
             }

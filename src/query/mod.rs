@@ -165,6 +165,14 @@ pub struct Term {
 }
 
 impl Term {
+    /// The term of one (already checked) tag name.
+    pub fn tag(name: &str) -> Term {
+        Term {
+            negated: false,
+            any: vec![Atom::Tag(name.to_string())],
+        }
+    }
+
     /// A plain `tag` term.
     pub fn plain(&self) -> Option<&str> {
         match (self.negated, self.any.as_slice()) {

@@ -252,12 +252,6 @@ pub fn content_id(chunks: &[(u64, [u8; 32])], size: u64, chunk_size: u64) -> [u8
     *h.finalize().as_bytes()
 }
 
-/// The content id of a file from its committed chunks.
-fn content_id_of(m: &Meta, ino: u64, size: u64, chunk_size: u64) -> Result<[u8; 32]> {
-    let chunks = m.chunk_hashes_ordered(ino)?;
-    Ok(content_id(&chunks, size, chunk_size))
-}
-
 /// The filesystem core over one store.
 pub struct Fs {
     meta: Mutex<Meta>,
@@ -1457,6 +1451,18 @@ impl Fs {
             return Err(e);
         }
         let ino = of.ino;
+        // The content id after this commit, from the file's chunk map in
+        // memory (truncation already applied to it) plus the new chunks.
+        let chash = {
+            let mut all: BTreeMap<u64, [u8; 32]> =
+                st.chunks.iter().map(|(&i, c)| (i, c.hash)).collect();
+            all.extend(items.iter().copied());
+            content_id(
+                &all.into_iter().collect::<Vec<_>>(),
+                st.size,
+                self.chunk_size,
+            )
+        };
         let mut used: HashSet<[u8; 32]> = HashSet::new();
         let result = self.tx(|m, frees| {
             if st.drop_from.is_some() || !st.dropped.is_empty() {
@@ -1510,7 +1516,7 @@ impl Fs {
                 i.mtime = i.mtime.max(st.mtime);
                 i.ctime = i.ctime.max(st.mtime);
                 m.update_inode(&i)?;
-                m.set_chash(ino, &content_id_of(m, ino, st.size, self.chunk_size)?)?;
+                m.set_chash(ino, &chash)?;
             }
             Ok(resolved)
         });
@@ -1580,16 +1586,7 @@ impl Fs {
     pub fn release(&self, fh: u64) -> Result<()> {
         let h = self.handles.lock().unwrap().remove(&fh);
         match h {
-            Some(Handle::File(of)) => {
-                let ino = of.ino;
-                self.release_file(of)?;
-                if !self.virt.staged.lock().unwrap().is_empty()
-                    && !self.open.lock().unwrap().contains_key(&ino)
-                {
-                    self.settle_staged(ino)?;
-                }
-                Ok(())
-            }
+            Some(Handle::File(of)) => self.release_file(of),
             Some(Handle::Dir(_)) | Some(Handle::Virtual(_)) => Ok(()),
             None => Err(FsError::BadHandle),
         }

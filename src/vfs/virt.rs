@@ -22,7 +22,7 @@ use rusqlite::types::Value;
 
 use super::{Caller, DirEntry, Fs, Handle, ROOT};
 use crate::error::{FsError, Result};
-use crate::meta::sandbox::{value_json, value_text, QueryError, QueryResult, Sandbox};
+use crate::meta::sandbox::{value_text, QueryError, QueryResult, Sandbox};
 use crate::meta::{kind, Inode};
 use crate::query::{self, saved, Term};
 
@@ -155,19 +155,19 @@ impl Fs {
 
     /// Attributes of a virtual node.
     pub(super) fn v_getattr(&self, ino: u64) -> Result<Inode> {
-        let key = self.vkey(ino)?;
-        let (k, perm, size) = match &key {
-            VKey::ByTag(_) => (kind::DIR, 0o755, 0),
-            VKey::Leaf(..) => {
+        let (k, perm, size) = match ino {
+            BY_TAG => (kind::DIR, 0o755, 0),
+            SQL | QUERIES => (kind::DIR, 0o555, 0),
+            _ => {
                 let t = self.virt.table.lock().unwrap();
                 let n = t.nodes.get(&ino).ok_or(FsError::NotFound)?;
-                if n.link {
-                    (kind::SYMLINK, 0o777, n.data.len() as u64)
-                } else {
-                    (kind::FILE, 0o444, n.data.len() as u64)
+                match n.key {
+                    VKey::ByTag(_) => (kind::DIR, 0o755, 0),
+                    VKey::Leaf(..) if n.link => (kind::SYMLINK, 0o777, n.data.len() as u64),
+                    VKey::Leaf(..) => (kind::FILE, 0o444, n.data.len() as u64),
+                    _ => (kind::DIR, 0o555, 0),
                 }
             }
-            _ => (kind::DIR, 0o555, 0),
         };
         let me = Caller::current();
         Ok(Inode {
@@ -218,33 +218,32 @@ impl Fs {
 
     // ----- listings -----
 
-    fn sandbox_run(&self, sql: &str) -> Result<QueryResult> {
+    /// Calls `f` with the sandbox, opening it on first use; errors as text.
+    fn with_sandbox<T>(
+        &self,
+        f: impl FnOnce(&Sandbox) -> std::result::Result<T, QueryError>,
+    ) -> std::result::Result<T, String> {
         let db = self
             .query_db
             .as_ref()
-            .ok_or_else(|| FsError::Invalid("queries need a store on disk".into()))?;
+            .ok_or("queries need a store on disk")?;
         let mut sb = self.virt.sandbox.lock().unwrap();
         if sb.is_none() {
-            *sb = Some(Sandbox::open(db).map_err(|e| FsError::Invalid(e.to_string()))?);
+            *sb = Some(Sandbox::open(db).map_err(|e| e.to_string())?);
         }
-        sb.as_ref()
-            .unwrap()
-            .run(sql, QUERY_BUDGET, ROW_CAP)
-            .map_err(|e| {
-                tracing::warn!("query {sql:?} refused: {e}");
-                match e {
-                    QueryError::Timeout(_) => FsError::Invalid(e.to_string()),
-                    e => FsError::Invalid(e.to_string()),
-                }
-            })
+        f(sb.as_ref().unwrap()).map_err(|e| e.to_string())
     }
 
-    /// Runs users' SQL through the sandbox (for the CLI).
-    pub fn run_query(&self, sql: &str) -> std::result::Result<QueryResult, String> {
-        self.sandbox_run(sql).map_err(|e| match e {
-            FsError::Invalid(m) => m,
-            e => e.to_string(),
+    fn sandbox_run(&self, sql: &str) -> Result<QueryResult> {
+        self.run_query(sql).map_err(|e| {
+            tracing::warn!("query {sql:?} refused: {e}");
+            FsError::Invalid(e)
         })
+    }
+
+    /// Runs users' SQL through the sandbox (query folders and the CLI).
+    pub fn run_query(&self, sql: &str) -> std::result::Result<QueryResult, String> {
+        self.with_sandbox(|sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
     }
 
     /// Relative path from a virtual folder to a real path (for dir symlinks).
@@ -295,7 +294,7 @@ impl Fs {
                 Ok(names
                     .into_iter()
                     .map(|n| {
-                        let v = self.vnode(VKey::ByTag(vec![query::parse_term(&n).unwrap()]), None);
+                        let v = self.vnode(VKey::ByTag(vec![Term::tag(&n)]), None);
                         (n.into_bytes(), Target::Virtual(v))
                     })
                     .collect())
@@ -322,7 +321,7 @@ impl Fs {
                 let mut out = self.real_entries(ino, key, files, &taken)?;
                 for s in subs {
                     let mut t = terms.clone();
-                    t.push(query::parse_term(&s).map_err(FsError::Invalid)?);
+                    t.push(Term::tag(&s));
                     let v = self.vnode(VKey::ByTag(t), None);
                     out.push((s.into_bytes(), Target::Virtual(v)));
                 }
@@ -372,34 +371,32 @@ impl Fs {
             return Ok(self.result_files(ino, &r));
         }
         let mut rows = Vec::new();
-        {
-            let m = self.meta();
-            for row in &r.rows {
-                let found = match (id_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
-                    (Some(Value::Integer(i)), _) if *i > 0 => m.inode(*i as u64)?,
-                    (_, Some(Value::Text(p))) => resolve_in(&m, p)?,
-                    _ => None,
-                };
-                let Some(attr) = found else { continue };
-                if attr.nlink == 0 || attr.ino == ROOT {
-                    continue;
-                }
-                let name = match (name_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
-                    (Some(Value::Text(n)), _) if !n.is_empty() && !n.contains('/') => {
-                        n.as_bytes().to_vec()
-                    }
-                    (_, Some(Value::Text(p)))
-                        if p.rsplit('/').next().is_some_and(|s| !s.is_empty()) =>
-                    {
-                        p.rsplit('/').next().unwrap().as_bytes().to_vec()
-                    }
-                    _ => match m.parent_of(attr.ino)? {
-                        Some((_, n)) => n,
-                        None => continue,
-                    },
-                };
-                rows.push((name, attr));
+        for row in &r.rows {
+            let found = match (id_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
+                (Some(Value::Integer(i)), _) if *i > 0 => self.meta().inode(*i as u64)?,
+                (_, Some(Value::Text(p))) => match self.resolve(p) {
+                    Ok(i) => Some(i),
+                    Err(FsError::NotFound | FsError::NotDir) => None,
+                    Err(e) => return Err(e),
+                },
+                _ => None,
+            };
+            let Some(attr) = found else { continue };
+            if attr.nlink == 0 || attr.ino == ROOT || is_virtual(attr.ino) {
+                continue;
             }
+            let base = |p: &str| p.rsplit('/').next().unwrap_or("").as_bytes().to_vec();
+            let name = match (name_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
+                (Some(Value::Text(n)), _) if !n.is_empty() && !n.contains('/') => {
+                    n.as_bytes().to_vec()
+                }
+                (_, Some(Value::Text(p))) if !base(p).is_empty() => base(p),
+                _ => match self.meta().parent_of(attr.ino)? {
+                    Some((_, n)) => n,
+                    None => continue,
+                },
+            };
+            rows.push((name, attr));
         }
         self.real_entries(ino, key, rows, &HashSet::new())
     }
@@ -431,18 +428,8 @@ impl Fs {
             );
             csv.push('\n');
         }
-        let json: Vec<serde_json::Value> = r
-            .rows
-            .iter()
-            .map(|row| {
-                serde_json::Value::Object(
-                    r.columns
-                        .iter()
-                        .cloned()
-                        .zip(row.iter().map(value_json))
-                        .collect(),
-                )
-            })
+        let json: Vec<serde_json::Value> = (0..r.rows.len())
+            .map(|i| serde_json::Value::Object(r.row_json(i)))
             .collect();
         let mut json = serde_json::to_vec_pretty(&json).unwrap_or_default();
         json.push(b'\n');
@@ -656,7 +643,7 @@ impl Fs {
             Ok(m.create_tag(s, now)?)
         })?;
         let mut t = terms;
-        t.push(query::parse_term(s).map_err(FsError::Invalid)?);
+        t.push(Term::tag(s));
         self.v_getattr(self.vnode(VKey::ByTag(t), None))
     }
 
@@ -763,7 +750,7 @@ impl Fs {
     }
 
     /// create(2) in a tag folder: the new file lives in `/inbox`, tagged.
-    /// When it is released, if it has the name and content of another file
+    /// When it is closed, if it has the name and content of another file
     /// of the store (a `cp` from inside), that file is tagged instead and
     /// the copy dropped: tagging by copy makes no second file.
     pub(super) fn v_create(
@@ -803,7 +790,7 @@ impl Fs {
         Ok((attr, fh))
     }
 
-    /// After the last release of a file created in a tag folder.
+    /// At the close (flush) of a file created in a tag folder.
     pub(super) fn settle_staged(&self, ino: u64) -> Result<()> {
         let Some((terms, original)) = self.virt.staged.lock().unwrap().remove(&ino) else {
             return Ok(());
@@ -819,7 +806,10 @@ impl Fs {
             let Some((p, name)) = m.parent_of(ino)? else {
                 return Ok(());
             };
-            let chash = super::content_id_of(&m, ino, i.size, self.chunk_size)?;
+            // The commit at this close stored the content id.
+            let Some(chash) = m.chash(ino)? else {
+                return Ok(());
+            };
             let twin = m
                 .same_content(&chash, ino)?
                 .into_iter()
@@ -834,35 +824,11 @@ impl Fs {
     }
 }
 
-/// The inode at an absolute path of the store, if any.
-fn resolve_in(m: &crate::meta::Meta, path: &str) -> Result<Option<Inode>> {
-    let mut cur = ROOT;
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        match m.lookup(cur, part.as_bytes())? {
-            Some(i) => cur = i.ino,
-            None => return Ok(None),
-        }
-    }
-    m.inode(cur).map_err(Into::into)
-}
-
 /// Tags and saved queries for the CLI.
 impl Fs {
     /// Checks users' SQL without running it.
     pub fn check_query(&self, sql: &str) -> std::result::Result<(), String> {
-        let db = self
-            .query_db
-            .as_ref()
-            .ok_or("queries need a store on disk")?;
-        let mut sb = self.virt.sandbox.lock().unwrap();
-        if sb.is_none() {
-            *sb = Some(Sandbox::open(db).map_err(|e| e.to_string())?);
-        }
-        sb.as_ref()
-            .unwrap()
-            .check(sql)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.with_sandbox(|sb| sb.check(sql).map(|_| ()))
     }
 
     /// Every tag with the number of files holding it.

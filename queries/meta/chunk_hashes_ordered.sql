@@ -1,1 +1,0 @@
-SELECT idx, hash FROM chunks WHERE ino = :ino ORDER BY idx

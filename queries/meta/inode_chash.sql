@@ -1,0 +1,1 @@
+SELECT chash FROM inodes WHERE ino = :ino
