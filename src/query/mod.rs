@@ -310,12 +310,13 @@ pub fn percent_decode(name: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits `name.ext` for the clash suffix (a leading dot is not an extension).
-fn split_ext(name: &[u8]) -> (&[u8], &[u8]) {
-    match name.iter().rposition(|&c| c == b'.') {
+/// `stem~SUFFIX.ext` from `stem.ext` (a leading dot is not an extension).
+pub fn with_suffix(name: &[u8], suffix: impl std::fmt::Display) -> Vec<u8> {
+    let (stem, ext) = match name.iter().rposition(|&c| c == b'.') {
         Some(p) if p > 0 => (&name[..p], &name[p..]),
-        _ => (name, b""),
-    }
+        _ => (name, &b""[..]),
+    };
+    [stem, format!("~{suffix}").as_bytes(), ext].concat()
 }
 
 /// Gives every entry a unique name. Entries are `(name, ino)`; duplicates of
@@ -347,11 +348,7 @@ pub fn unique_names<T>(
             if keep {
                 (n, ino, t)
             } else {
-                let (stem, ext) = split_ext(&n);
-                let mut s = stem.to_vec();
-                s.extend_from_slice(format!("~{ino}").as_bytes());
-                s.extend_from_slice(ext);
-                (s, ino, t)
+                (with_suffix(&n, ino), ino, t)
             }
         })
         .collect()

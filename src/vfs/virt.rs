@@ -774,11 +774,7 @@ impl Fs {
         let mut k = 1;
         while self.lookup(inbox.ino, &n).is_ok() {
             k += 1;
-            let (stem, ext) = match name.iter().rposition(|&c| c == b'.') {
-                Some(p) if p > 0 => (&name[..p], &name[p..]),
-                _ => (name, &b""[..]),
-            };
-            n = [stem, format!("~{k}").as_bytes(), ext].concat();
+            n = query::with_suffix(name, k);
         }
         let (attr, fh) = self.create(inbox.ino, &n, perm, caller)?;
         self.tag_into(attr.ino, &terms)?;
