@@ -177,7 +177,7 @@ impl Filesystem for FuseFs {
         mtime: Option<TimeOrNow>,
         ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
+        crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
@@ -191,6 +191,7 @@ impl Filesystem for FuseFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
             ctime: ctime.map(ns),
+            btime: crtime.map(ns),
         };
         match self.fs.setattr(ino.0, &set) {
             Ok(i) => reply.attr(ttl(i.ino, i.ino), &attr(&i)),

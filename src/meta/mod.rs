@@ -305,7 +305,7 @@ impl Meta {
     pub fn update_inode(&self, i: &Inode) -> Result<()> {
         self.conn.prepare_cached(q::INODE_UPDATE)?.execute(named_params! {
             ":ino": i.ino as i64, ":perm": i.perm, ":uid": i.uid, ":gid": i.gid, ":size": i.size as i64,
-            ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime,
+            ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime, ":btime": i.btime,
         })?;
         Ok(())
     }

@@ -117,6 +117,8 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
     pub ctime: Option<i64>,
+    /// Birth time; set only by imports that restore it.
+    pub btime: Option<i64>,
 }
 
 /// One directory listing entry.
@@ -887,6 +889,9 @@ impl Fs {
                 }
                 if let Some(mt) = set.mtime {
                     i.mtime = t(mt);
+                }
+                if let Some(b) = set.btime {
+                    i.btime = b;
                 }
                 i.ctime = set.ctime.unwrap_or(now);
                 m.update_inode(&i)?;
