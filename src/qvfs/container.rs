@@ -58,26 +58,36 @@ impl fmt::Display for ChainError {
 
 /// Follows the chain from `start` in `fat`, bounded by the FAT length.
 pub fn walk_chain(fat: &[u32], start: u32) -> Result<Vec<u32>, ChainError> {
+    match walk_chain_partial(fat, start) {
+        (chain, None) => Ok(chain),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// Follows the chain from `start` as far as it is sound: the clusters
+/// reached, and the fault that stopped the walk, if any. Never takes more
+/// than `fat.len()` steps.
+pub fn walk_chain_partial(fat: &[u32], start: u32) -> (Vec<u32>, Option<ChainError>) {
     let n = fat.len() as u64;
     if start as u64 >= n {
-        return Err(ChainError::StartOutOfRange(start));
+        return (Vec::new(), Some(ChainError::StartOutOfRange(start)));
     }
     let mut out = Vec::new();
     let mut cur = start;
     loop {
         if out.len() as u64 >= n {
-            return Err(ChainError::Loop { start });
+            return (out, Some(ChainError::Loop { start }));
         }
         let v = fat[cur as usize];
         if v == FAT_FREE {
-            return Err(ChainError::FreeCluster { at: cur });
+            return (out, Some(ChainError::FreeCluster { at: cur }));
         }
         out.push(cur);
         if v == FAT_EOC {
-            return Ok(out);
+            return (out, None);
         }
         if v as u64 >= n {
-            return Err(ChainError::NextOutOfRange { at: cur, next: v });
+            return (out, Some(ChainError::NextOutOfRange { at: cur, next: v }));
         }
         cur = v;
     }
@@ -144,12 +154,20 @@ impl Container {
                 "FAT has more than 2^32 entries",
             ));
         }
-        let mut raw = vec![0u8; len as usize];
-        qfi.read_at(&mut raw, 0)?;
-        let fat: Vec<u32> = raw
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        // Read in pieces, so that opening costs the FAT and little more.
+        let mut fat: Vec<u32> = Vec::with_capacity((len / 4) as usize);
+        let mut raw = vec![0u8; (len as usize).min(1 << 20)];
+        let mut at = 0u64;
+        while at < len {
+            let n = ((len - at) as usize).min(raw.len());
+            qfi.read_at(&mut raw[..n], at)?;
+            fat.extend(
+                raw[..n]
+                    .chunks_exact(4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            at += n as u64;
+        }
         if fat[0] == FAT_FREE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -178,6 +196,11 @@ impl Container {
             .iter()
             .filter(|&&v| v != FAT_FREE)
             .count() as u64
+    }
+
+    /// Runs `f` on the FAT, under the read lock.
+    pub fn with_fat<R>(&self, f: impl FnOnce(&[u32]) -> R) -> R {
+        f(&self.state.read().unwrap().fat)
     }
 
     /// A copy of the FAT, for checks.
@@ -300,13 +323,24 @@ impl Container {
         let st = self.state.read().unwrap();
         let chain = walk_chain(&st.fat, start)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        self.read_in(&chain, offset, buf)
+    }
+
+    /// Reads `buf.len()` bytes at byte `offset` of an already walked chain.
+    pub fn read_in(&self, chain: &[u32], offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let cs = CLUSTER_SIZE as u64;
         let end = offset + buf.len() as u64;
         if end > chain.len() as u64 * cs {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("read past the end of the chain at cluster {start}"),
+                format!(
+                    "read past the end of the chain at cluster {}",
+                    chain.first().copied().unwrap_or(0)
+                ),
             ));
+        }
+        if buf.is_empty() {
+            return Ok(());
         }
         let first = (offset / cs) as usize;
         let last = end.div_ceil(cs) as usize;
@@ -321,6 +355,74 @@ impl Container {
             done += n;
         }
         Ok(())
+    }
+
+    /// Reserves a chain of `n` clusters (lowest free first, then appended)
+    /// in memory, for a writer that fills it with [`Container::write_in`]
+    /// and then publishes it with [`Container::publish`].
+    pub fn reserve(&self, n: usize) -> io::Result<Vec<u32>> {
+        self.allocate(n.max(1))
+    }
+
+    /// Writes `data` at byte `offset` of a reserved chain; with `pad`, zeros
+    /// the rest of the chain after it, so that every cluster is written.
+    pub fn write_in(&self, chain: &[u32], offset: u64, data: &[u8], pad: bool) -> io::Result<()> {
+        let cs = CLUSTER_SIZE as u64;
+        let cap = chain.len() as u64 * cs;
+        let end = offset + data.len() as u64;
+        if end > cap {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write past the end of a reserved chain",
+            ));
+        }
+        let mut at = offset;
+        let mut done = 0usize;
+        while at < end || (pad && at < cap) {
+            let idx = (at / cs) as usize;
+            // Extend over clusters that are consecutive on the device.
+            let mut run = 1;
+            while idx + run < chain.len() && chain[idx + run] == chain[idx] + run as u32 {
+                run += 1;
+            }
+            let run_end = (idx + run) as u64 * cs;
+            let dev = chain[idx] as u64 * cs + at % cs;
+            let n = (end.min(run_end).saturating_sub(at)) as usize;
+            if n > 0 {
+                self.qfd.write_at(&data[done..done + n], dev)?;
+                done += n;
+                at += n as u64;
+            } else {
+                // Only padding is left in this run.
+                let z = vec![0u8; (run_end - at) as usize];
+                self.qfd.write_at(&z, dev)?;
+                at = run_end;
+            }
+        }
+        self.unsynced.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes the FAT entries of a reserved chain to the `.qfi` file.
+    pub fn publish(&self, chain: &[u32]) -> io::Result<()> {
+        let mut sorted = chain.to_vec();
+        sorted.sort_unstable();
+        let st = self.state.read().unwrap();
+        for (first, _, len) in runs(&sorted) {
+            let mut raw = Vec::with_capacity(len * 4);
+            for c in first..first + len as u32 {
+                raw.extend_from_slice(&st.fat[c as usize].to_le_bytes());
+            }
+            self.qfi.write_at(&raw, first as u64 * 4)?;
+        }
+        self.unsynced.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Appends the chain starting at `next` to the chain ending at `last`
+    /// (in memory; publish `last` to write it).
+    pub fn join(&self, last: u32, next: u32) {
+        self.state.write().unwrap().fat[last as usize] = next;
     }
 
     /// Frees the chain at `start`. Only call this after the transaction that

@@ -13,8 +13,11 @@
 
 pub mod container;
 pub mod device;
+pub mod format;
+pub mod image;
 
 pub use container::{
-    clusters_for, walk_chain, ChainError, Container, CLUSTER_SIZE, FAT_EOC, FAT_FREE,
+    clusters_for, walk_chain, walk_chain_partial, ChainError, Container, CLUSTER_SIZE, FAT_EOC,
+    FAT_FREE,
 };
 pub use device::{Device, MemDevice};

@@ -832,6 +832,23 @@ impl Fs {
         Ok(self.meta().tag_counts()?)
     }
 
+    /// Every tag name, used or not.
+    pub fn tag_names(&self) -> Result<Vec<String>> {
+        Ok(self.meta().tag_names()?)
+    }
+
+    /// Creates a tag unless it exists.
+    pub fn ensure_tag(&self, name: &str) -> Result<()> {
+        query::check_tag(name).map_err(FsError::Invalid)?;
+        let now = super::now_ns();
+        self.tx(|m, _| {
+            if !m.tag_exists(name)? {
+                m.create_tag(name, now)?;
+            }
+            Ok(())
+        })
+    }
+
     /// A file's tags.
     pub fn file_tags(&self, ino: u64) -> Result<Vec<query::TagItem>> {
         Ok(self.meta().file_tags(ino)?)
