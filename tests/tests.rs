@@ -4,5 +4,6 @@
 mod cli;
 mod crash;
 mod mount;
+mod qvfs;
 mod tags;
 mod util;

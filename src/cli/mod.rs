@@ -8,6 +8,7 @@
 mod admin;
 mod files;
 mod mount;
+mod qvfs;
 mod tags;
 
 use std::io::Write;
@@ -104,6 +105,13 @@ enum Cmd {
     },
     /// Run a SELECT over the store's views, or manage saved queries.
     Query(tags::QueryArgs),
+    /// Write the store (or a folder of it) as a plain QVFS image.
+    ExportQvfs(qvfs::ExportArgs),
+    /// Read a QVFS image into the store (created if missing).
+    ImportQvfs(qvfs::ImportArgs),
+    /// Check or browse a QVFS image without importing it.
+    #[command(subcommand)]
+    Qvfs(qvfs::QvfsCmd),
 }
 
 /// The outcome of a command that ran.
@@ -177,6 +185,9 @@ fn run(cli: Cli) -> Result<Outcome> {
         Cmd::Tag(cmd) => tags::tag(&dir, cmd),
         Cmd::Tags { json } => tags::tags(&dir, json),
         Cmd::Query(a) => tags::query(&dir, a),
+        Cmd::ExportQvfs(a) => qvfs::export(&dir, a),
+        Cmd::ImportQvfs(a) => qvfs::import(&dir, a),
+        Cmd::Qvfs(c) => qvfs::qvfs(c),
     }
 }
 

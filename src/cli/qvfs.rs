@@ -1,0 +1,359 @@
+//! `export-qvfs`, `import-qvfs` and `qvfs check|ls|cat`: plain QVFS images.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use queryfs::exchange::{self, ExchangeError, ExportOptions};
+use queryfs::qvfs::format::format_time;
+use queryfs::qvfs::image::{Image, Item, Report, Severity};
+use queryfs::store::{self, Access};
+use serde::Serialize;
+
+use super::{json_line, Outcome};
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The image to write: OUT.qfi (the data goes to OUT.qfd beside it).
+    out: PathBuf,
+    /// Folder of the store to export; its contents become the image's root.
+    #[arg(long, default_value = "/", value_name = "PATH")]
+    from: String,
+    /// Leave out files over 2^31-1 bytes (each is reported) instead of refusing.
+    #[arg(long)]
+    skip_large: bool,
+    /// Write no metadata file: a bare image, as a plain QVFS writer makes
+    /// (times to 2 s, no modes, owners, symlinks, tags or xattrs).
+    #[arg(long)]
+    no_meta: bool,
+    /// Replace OUT.qfi/OUT.qfd if they exist.
+    #[arg(long)]
+    force: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The image to read: NAME.qfi (with NAME.qfd beside it).
+    image: PathBuf,
+    /// Folder of the store to import into (created if missing).
+    #[arg(long, default_value = "/", value_name = "PATH")]
+    into: String,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum QvfsCmd {
+    /// Run the reader checks; exit 0 clean, 1 problems, 2 unreadable.
+    Check {
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a folder of an image (default its root).
+    Ls {
+        image: PathBuf,
+        #[arg(default_value = "/")]
+        path: String,
+        /// Long listing: kind, size, modified time, name (and short name).
+        #[arg(short, long)]
+        long: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print files of an image to standard output.
+    Cat {
+        image: PathBuf,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}
+
+fn bar(total: u64) -> ProgressBar {
+    let b = ProgressBar::new(total);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+fn explain(e: ExchangeError) -> anyhow::Error {
+    match e {
+        ExchangeError::Damaged(r) => {
+            let mut lines = vec![ExchangeError::Damaged(r.clone()).to_string()];
+            lines.extend(
+                r.problems
+                    .iter()
+                    .filter(|p| p.severity == Severity::Error)
+                    .take(20)
+                    .map(problem_line),
+            );
+            anyhow!(lines.join("\n  "))
+        }
+        e => anyhow!(e),
+    }
+}
+
+pub fn export(dir: &Path, a: ExportArgs) -> Result<Outcome> {
+    let s = store::open(dir, Access::Read, false)?;
+    let opts = ExportOptions {
+        from: a.from.clone(),
+        skip_large: a.skip_large,
+        metadata: !a.no_meta,
+        force: a.force,
+    };
+    let plan = exchange::plan_export(&s.fs, &opts).map_err(explain)?;
+    let b = bar(plan.bytes);
+    let r = exchange::write_export(&s.fs, plan, &a.out, a.force, &mut |n| b.inc(n))
+        .map_err(|e| anyhow!("{}: {}", a.out.display(), explain(e)));
+    b.finish_and_clear();
+    let r = r?;
+    for p in &r.skipped {
+        eprintln!("queryfs: skipped {p}: over 2^31-1 bytes");
+    }
+    if a.json {
+        json_line(&mut std::io::stdout().lock(), &r)?;
+    } else {
+        println!(
+            "{}: {} folders, {} files ({} bytes), {} symlinks, {} hard links, {} special files, {} clusters{}{}",
+            a.out.display(),
+            r.folders,
+            r.files,
+            r.bytes,
+            r.symlinks,
+            r.hard_links,
+            r.special,
+            r.clusters,
+            if r.renamed.is_empty() {
+                String::new()
+            } else {
+                format!("; {} names kept as long names", r.renamed.len())
+            },
+            if r.skipped.is_empty() {
+                String::new()
+            } else {
+                format!("; {} large files skipped", r.skipped.len())
+            },
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
+    let img = Image::open(&a.image)?;
+    let s = store::open(
+        dir,
+        Access::Write {
+            purpose: "queryfs import-qvfs".into(),
+            recover: true,
+        },
+        true,
+    )?;
+    let total = img.check().bytes;
+    let b = bar(total);
+    let r = exchange::import(&s.fs, &img, &a.into, &mut |n| b.inc(n))
+        .map_err(|e| anyhow!("{}: {}", a.image.display(), explain(e)));
+    b.finish_and_clear();
+    let r = r?;
+    for w in &r.warnings {
+        eprintln!("queryfs: warning: {w}");
+    }
+    if a.json {
+        json_line(&mut std::io::stdout().lock(), &r)?;
+    } else {
+        println!(
+            "{} into {}: {} folders, {} files ({} bytes), {} symlinks, {} hard links, {} special files{}",
+            a.image.display(),
+            a.into,
+            r.folders,
+            r.files,
+            r.bytes,
+            r.symlinks,
+            r.hard_links,
+            r.special,
+            if r.metadata {
+                ""
+            } else {
+                " (plain image: no queryfs metadata)"
+            },
+        );
+    }
+    Ok(Outcome::Ok)
+}
+
+fn problem_line(p: &queryfs::qvfs::image::Problem) -> String {
+    let sev = match p.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let mut s = format!("{sev}: {}", p.kind);
+    if let Some(path) = &p.path {
+        s.push_str(&format!(" {path}"));
+    }
+    if let Some(c) = p.cluster {
+        s.push_str(&format!(" (cluster {c})"));
+    }
+    s.push_str(&format!(": {}", p.message));
+    s
+}
+
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    image: String,
+    clean: bool,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+#[derive(Serialize)]
+struct LsJson<'a> {
+    name: &'a str,
+    short: String,
+    kind: &'static str,
+    size: u64,
+    start: i32,
+    modified: Option<String>,
+    created: Option<String>,
+    property: u8,
+}
+
+pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
+    match cmd {
+        QvfsCmd::Check { image, json } => {
+            let img = match Image::open(&image) {
+                Ok(i) => i,
+                Err(e) => {
+                    if json {
+                        json_line(
+                            &mut std::io::stdout().lock(),
+                            &serde_json::json!({"image": image.display().to_string(), "unreadable": e.0}),
+                        )?;
+                    }
+                    bail!("{e}");
+                }
+            };
+            let r = img.check();
+            let mut out = std::io::stdout().lock();
+            if json {
+                json_line(
+                    &mut out,
+                    &CheckJson {
+                        image: image.display().to_string(),
+                        clean: r.is_clean(),
+                        report: &r,
+                    },
+                )?;
+            } else {
+                for p in &r.problems {
+                    writeln!(out, "{}", problem_line(p))?;
+                }
+                if r.omitted > 0 {
+                    writeln!(out, "... and {} more problems", r.omitted)?;
+                }
+                writeln!(
+                    out,
+                    "{}: {} clusters, {} folders, {} files, {} bytes: {}",
+                    image.display(),
+                    r.clusters,
+                    r.folders,
+                    r.files,
+                    r.bytes,
+                    if r.is_clean() {
+                        "clean".to_string()
+                    } else {
+                        format!(
+                            "{} errors, {} warnings",
+                            r.errors(),
+                            r.problems.len() - r.errors().min(r.problems.len())
+                        )
+                    }
+                )?;
+            }
+            Ok(if r.is_clean() {
+                Outcome::Ok
+            } else {
+                Outcome::NothingFound
+            })
+        }
+        QvfsCmd::Ls {
+            image,
+            path,
+            long,
+            json,
+        } => {
+            let img = Image::open(&image)?;
+            let items: Vec<Item> = match img
+                .resolve(&path)
+                .map_err(|e| anyhow!("{}: {e}", image.display()))?
+            {
+                None => img.read_dir(0)?,
+                Some(i) if i.is_dir() => img
+                    .read_dir(i.entry.start)
+                    .map_err(|e| anyhow!("{path}: {e}"))?,
+                Some(i) => vec![i],
+            };
+            let mut out = std::io::stdout().lock();
+            for i in &items {
+                let kind = if i.is_dir() { "folder" } else { "file" };
+                if json {
+                    json_line(
+                        &mut out,
+                        &LsJson {
+                            name: &i.name,
+                            short: i.short_lossy(),
+                            kind,
+                            size: i.size(),
+                            start: i.entry.start,
+                            modified: i.modified_ns().map(format_time),
+                            created: i.created_ns().map(format_time),
+                            property: i.entry.property,
+                        },
+                    )?;
+                } else if long {
+                    let t = i
+                        .modified_ns()
+                        .map(format_time)
+                        .unwrap_or_else(|| "-".repeat(19));
+                    let short = if i.long.is_some() {
+                        format!("  [{}]", i.short_lossy())
+                    } else {
+                        String::new()
+                    };
+                    writeln!(
+                        out,
+                        "{} {:>12} {t} {}{}{short}",
+                        if i.is_dir() { 'd' } else { '-' },
+                        i.size(),
+                        i.name,
+                        if i.is_dir() { "/" } else { "" },
+                    )?;
+                } else {
+                    writeln!(out, "{}{}", i.name, if i.is_dir() { "/" } else { "" })?;
+                }
+            }
+            Ok(Outcome::Ok)
+        }
+        QvfsCmd::Cat { image, paths } => {
+            let img = Image::open(&image)?;
+            let mut out = std::io::stdout().lock();
+            for p in &paths {
+                let item = img
+                    .resolve(p)
+                    .map_err(|e| anyhow!("{p}: {e}"))?
+                    .ok_or_else(|| anyhow!("{p}: is the root folder"))?;
+                img.read_file(&item, 1 << 20, |d| out.write_all(d))
+                    .map_err(|e| anyhow!("{p}: {e}"))?;
+            }
+            Ok(Outcome::Ok)
+        }
+    }
+}
