@@ -40,7 +40,13 @@ struct Args {
     /// Size of the file written for the peak-RSS check, MiB (0 skips).
     #[arg(long, default_value_t = 4096)]
     rss_mib: usize,
-    /// Only these workload groups (seq,random,small,tar,dedup,query,rss).
+    /// Size of the big file in the export/import tree, MiB (beside the tar's files).
+    #[arg(long, default_value_t = 512)]
+    xchg_big_mib: usize,
+    /// The LiteboxFS binary (`cargo install liteboxfs-cli`); skipped if it does not run.
+    #[arg(long, default_value = "litebox")]
+    litebox: PathBuf,
+    /// Only these workload groups (seq,random,small,tar,dedup,query,rss,exchange).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -83,6 +89,7 @@ struct Target {
     root: PathBuf,
     child: Option<Child>,
     kind: Kind,
+    litebox: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -90,14 +97,16 @@ enum Kind {
     Native,
     Passthrough,
     Queryfs,
+    Litebox,
 }
 
 impl Target {
-    fn start(base: &Path, kind: Kind) -> Target {
+    fn start(base: &Path, kind: Kind, litebox: &Path) -> Target {
         let (name, root) = match kind {
             Kind::Native => ("native", base.join("native")),
             Kind::Passthrough => ("passthrough", base.join("pt-mnt")),
             Kind::Queryfs => ("queryfs", base.join("q-mnt")),
+            Kind::Litebox => ("litebox", base.join("lb-mnt")),
         };
         fs::create_dir_all(&root).unwrap();
         let mut t = Target {
@@ -105,6 +114,7 @@ impl Target {
             root: root.canonicalize().unwrap(),
             child: None,
             kind,
+            litebox: litebox.to_path_buf(),
         };
         t.mount(base);
         t
@@ -123,6 +133,28 @@ impl Target {
                     .stdin(Stdio::null())
                     .spawn()
                     .expect("qfs-passthrough")
+            }
+            Kind::Litebox => {
+                let db = base.join("litebox.db");
+                if !db.exists() {
+                    let st = Command::new(&self.litebox)
+                        .arg("--file")
+                        .arg(&db)
+                        .arg("create")
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap();
+                    assert!(st.success(), "litebox create");
+                }
+                Command::new(&self.litebox)
+                    .arg("--file")
+                    .arg(&db)
+                    .arg("mount")
+                    .arg(&self.root)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("litebox mount")
             }
             Kind::Queryfs => {
                 let store = base.join("store");
@@ -451,7 +483,7 @@ fn dedup(t: &Target, a: &Args, res: &mut Results) {
 }
 
 fn rss(a: &Args, res: &mut Results) {
-    let mut t = Target::start(&a.dir, Kind::Queryfs);
+    let mut t = Target::start(&a.dir, Kind::Queryfs, &a.litebox);
     let block = random_bytes(1 << 20, 5);
     let mut f = File::create(t.root.join("huge")).unwrap();
     for i in 0..a.rss_mib {
@@ -585,18 +617,124 @@ fn query(a: &Args, res: &mut Results) {
     let _ = child.wait();
 }
 
+/// Export and import of a tree (the tar's small files plus one big file)
+/// against `cp -r` of the same tree on the same disk, caches dropped first.
+fn exchange(a: &Args, res: &mut Results) {
+    let base = a.dir.join("xchg");
+    let _ = fs::remove_dir_all(&base);
+    let src = base.join("src");
+    fs::create_dir_all(&src).unwrap();
+    let tarball = make_tar(a);
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut f = File::create(src.join("big.bin")).unwrap();
+    let block = random_bytes(1 << 20, 7);
+    for i in 0..a.xchg_big_mib {
+        let mut b = block.clone();
+        b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        f.write_all(&b).unwrap();
+    }
+    drop(f);
+    let q = |store: &Path| {
+        let mut c = Command::new(bin("queryfs"));
+        c.arg("--store").arg(store);
+        c
+    };
+    let store = base.join("store");
+    let st = q(&store)
+        .arg("init")
+        .arg(&store)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = q(&store).arg("put").arg(&src).arg("/").status().unwrap();
+    assert!(st.success());
+    let (mut cp, mut ex, mut im) = (vec![], vec![], vec![]);
+    let img = base.join("out.qfi");
+    for _ in 0..a.runs {
+        let dst = base.join("copy");
+        drop_caches();
+        cp.push(timed(Command::new("sh").arg("-c").arg(format!(
+            "cp -r '{}' '{}' && sync",
+            src.display(),
+            dst.display()
+        ))));
+        fs::remove_dir_all(&dst).unwrap();
+        let _ = fs::remove_file(&img);
+        let _ = fs::remove_file(base.join("out.qfd"));
+        drop_caches();
+        ex.push(timed(
+            q(&store).args(["export-qvfs", "--from", "/src"]).arg(&img),
+        ));
+        let back = base.join("back");
+        let _ = fs::remove_dir_all(&back);
+        drop_caches();
+        im.push(timed(q(&back).arg("import-qvfs").arg(&img)));
+    }
+    let what = format!("{} files + {} MiB", a.tar_files + 1, a.xchg_big_mib);
+    let cp = median(cp);
+    record(
+        res,
+        &format!("export-qvfs of {what} vs cp -r (s)"),
+        "native",
+        cp,
+    );
+    record(
+        res,
+        &format!("export-qvfs of {what} vs cp -r (s)"),
+        "queryfs",
+        median(ex),
+    );
+    record(
+        res,
+        &format!("import-qvfs of {what} vs cp -r (s)"),
+        "native",
+        cp,
+    );
+    record(
+        res,
+        &format!("import-qvfs of {what} vs cp -r (s)"),
+        "queryfs",
+        median(im),
+    );
+    let _ = fs::remove_dir_all(&base);
+}
+
 fn main() {
     let a = Args::parse();
     fs::create_dir_all(&a.dir).unwrap();
     let want = |g: &str| a.only.is_empty() || a.only.iter().any(|o| o == g);
     let mut res = Results::new();
-    let kinds = [Kind::Native, Kind::Passthrough, Kind::Queryfs];
+    let has_litebox = Command::new(&a.litebox)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_litebox {
+        eprintln!(
+            "LiteboxFS ({}) does not run: its column stays empty (cargo install liteboxfs-cli)",
+            a.litebox.display()
+        );
+    }
+    let mut kinds = vec![Kind::Native, Kind::Passthrough, Kind::Queryfs];
+    if has_litebox {
+        kinds.push(Kind::Litebox);
+    }
     for kind in kinds {
         // A fresh place for each target.
-        for sub in ["native", "pt-src", "store"] {
+        for sub in ["native", "pt-src", "store", "litebox.db"] {
             let _ = fs::remove_dir_all(a.dir.join(sub));
+            let _ = fs::remove_file(a.dir.join(sub));
         }
-        let mut t = Target::start(&a.dir, kind);
+        let mut t = Target::start(&a.dir, kind, &a.litebox);
         eprintln!("== {}", t.name);
         clear(&t.root);
         if want("seq") {
@@ -633,11 +771,14 @@ fn main() {
     if want("query") && a.query_files > 0 {
         query(&a, &mut res);
     }
+    if want("exchange") {
+        exchange(&a, &mut res);
+    }
 
     println!(
-        "| workload | native | passthrough | queryfs | queryfs / passthrough | queryfs / native |"
+        "| workload | native | passthrough | queryfs | litebox | queryfs / passthrough | queryfs / native | queryfs / litebox |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (w, by) in &res {
         let g = |t: &str| by.get(t).copied();
         let f = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into());
@@ -651,12 +792,14 @@ fn main() {
             _ => "–".into(),
         };
         println!(
-            "| {w} | {} | {} | {} | {} | {} |",
+            "| {w} | {} | {} | {} | {} | {} | {} | {} |",
             f(g("native")),
             f(g("passthrough")),
             f(g("queryfs")),
+            f(g("litebox")),
             ratio(g("passthrough")),
-            ratio(g("native"))
+            ratio(g("native")),
+            ratio(g("litebox"))
         );
     }
     println!(
