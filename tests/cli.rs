@@ -198,3 +198,54 @@ fn fsck_reports_damage_with_exit_1() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("does not match its hash"));
 }
+
+#[test]
+fn files_view_paths_parents_and_extensions() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::write(src.join("a/b/c.TXT"), b"x").unwrap();
+    fs::write(src.join("a/.bashrc"), b"x").unwrap();
+    fs::write(src.join("top.tar.gz"), b"x").unwrap();
+    fs::hard_link(src.join("top.tar.gz"), src.join("a/again")).unwrap();
+    let store = t.path().join("store");
+    qfs_ok(&store, &["init", store.to_str().unwrap()]);
+    for e in ["a", "top.tar.gz"] {
+        qfs_ok(&store, &["put", src.join(e).to_str().unwrap(), "/"]);
+    }
+    let out = qfs_ok(
+        &store,
+        &[
+            "query",
+            "--json",
+            "SELECT path, parent, name, ext, kind FROM files ORDER BY path",
+        ],
+    );
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(String, String, String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_string();
+            (s("path"), s("parent"), s("name"), s("ext"), s("kind"))
+        })
+        .collect();
+    let want = [
+        ("/a", "/", "a", "", "dir"),
+        ("/a/.bashrc", "/a", ".bashrc", "", "file"),
+        ("/a/again", "/a", "again", "", "file"),
+        ("/a/b", "/a", "b", "", "dir"),
+        ("/a/b/c.TXT", "/a/b", "c.TXT", "txt", "file"),
+        ("/top.tar.gz", "/", "top.tar.gz", "gz", "file"),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|w| (w.0.into(), w.1.into(), w.2.into(), w.3.into(), w.4.into()))
+        .collect();
+    assert_eq!(got, want);
+    // A query that never reads `path` sees the same rows.
+    let n = qfs_ok(&store, &["query", "SELECT count(*) FROM files"]);
+    assert!(n.contains('6'), "{n}");
+}

@@ -1,24 +1,30 @@
 -- One row per name of every file, directory, symlink and device in the tree
 -- (a hard-linked file has one row per name; `id` is the same).
+--
+-- Built straight on the name table, so a query pays only for the columns it
+-- reads: `path` and `parent` walk up the tree with a correlated recursive
+-- subquery that runs only for rows whose path is asked for.
 CREATE TEMP VIEW files AS
-WITH RECURSIVE tree(ino, parent, name, path, parent_path) AS (
-    SELECT d.ino, d.parent, CAST(d.name AS TEXT), '/' || CAST(d.name AS TEXT), '/'
-    FROM main.dentries d
-    WHERE d.parent = 1
-    UNION ALL
-    SELECT d.ino, d.parent, CAST(d.name AS TEXT), t.path || '/' || CAST(d.name AS TEXT), t.path
-    FROM tree t JOIN main.dentries d ON d.parent = t.ino
-)
 SELECT
     i.ino AS id,
     i.ino AS ino,
-    t.path AS path,
-    t.name AS name,
-    t.parent_path AS parent,
-    t.parent AS parent_id,
-    CASE WHEN instr(substr(t.name, 2), '.') > 0
-         THEN lower(replace(t.name, rtrim(t.name, replace(t.name, '.', '')), ''))
-         ELSE '' END AS ext,
+    (WITH RECURSIVE up(ino, p) AS (
+         SELECT d.parent, CAST(d.name AS TEXT)
+         UNION ALL
+         SELECT x.parent, CAST(x.name AS TEXT) || '/' || up.p
+         FROM up JOIN main.dentries x ON x.ino = up.ino
+         WHERE up.ino <> 1
+     ) SELECT '/' || p FROM up WHERE ino = 1) AS path,
+    CAST(d.name AS TEXT) AS name,
+    (WITH RECURSIVE up(ino, p) AS (
+         SELECT d.parent, ''
+         UNION ALL
+         SELECT x.parent, '/' || CAST(x.name AS TEXT) || up.p
+         FROM up JOIN main.dentries x ON x.ino = up.ino
+         WHERE up.ino <> 1
+     ) SELECT CASE p WHEN '' THEN '/' ELSE p END FROM up WHERE ino = 1) AS parent,
+    d.parent AS parent_id,
+    qfs_ext(d.name) AS ext,
     CASE i.kind
         WHEN 32768 THEN 'file' WHEN 16384 THEN 'dir' WHEN 40960 THEN 'symlink'
         WHEN 4096 THEN 'fifo' WHEN 49152 THEN 'socket' WHEN 8192 THEN 'char'
@@ -38,4 +44,4 @@ SELECT
     datetime(i.mtime / 1000000000, 'unixepoch') AS modified,
     lower(hex(i.chash)) AS hash,
     CAST(i.target AS TEXT) AS target
-FROM tree t JOIN main.inodes i ON i.ino = t.ino
+FROM main.dentries d JOIN main.inodes i ON i.ino = d.ino

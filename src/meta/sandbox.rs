@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
 /// The views a query may read, with the statements that define them.
@@ -331,7 +331,22 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function("qfs_group", 1, flags, |ctx| {
         let id: Option<i64> = ctx.get(0)?;
         Ok(id.map(|id| account_name(id as u32, false)))
+    })?;
+    conn.create_scalar_function("qfs_ext", 1, flags, |ctx| {
+        Ok(match ctx.get_raw(0) {
+            ValueRef::Blob(b) | ValueRef::Text(b) => extension(b),
+            _ => String::new(),
+        })
     })
+}
+
+/// The extension of a name, lower-cased, without the dot: what follows the
+/// last `.` that is not the first byte (`.bashrc` has none).
+pub fn extension(name: &[u8]) -> String {
+    match name.iter().rposition(|&c| c == b'.') {
+        Some(p) if p > 0 => String::from_utf8_lossy(&name[p + 1..]).to_lowercase(),
+        _ => String::new(),
+    }
 }
 
 /// The user or group name of an id, or the id as text when it has none.

@@ -240,26 +240,33 @@ fn atom_sql(a: &Atom, params: &mut Vec<Value>) -> String {
     }
 }
 
-/// The inode numbers matching `terms`, as one compound SELECT.
+/// The inode numbers matching `terms`, as one SELECT: the rows of the first
+/// positive term, each kept if the other terms hold for it (probes of the
+/// `(ino, tag)` index, far cheaper than intersecting whole tag sets).
 fn matches_sql(terms: &[Term], params: &mut Vec<Value>) -> String {
-    let mut sql = String::new();
-    let term_sql = |t: &Term, params: &mut Vec<Value>| {
-        let alts: Vec<String> = t.any.iter().map(|a| atom_sql(a, params)).collect();
-        format!("SELECT ino FROM file_tags WHERE {}", alts.join(" OR "))
+    let alts = |t: &Term, params: &mut Vec<Value>| -> String {
+        let a: Vec<String> = t.any.iter().map(|a| atom_sql(a, params)).collect();
+        a.join(" OR ")
     };
     let pos: Vec<&Term> = terms.iter().filter(|t| !t.negated).collect();
-    if pos.is_empty() {
-        sql.push_str("SELECT ino FROM inodes WHERE nlink > 0 AND ino <> 1");
-    }
-    for (i, t) in pos.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(" INTERSECT ");
-        }
-        sql.push_str(&term_sql(t, params));
+    let mut sql = match pos.first() {
+        Some(first) => format!(
+            "SELECT DISTINCT m0.ino AS ino FROM file_tags m0 WHERE ({})",
+            alts(first, params)
+        ),
+        None => "SELECT m0.ino AS ino FROM inodes m0 WHERE m0.nlink > 0 AND m0.ino <> 1".into(),
+    };
+    for t in pos.iter().skip(1) {
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM file_tags WHERE ino = m0.ino AND ({}))",
+            alts(t, params)
+        ));
     }
     for t in terms.iter().filter(|t| t.negated) {
-        sql.push_str(" EXCEPT ");
-        sql.push_str(&term_sql(t, params));
+        sql.push_str(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM file_tags WHERE ino = m0.ino AND ({}))",
+            alts(t, params)
+        ));
     }
     sql
 }
@@ -276,6 +283,13 @@ pub fn files_sql(terms: &[Term]) -> (String, Vec<Value>) {
          FROM m JOIN inodes i ON i.ino = m.ino WHERE i.nlink > 0 AND i.ino <> 1 ORDER BY i.ino"
     );
     (sql, params)
+}
+
+/// SQL giving one row when some file matches `terms`, none otherwise.
+pub fn any_match_sql(terms: &[Term]) -> (String, Vec<Value>) {
+    let mut params = Vec::new();
+    let m = matches_sql(terms, &mut params);
+    (format!("SELECT 'y' WHERE EXISTS ({m})"), params)
 }
 
 /// SQL listing the tags held by some file matching `terms` (the sub-folders
