@@ -496,6 +496,25 @@ impl Fs {
                 self.listing(v)?;
                 return self.v_getattr(v);
             }
+            VKey::ByTag(terms) => {
+                // A plain tag that narrows is a listed sub-folder (folders
+                // win name clashes): answer it with one EXISTS probe instead
+                // of computing the whole parent listing.
+                let term = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|s| query::parse_term(s).ok());
+                if let Some(term) = term {
+                    if let Some(t) = term.plain() {
+                        let used = terms.iter().any(|x| x.any.iter().any(|a| a.tag() == t));
+                        let mut all = terms.clone();
+                        all.push(term.clone());
+                        let (sql, p) = query::any_match_sql(&all);
+                        if !used && !self.meta().strings(&sql, &p)?.is_empty() {
+                            return self.v_getattr(self.vnode(VKey::ByTag(all), None));
+                        }
+                    }
+                }
+            }
             _ => {}
         }
         let l = self.listing(parent)?;
