@@ -179,15 +179,33 @@ pub struct ExportOptions {
     pub force: bool,
 }
 
-/// What an export did.
+/// What an export or import moved.
 #[derive(Debug, Default, Serialize)]
-pub struct ExportReport {
+pub struct Counts {
     pub folders: u64,
     pub files: u64,
     pub symlinks: u64,
     pub special: u64,
     pub hard_links: u64,
+    /// Bytes of file content.
     pub bytes: u64,
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} folders, {} files ({} bytes), {} symlinks, {} hard links, {} special files",
+            self.folders, self.files, self.bytes, self.symlinks, self.hard_links, self.special
+        )
+    }
+}
+
+/// What an export did.
+#[derive(Debug, Default, Serialize)]
+pub struct ExportReport {
+    #[serde(flatten)]
+    pub counts: Counts,
     pub clusters: u64,
     /// Store paths of files skipped for being over 2^31-1 bytes.
     pub skipped: Vec<String>,
@@ -520,20 +538,20 @@ pub fn write_export(
                     let ch = dir_chain(&c, count, false)?;
                     let s = ch[0];
                     subdirs.push((k, ch));
-                    report.folders += 1;
+                    report.counts.folders += 1;
                     (s, 0u64)
                 }
                 kind::FILE => {
-                    report.files += 1;
+                    report.counts.files += 1;
                     if a.nlink > 1 {
-                        report.hard_links += 1;
+                        report.counts.hard_links += 1;
                     }
                     let s = copy_file(fs, &c, n, progress)?;
-                    report.bytes += a.size;
+                    report.counts.bytes += a.size;
                     (s, a.size)
                 }
                 kind::SYMLINK => {
-                    report.symlinks += 1;
+                    report.counts.symlinks += 1;
                     let t = fs.readlink(a.ino)?;
                     let ch = c.reserve(clusters_for(t.len() as u64) as usize)?;
                     c.write_in(&ch, 0, &t, true)?;
@@ -542,7 +560,7 @@ pub fn write_export(
                     (ch[0], t.len() as u64)
                 }
                 _ => {
-                    report.special += 1;
+                    report.counts.special += 1;
                     let ch = c.reserve(1)?;
                     c.write_in(&ch, 0, &[], true)?;
                     c.publish(&ch)?;
@@ -644,22 +662,12 @@ fn copy_file(fs: &Fs, c: &Container, n: &Node, progress: &mut dyn FnMut(u64)) ->
 /// What an import did.
 #[derive(Debug, Default, Serialize)]
 pub struct ImportReport {
-    pub folders: u64,
-    pub files: u64,
-    pub symlinks: u64,
-    pub special: u64,
-    pub hard_links: u64,
-    pub bytes: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
     /// Whether the image carried queryfs metadata.
     pub metadata: bool,
     /// Things imported with less than full fidelity, one line each.
     pub warnings: Vec<String>,
-}
-
-/// Total content bytes an import will copy (from the check), for a
-/// progress bar.
-pub fn import_size(report: &Report) -> u64 {
-    report.bytes
 }
 
 struct Importer<'a> {
@@ -729,18 +737,19 @@ pub fn read_sidecar(img: &Image) -> (Option<Sidecar>, Option<String>) {
     }
 }
 
-/// Imports a checked image into the folder `into` of the store (created,
-/// with its parents, if missing). Refuses a damaged image, and refuses
-/// before writing anything if a top-level name is taken in `into`.
+/// Imports an image into the folder `into` of the store (created, with its
+/// parents, if missing). `check` is the image's check report: an image with
+/// errors is refused, and so is a top-level name already taken in `into`,
+/// before anything is written.
 pub fn import(
     fs: &Fs,
     img: &Image,
+    check: &Report,
     into: &str,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ImportReport> {
-    let check = img.check();
     if check.errors() > 0 {
-        return Err(ExchangeError::Damaged(Box::new(check)));
+        return Err(ExchangeError::Damaged(Box::new(check.clone())));
     }
     let (sc, warn) = read_sidecar(img);
     let mut im = Importer {
@@ -907,7 +916,7 @@ impl Importer<'_> {
         let caller = Caller::current();
         if item.is_dir() {
             let i = self.fs.mkdir(dir, &name, 0o700, caller)?;
-            self.report.folders += 1;
+            self.report.counts.folders += 1;
             let kids = self.img.read_dir(item.entry.start)?;
             self.finish
                 .push((i.ino, m.unwrap_or_else(|| defaults(item)), true));
@@ -917,7 +926,7 @@ impl Importer<'_> {
             match self.by_short.get(&p).cloned() {
                 Some((ino, pm)) => {
                     self.fs.link(ino, dir, &name)?;
-                    self.report.hard_links += 1;
+                    self.report.counts.hard_links += 1;
                     progress(item.size());
                     // A link moves the inode's ctime: set it again at the end.
                     self.finish.push((ino, pm, false));
@@ -940,7 +949,7 @@ impl Importer<'_> {
                     None => self.content(item)?,
                 };
                 progress(item.size());
-                self.report.symlinks += 1;
+                self.report.counts.symlinks += 1;
                 self.fs.symlink(dir, &name, &t, caller)?.ino
             }
             kind::FILE => {
@@ -959,12 +968,12 @@ impl Importer<'_> {
                 let rel = fs.release(fh);
                 fl?;
                 rel?;
-                self.report.files += 1;
-                self.report.bytes += item.size();
+                self.report.counts.files += 1;
+                self.report.counts.bytes += item.size();
                 i.ino
             }
             _ => {
-                self.report.special += 1;
+                self.report.counts.special += 1;
                 self.fs
                     .mknod(dir, &name, k | (m.mode & 0o7777), m.rdev, caller)?
                     .ino

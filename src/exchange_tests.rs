@@ -2,32 +2,17 @@
 //! is reported by the check, and no mutation makes a reader panic, hang, or
 //! allocate more than the image justifies.
 
-use std::sync::Arc;
-
 use proptest::prelude::{any, prop_assert, prop_oneof, proptest, Just, ProptestConfig, Strategy};
 
 use super::*;
-use crate::meta::Meta;
 use crate::qvfs::format::{RawEntry, ENTRY_SIZE};
 use crate::qvfs::image::Image;
 use crate::qvfs::MemDevice;
 use crate::test_alloc;
-use crate::vfs::{now_ns, Tuning};
+use crate::vfs::Tuning;
 
 fn mem_fs() -> Fs {
-    let meta = Meta::open_in_memory().unwrap();
-    meta.write::<_, crate::meta::MetaError>(|m| {
-        m.store_set("durable_barrier", "0")?;
-        m.insert_root(0o755, 0, 0, now_ns())
-    })
-    .unwrap();
-    let c = Container::create(
-        Box::new(MemDevice::default()),
-        Box::new(MemDevice::default()),
-        b"",
-    )
-    .unwrap();
-    Fs::new(meta, Arc::new(c), 64 * 1024, Tuning::default(), None)
+    crate::vfs::tests::fs_with(Tuning::default())
 }
 
 fn put(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {
@@ -254,7 +239,8 @@ fn import_refuses_a_damaged_image_and_writes_nothing() {
     let a = find(&img0, "a.txt");
     set_i32(&mut qfd, entry_at(&img0, 0, b.slot) + 0x30, a.entry.start);
     let target = mem_fs();
-    let err = import(&target, &open(&qfi, &qfd), "/", &mut |_| {}).unwrap_err();
+    let img = open(&qfi, &qfd);
+    let err = import(&target, &img, &img.check(), "/", &mut |_| {}).unwrap_err();
     assert!(matches!(err, ExchangeError::Damaged(_)), "{err}");
     assert!(target.list(ROOT).unwrap().is_empty());
 }
@@ -414,7 +400,7 @@ proptest! {
         ) {
             let r = img.check();
             let target = mem_fs();
-            let res = import(&target, &img, "/", &mut |_| {});
+            let res = import(&target, &img, &r, "/", &mut |_| {});
             if r.errors() == 0 {
                 prop_assert!(res.is_ok(), "clean-enough image failed to import: {:?} {:?}", res.err(), r.problems);
             } else {

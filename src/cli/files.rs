@@ -10,14 +10,14 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use queryfs::error::FsError;
 use queryfs::meta::{kind, Inode};
 use queryfs::store::{self, Access, Store};
 use queryfs::vfs::{Caller, Fs, SetAttr, SetTime, ROOT};
 use serde::Serialize;
 
-use super::{json_line, Outcome};
+use super::{json_line, progress_bar, Outcome};
 
 const IO_SIZE: usize = 1 << 20;
 
@@ -266,13 +266,7 @@ pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
     let s = open_write(dir, "put")?;
     let fs = &s.fs;
     let total: u64 = sources.iter().map(|p| disk_bytes(p)).sum();
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(total);
     let mut p = Putter {
         fs,
         bar,

@@ -191,6 +191,18 @@ fn run(cli: Cli) -> Result<Outcome> {
     }
 }
 
+/// A byte progress bar on stderr (drawn only when stderr is a terminal).
+pub fn progress_bar(total: u64) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
 /// Writes one JSON Lines record.
 pub fn json_line(out: &mut impl Write, v: &impl serde::Serialize) -> Result<()> {
     serde_json::to_writer(&mut *out, v)?;

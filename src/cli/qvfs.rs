@@ -5,14 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use queryfs::exchange::{self, ExchangeError, ExportOptions};
 use queryfs::qvfs::format::format_time;
 use queryfs::qvfs::image::{Image, Item, Report, Severity};
 use queryfs::store::{self, Access};
 use serde::Serialize;
 
-use super::{json_line, Outcome};
+use super::{json_line, progress_bar, Outcome};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -75,17 +74,6 @@ pub enum QvfsCmd {
     },
 }
 
-fn bar(total: u64) -> ProgressBar {
-    let b = ProgressBar::new(total);
-    b.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    b
-}
-
 fn explain(e: ExchangeError) -> anyhow::Error {
     match e {
         ExchangeError::Damaged(r) => {
@@ -112,7 +100,7 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<Outcome> {
         force: a.force,
     };
     let plan = exchange::plan_export(&s.fs, &opts).map_err(explain)?;
-    let b = bar(plan.bytes);
+    let b = progress_bar(plan.bytes);
     let r = exchange::write_export(&s.fs, plan, &a.out, a.force, &mut |n| b.inc(n))
         .map_err(|e| anyhow!("{}: {}", a.out.display(), explain(e)));
     b.finish_and_clear();
@@ -124,14 +112,9 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<Outcome> {
         json_line(&mut std::io::stdout().lock(), &r)?;
     } else {
         println!(
-            "{}: {} folders, {} files ({} bytes), {} symlinks, {} hard links, {} special files, {} clusters{}{}",
+            "{}: {}, {} clusters{}{}",
             a.out.display(),
-            r.folders,
-            r.files,
-            r.bytes,
-            r.symlinks,
-            r.hard_links,
-            r.special,
+            r.counts,
             r.clusters,
             if r.renamed.is_empty() {
                 String::new()
@@ -158,9 +141,9 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
         },
         true,
     )?;
-    let total = img.check().bytes;
-    let b = bar(total);
-    let r = exchange::import(&s.fs, &img, &a.into, &mut |n| b.inc(n))
+    let check = img.check();
+    let b = progress_bar(check.bytes);
+    let r = exchange::import(&s.fs, &img, &check, &a.into, &mut |n| b.inc(n))
         .map_err(|e| anyhow!("{}: {}", a.image.display(), explain(e)));
     b.finish_and_clear();
     let r = r?;
@@ -171,15 +154,10 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
         json_line(&mut std::io::stdout().lock(), &r)?;
     } else {
         println!(
-            "{} into {}: {} folders, {} files ({} bytes), {} symlinks, {} hard links, {} special files{}",
+            "{} into {}: {}{}",
             a.image.display(),
             a.into,
-            r.folders,
-            r.files,
-            r.bytes,
-            r.symlinks,
-            r.hard_links,
-            r.special,
+            r.counts,
             if r.metadata {
                 ""
             } else {

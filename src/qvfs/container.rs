@@ -286,34 +286,10 @@ impl Container {
     }
 
     fn write_clusters(&self, clusters: &[u32], data: &[u8]) -> io::Result<()> {
-        let fat_runs = runs(clusters);
         // Data first: a crash before the FAT write leaves only free clusters
         // with junk in them.
-        for &(first, pos, len) in &fat_runs {
-            let start = pos * CLUSTER_SIZE;
-            let end = ((pos + len) * CLUSTER_SIZE).min(data.len());
-            let offset = first as u64 * CLUSTER_SIZE as u64;
-            let want = len * CLUSTER_SIZE;
-            if start < end {
-                self.qfd.write_at(&data[start..end], offset)?;
-            }
-            let written = end.saturating_sub(start);
-            if written < want {
-                // Zero the tail of the last cluster so no stale bytes remain.
-                let pad = vec![0u8; want - written];
-                self.qfd.write_at(&pad, offset + written as u64)?;
-            }
-        }
-        let st = self.state.read().unwrap();
-        for &(first, _, len) in &fat_runs {
-            let mut raw = Vec::with_capacity(len * 4);
-            for c in first..first + len as u32 {
-                raw.extend_from_slice(&st.fat[c as usize].to_le_bytes());
-            }
-            self.qfi.write_at(&raw, first as u64 * 4)?;
-        }
-        self.unsynced.store(true, Ordering::Release);
-        Ok(())
+        self.write_in(clusters, 0, data, true)?;
+        self.publish(clusters)
     }
 
     /// Reads `buf.len()` bytes of the chain at `start`, from byte `offset` of

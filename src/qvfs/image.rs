@@ -146,12 +146,13 @@ impl Image {
                 if !past_end {
                     return Ok(());
                 }
-                if !ended && !run.is_empty() {
-                    found(Found::Orphan {
-                        slot: run_start,
-                        why: "long-name fragments before the end of the folder".into(),
-                    });
-                    run.clear();
+                if !ended {
+                    orphan(
+                        &mut run,
+                        run_start,
+                        "before the end of the folder",
+                        &mut found,
+                    );
                 }
                 ended = true;
                 continue;
@@ -165,13 +166,12 @@ impl Image {
                         return Ok(());
                     }
                     ended = true;
-                    if !run.is_empty() {
-                        found(Found::Orphan {
-                            slot: run_start,
-                            why: "long-name fragments before the end of the folder".into(),
-                        });
-                        run.clear();
-                    }
+                    orphan(
+                        &mut run,
+                        run_start,
+                        "before the end of the folder",
+                        &mut found,
+                    );
                     continue;
                 }
                 if ended {
@@ -183,26 +183,19 @@ impl Image {
                 if e.is_fragment() {
                     let f = Fragment::decode(raw);
                     if f.seq == 1 || run.is_empty() {
-                        if !run.is_empty() {
-                            found(Found::Orphan {
-                                slot: run_start,
-                                why: "long-name fragments followed by another name".into(),
-                            });
-                        }
-                        run.clear();
+                        orphan(&mut run, run_start, "followed by another name", &mut found);
                         run_start = slot;
                     }
                     run.push(f);
                     continue;
                 }
                 if e.is_deleted() {
-                    if !run.is_empty() {
-                        found(Found::Orphan {
-                            slot: run_start,
-                            why: "long-name fragments followed by a deleted entry".into(),
-                        });
-                        run.clear();
-                    }
+                    orphan(
+                        &mut run,
+                        run_start,
+                        "followed by a deleted entry",
+                        &mut found,
+                    );
                     continue;
                 }
                 let kinds = e.property & (super::format::prop::DIR | super::format::prop::FILE);
@@ -326,6 +319,17 @@ impl Image {
     /// Runs the reader checks over the whole image.
     pub fn check(&self) -> Report {
         Checker::new(self).run()
+    }
+}
+
+/// Reports a pending run of long-name fragments as orphans, and drops it.
+fn orphan(run: &mut Vec<Fragment>, slot: usize, why: &str, found: &mut impl FnMut(Found)) {
+    if !run.is_empty() {
+        found(Found::Orphan {
+            slot,
+            why: format!("long-name fragments {why}"),
+        });
+        run.clear();
     }
 }
 

@@ -1652,4 +1652,4 @@ impl Drop for Fs {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

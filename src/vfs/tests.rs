@@ -3,7 +3,8 @@
 use super::*;
 use crate::qvfs::MemDevice;
 
-fn fs_with(tuning: Tuning) -> Fs {
+/// A filesystem on an in-memory database and container.
+pub(crate) fn fs_with(tuning: Tuning) -> Fs {
     let meta = Meta::open_in_memory().unwrap();
     meta.write::<_, crate::meta::MetaError>(|m| {
         m.store_set("durable_barrier", "0")?;
