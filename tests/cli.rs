@@ -249,3 +249,22 @@ fn files_view_paths_parents_and_extensions() {
     let n = qfs_ok(&store, &["query", "SELECT count(*) FROM files"]);
     assert!(n.contains('6'), "{n}");
 }
+
+#[test]
+fn put_keeps_user_xattrs_and_tags() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("doc.txt");
+    fs::write(&src, b"words").unwrap();
+    setxattr(&src, "user.comment", b"first draft", 0).unwrap();
+    setxattr(&src, "user.tags", b"red,year=1959", 0).unwrap();
+    setxattr(&src, "user.bin", &[0, 255, 7], 0).unwrap();
+    let store = t.path().join("store");
+    qfs_ok(&store, &["init", store.to_str().unwrap()]);
+    qfs_ok(&store, &["put", src.to_str().unwrap(), "/"]);
+    let tags = qfs_ok(&store, &["tag", "ls", "/doc.txt"]);
+    assert_eq!(tags.lines().collect::<Vec<_>>(), ["red", "year=1959"]);
+    let s = queryfs::store::open(&store, queryfs::store::Access::Read, false).unwrap();
+    let ino = s.fs.resolve("/doc.txt").unwrap().ino;
+    assert_eq!(s.fs.getxattr(ino, b"user.comment").unwrap(), b"first draft");
+    assert_eq!(s.fs.getxattr(ino, b"user.bin").unwrap(), [0, 255, 7]);
+}

@@ -148,7 +148,7 @@ impl Putter<'_> {
                 let n = e.file_name();
                 self.put(&e.path(), d.ino, n.as_encoded_bytes())?;
             }
-            self.finish(d.ino, &md)?;
+            self.finish(d.ino, src, &md)?;
             return Ok(());
         }
         if let Some(i) = &existing {
@@ -217,7 +217,7 @@ impl Putter<'_> {
             self.links.insert((md.dev(), md.ino()), ino);
         }
         if !ft.is_symlink() {
-            self.finish(ino, &md)?;
+            self.finish(ino, src, &md)?;
         }
         Ok(())
     }
@@ -244,7 +244,17 @@ impl Putter<'_> {
         Ok(())
     }
 
-    fn finish(&self, ino: u64, md: &fs::Metadata) -> Result<()> {
+    fn finish(&self, ino: u64, src: &Path, md: &fs::Metadata) -> Result<()> {
+        // user.* xattrs (user.tags and user.tag.* become tags).
+        for (name, value) in disk_xattrs(src)? {
+            self.fs.setxattr(ino, &name, &value, 0).map_err(|e| {
+                anyhow!(
+                    "{}: xattr {}: {e}",
+                    src.display(),
+                    String::from_utf8_lossy(&name)
+                )
+            })?;
+        }
         self.fs.setattr(
             ino,
             &SetAttr {
@@ -258,6 +268,52 @@ impl Putter<'_> {
         )?;
         Ok(())
     }
+}
+
+/// The `user.*` extended attributes of a file on disk (not following a
+/// symlink); none where the filesystem has no xattrs.
+fn disk_xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    let mut names = vec![0u8; 64 * 1024];
+    // SAFETY: a valid C string and a buffer of the length passed.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOTSUP) {
+            return Ok(Vec::new());
+        }
+        return Err(e).with_context(|| format!("listing xattrs of {}", p.display()));
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    let mut value = vec![0u8; 64 * 1024];
+    for name in names.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
+        let cn = std::ffi::CString::new(name)?;
+        // SAFETY: valid C strings and a buffer of the length passed.
+        let k = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cn.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if k < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENODATA) {
+                continue; // removed since the listing
+            }
+            return Err(e).with_context(|| {
+                format!(
+                    "reading xattr {} of {}",
+                    String::from_utf8_lossy(name),
+                    p.display()
+                )
+            });
+        }
+        out.push((name.to_vec(), value[..k as usize].to_vec()));
+    }
+    Ok(out)
 }
 
 pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
