@@ -175,8 +175,6 @@ pub struct ExportOptions {
     pub skip_large: bool,
     /// Write the metadata file (off: a bare image, as a plain writer makes).
     pub metadata: bool,
-    /// Replace an existing image.
-    pub force: bool,
 }
 
 /// What an export or import moved.
@@ -223,10 +221,16 @@ struct Node {
     short_path: String,
     short: String,
     long: Option<String>,
+    /// A symlink's target, read once.
+    target: Option<Vec<u8>>,
+    /// For the second and later names of a hard-linked inode: the short path
+    /// of its first name.
+    link: Option<String>,
     children: Vec<usize>,
 }
 
-/// Total bytes the export will write, for a progress bar.
+/// The decided export: every entry and its names, before anything is
+/// written.
 pub struct ExportPlan {
     nodes: Vec<Node>,
     /// Bytes of file content to copy.
@@ -278,8 +282,11 @@ pub fn plan_export(fs: &Fs, opts: &ExportOptions) -> Result<ExportPlan> {
         short_path: String::new(),
         short: String::new(),
         long: None,
+        target: None,
+        link: None,
         children: Vec::new(),
     }];
+    let mut first_name: HashMap<u64, String> = HashMap::new();
     let mut report = ExportReport::default();
     let mut large = Vec::new();
     let mut bytes = 0u64;
@@ -316,11 +323,26 @@ pub fn plan_export(fs: &Fs, opts: &ExportOptions) -> Result<ExportPlan> {
             } else {
                 format!("{}/{short}", nodes[d].short_path)
             };
-            match e.attr.kind {
-                kind::FILE => bytes += e.attr.size,
-                kind::SYMLINK => bytes += fs.readlink(e.attr.ino)?.len() as u64,
-                _ => {}
-            }
+            let target = match e.attr.kind {
+                kind::SYMLINK => Some(fs.readlink(e.attr.ino)?),
+                _ => None,
+            };
+            bytes += match &target {
+                Some(t) => t.len() as u64,
+                None if e.attr.kind == kind::FILE => e.attr.size,
+                None => 0,
+            };
+            let link = if e.attr.nlink > 1 && !e.attr.is_dir() {
+                match first_name.get(&e.attr.ino) {
+                    Some(p) => Some(p.clone()),
+                    None => {
+                        first_name.insert(e.attr.ino, short_path.clone());
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let idx = nodes.len();
             nodes.push(Node {
                 name: e.name.clone(),
@@ -329,6 +351,8 @@ pub fn plan_export(fs: &Fs, opts: &ExportOptions) -> Result<ExportPlan> {
                 short_path,
                 short,
                 long,
+                target,
+                link,
                 children: Vec::new(),
             });
             kids.push(idx);
@@ -346,7 +370,7 @@ pub fn plan_export(fs: &Fs, opts: &ExportOptions) -> Result<ExportPlan> {
         )));
     }
     let sidecar = if opts.metadata {
-        Some(build_sidecar(fs, &nodes, &opts.from)?)
+        Some(build_sidecar(fs, &nodes)?)
     } else {
         None
     };
@@ -375,9 +399,7 @@ fn entry_meta(fs: &Fs, n: &Node) -> Result<EntryMeta> {
     if std::str::from_utf8(&n.name).is_err() {
         m.name = Some(Bytes::new(&n.name));
     }
-    if a.kind == kind::SYMLINK {
-        m.target = Some(Bytes::new(&fs.readlink(a.ino)?));
-    }
+    m.target = n.target.as_deref().map(Bytes::new);
     m.tags = fs.file_tags(a.ino)?;
     let names = fs.listxattr(a.ino)?;
     for x in names.split(|&c| c == 0).filter(|x| !x.is_empty()) {
@@ -390,8 +412,8 @@ fn entry_meta(fs: &Fs, n: &Node) -> Result<EntryMeta> {
     Ok(m)
 }
 
-fn build_sidecar(fs: &Fs, nodes: &[Node], from: &str) -> Result<Vec<u8>> {
-    let whole = fs.resolve(from)?.ino == ROOT;
+fn build_sidecar(fs: &Fs, nodes: &[Node]) -> Result<Vec<u8>> {
+    let whole = nodes[0].attr.ino == ROOT;
     let mut sc = Sidecar {
         format: SIDECAR_FORMAT.into(),
         version: SIDECAR_VERSION,
@@ -407,26 +429,19 @@ fn build_sidecar(fs: &Fs, nodes: &[Node], from: &str) -> Result<Vec<u8>> {
             .map(|(n, s, _)| (n, s))
             .collect();
     }
-    let mut first_link: HashMap<u64, String> = HashMap::new();
     for n in &nodes[1..] {
-        let mut m = if n.attr.nlink > 1 && !n.attr.is_dir() {
-            match first_link.get(&n.attr.ino) {
-                Some(p) => EntryMeta {
-                    kind: kind_word(n.attr.kind).to_string(),
-                    link: Some(p.clone()),
-                    ..Default::default()
-                },
-                None => {
-                    first_link.insert(n.attr.ino, n.short_path.clone());
-                    entry_meta(fs, n)?
-                }
-            }
-        } else {
-            entry_meta(fs, n)?
+        let m = match &n.link {
+            // Everything else of a hard link is its first name's.
+            Some(p) => EntryMeta {
+                kind: kind_word(n.attr.kind).to_string(),
+                link: Some(p.clone()),
+                name: std::str::from_utf8(&n.name)
+                    .is_err()
+                    .then(|| Bytes::new(&n.name)),
+                ..Default::default()
+            },
+            None => entry_meta(fs, n)?,
         };
-        if m.link.is_some() && std::str::from_utf8(&n.name).is_err() {
-            m.name = Some(Bytes::new(&n.name));
-        }
         sc.entries.insert(n.short_path.clone(), m);
     }
     Ok(serde_json::to_vec_pretty(&sc).map_err(io::Error::other)?)
@@ -543,7 +558,7 @@ pub fn write_export(
                 }
                 kind::FILE => {
                     report.counts.files += 1;
-                    if a.nlink > 1 {
+                    if n.link.is_some() {
                         report.counts.hard_links += 1;
                     }
                     let s = copy_file(fs, &c, n, progress)?;
@@ -552,19 +567,13 @@ pub fn write_export(
                 }
                 kind::SYMLINK => {
                     report.counts.symlinks += 1;
-                    let t = fs.readlink(a.ino)?;
-                    let ch = c.reserve(clusters_for(t.len() as u64) as usize)?;
-                    c.write_in(&ch, 0, &t, true)?;
-                    c.publish(&ch)?;
+                    let t = n.target.as_deref().unwrap_or_default();
                     progress(t.len() as u64);
-                    (ch[0], t.len() as u64)
+                    (write_bytes(&c, t)?, t.len() as u64)
                 }
                 _ => {
                     report.counts.special += 1;
-                    let ch = c.reserve(1)?;
-                    c.write_in(&ch, 0, &[], true)?;
-                    c.publish(&ch)?;
-                    (ch[0], 0)
+                    (write_bytes(&c, &[])?, 0)
                 }
             };
             let e = RawEntry {
@@ -584,16 +593,14 @@ pub fn write_export(
         }
         if d == 0 {
             if let Some(sc) = &sidecar {
-                let ch = c.reserve(clusters_for(sc.len() as u64) as usize)?;
-                c.write_in(&ch, 0, sc, true)?;
-                c.publish(&ch)?;
+                let start = write_bytes(&c, sc)?;
                 let now = pack_time(crate::vfs::now_ns());
                 let e = RawEntry {
                     property: prop::FILE | prop::HIDDEN,
                     name: name_field(SIDECAR_NAME),
                     created: now,
                     modified: now,
-                    start: ch[0] as i32,
+                    start: start as i32,
                     size: sc.len() as i32,
                 };
                 entries.extend_from_slice(&e.encode());
@@ -610,6 +617,14 @@ pub fn write_export(
     fs::rename(&si.tmp, &si.dest)?;
     fs::rename(&sd.tmp, &sd.dest)?;
     Ok(report)
+}
+
+/// Writes `data` (at most a few MiB) into a new chain; returns its start.
+fn write_bytes(c: &Container, data: &[u8]) -> io::Result<u32> {
+    let ch = c.reserve(clusters_for(data.len() as u64) as usize)?;
+    c.write_in(&ch, 0, data, true)?;
+    c.publish(&ch)?;
+    Ok(ch[0])
 }
 
 /// Reserves the chain of a folder of `entries` entries; the root's starts
@@ -675,8 +690,8 @@ struct Importer<'a> {
     img: &'a Image,
     sc: Option<Sidecar>,
     report: ImportReport,
-    /// Short path -> inode imported there, and its attributes.
-    by_short: HashMap<String, (u64, EntryMeta)>,
+    /// Short path -> inode imported there, for hard links.
+    by_short: HashMap<String, u64>,
     /// Attributes to set once everything is in: (inode, meta or defaults,
     /// whether its tags and xattrs are still to set).
     finish: Vec<(u64, EntryMeta, bool)>,
@@ -923,13 +938,16 @@ impl Importer<'_> {
             return Ok(Some((i.ino, kids)));
         }
         if let Some(p) = m.as_ref().and_then(|x| x.link.clone()) {
-            match self.by_short.get(&p).cloned() {
-                Some((ino, pm)) => {
+            match self.by_short.get(&p).copied() {
+                Some(ino) => {
                     self.fs.link(ino, dir, &name)?;
                     self.report.counts.hard_links += 1;
                     progress(item.size());
-                    // A link moves the inode's ctime: set it again at the end.
-                    self.finish.push((ino, pm, false));
+                    // A link moves the inode's ctime: set the first name's
+                    // attributes again at the end.
+                    if let Some(first) = self.meta(&p).filter(|f| f.kind != "dir").cloned() {
+                        self.finish.push((ino, first, false));
+                    }
                     return Ok(None);
                 }
                 None => {
@@ -981,7 +999,7 @@ impl Importer<'_> {
         };
         self.set_xattrs(ino, &m, sp);
         self.set_attrs(ino, &m)?;
-        self.by_short.insert(sp.to_string(), (ino, m));
+        self.by_short.insert(sp.to_string(), ino);
         Ok(None)
     }
 

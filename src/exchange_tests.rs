@@ -47,7 +47,6 @@ fn export_bytes(fs: &Fs, metadata: bool) -> (Vec<u8>, Vec<u8>) {
         from: "/".into(),
         skip_large: false,
         metadata,
-        force: false,
     };
     let plan = plan_export(fs, &opts).unwrap();
     write_export(fs, plan, &qfi, false, &mut |_| {}).unwrap();

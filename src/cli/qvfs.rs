@@ -97,7 +97,6 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<Outcome> {
         from: a.from.clone(),
         skip_large: a.skip_large,
         metadata: !a.no_meta,
-        force: a.force,
     };
     let plan = exchange::plan_export(&s.fs, &opts).map_err(explain)?;
     let b = progress_bar(plan.bytes);
@@ -251,7 +250,7 @@ pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
                         format!(
                             "{} errors, {} warnings",
                             r.errors(),
-                            r.problems.len() - r.errors().min(r.problems.len())
+                            r.warnings()
                         )
                     }
                 )?;

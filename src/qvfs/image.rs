@@ -372,6 +372,8 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Problems found beyond the ones listed.
     pub omitted: u64,
+    /// How many of the omitted problems are errors.
+    pub omitted_errors: u64,
 }
 
 /// Problems listed in full; the rest are counted.
@@ -386,12 +388,17 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty() && self.omitted == 0
     }
-    pub fn errors(&self) -> usize {
+    /// Problems of severity error, listed or not.
+    pub fn errors(&self) -> u64 {
         self.problems
             .iter()
             .filter(|p| p.severity == Severity::Error)
-            .count()
-            + self.omitted as usize
+            .count() as u64
+            + self.omitted_errors
+    }
+    /// Problems of severity warning, listed or not.
+    pub fn warnings(&self) -> u64 {
+        self.problems.len() as u64 + self.omitted - self.errors()
     }
     /// Whether a problem of `kind` was found (at `path`, when given).
     pub fn has(&self, kind: &str, path: Option<&str>) -> bool {
@@ -456,6 +463,9 @@ impl<'a> Checker<'a> {
     ) {
         if self.report.problems.len() >= MAX_PROBLEMS {
             self.report.omitted += 1;
+            if severity == Severity::Error {
+                self.report.omitted_errors += 1;
+            }
             return;
         }
         let path = node.map(|n| self.path(n));
