@@ -247,11 +247,7 @@ pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
                     if r.is_clean() {
                         "clean".to_string()
                     } else {
-                        format!(
-                            "{} errors, {} warnings",
-                            r.errors(),
-                            r.warnings()
-                        )
+                        format!("{} errors, {} warnings", r.errors(), r.warnings())
                     }
                 )?;
             }
