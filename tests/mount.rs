@@ -434,8 +434,22 @@ fn a_second_writer_is_refused_while_mounted() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(!is_mounted(&other));
-    // Readers may look while it is mounted.
+    // Readers may look while it is mounted: they see what is committed, so
+    // a file once it is fsync'd, and any file within the group-commit window.
+    std::fs::File::open(m.path("f"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
     assert_eq!(qfs_ok(&m.store, &["cat", "/f"]), "data");
+    fs::write(m.path("g"), b"later").unwrap();
+    let start = std::time::Instant::now();
+    while qfs(&m.store, &["cat", "/g"]).stdout != b"later" {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "a closed file was not committed within a second"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 #[test]

@@ -11,6 +11,10 @@ use signal_hook::iterator::Signals;
 
 use super::Outcome;
 
+/// How long metadata changes made through the mount may wait to be committed
+/// together (a close, fsync or query commits them at once).
+const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(25);
+
 #[derive(clap::Args)]
 pub struct MountArgs {
     /// Where to mount (created if missing).
@@ -89,6 +93,8 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
         allow_other: a.allow_other,
         threads: a.threads,
     };
+    fs.start_group_commit(GROUP_COMMIT_WINDOW)
+        .context("starting the group-commit thread")?;
     let shown = dir.display().to_string();
     let at = mp.display().to_string();
     serve(fs, &mp, &cfg, &fsname, |_| {
@@ -96,7 +102,9 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
     })
     .with_context(|| format!("mounting at {}", mp.display()))?;
     // Commit whatever is left before the lock is released.
-    s.fs.commit_all().context("committing at unmount")?;
+    s.fs.commit_all()
+        .and_then(|_| s.fs.stop_group_commit())
+        .context("committing at unmount")?;
     drop(s);
     eprintln!("queryfs: unmounted {at}");
     Ok(Outcome::Ok)

@@ -8,11 +8,20 @@
 //! crash of the process at once, and of the machine after the next WAL sync);
 //! [`Meta::barrier`] runs one commit with `synchronous=FULL`, which syncs the
 //! WAL and so makes every earlier commit durable too. `fsync` uses it.
+//!
+//! Group commit: with a window set ([`Meta::set_group_commit`]), `write`
+//! calls join one open transaction, each inside its own savepoint (a failing
+//! call rolls back only itself), and [`Meta::commit_batch`] commits them
+//! together. Until then they are visible on this connection only. Work that
+//! must be released only after the change that freed it commits (cluster
+//! chains) waits in the batch ([`Meta::after_commit`]).
 
 pub mod queries;
 pub mod sandbox;
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row};
 use rusqlite_migration::{Migrations, M};
@@ -106,6 +115,8 @@ pub struct NewInode<'a> {
     pub nlink: u32,
     pub now: i64,
     pub target: Option<&'a [u8]>,
+    /// Content id of a regular file (`vfs::content_id`).
+    pub chash: Option<[u8; 32]>,
 }
 
 /// Where a blob's bytes are.
@@ -164,6 +175,56 @@ fn blob_data(loc: Option<i64>, data: Option<Vec<u8>>) -> BlobData {
 /// A metadata connection.
 pub struct Meta {
     conn: Connection,
+    batch: RefCell<Batch>,
+}
+
+/// A second connection that copies committed WAL frames into the database
+/// file, so that the writer does not pause for it.
+pub struct Checkpointer {
+    conn: Connection,
+}
+
+impl Checkpointer {
+    pub fn open(path: &Path) -> Result<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(2))?;
+        Ok(Checkpointer { conn })
+    }
+
+    /// One passive checkpoint (never waits for readers or the writer);
+    /// returns the frames in the WAL.
+    pub fn passive(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?)
+    }
+
+    /// Copies what is left and restarts the WAL from its start, waiting
+    /// (up to the busy timeout) for readers. The caller keeps the writer
+    /// idle meanwhile, or the WAL could only grow.
+    pub fn restart(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+/// Writes a batch holds at most before it is due regardless of its age.
+const BATCH_MAX_WRITES: u32 = 4096;
+
+/// The group-commit state of a connection.
+#[derive(Default)]
+struct Batch {
+    /// How long a batch may stay open; `None`: every `write` commits.
+    window: Option<Duration>,
+    /// When the open batch began (`None`: no batch open).
+    since: Option<Instant>,
+    writes: u32,
+    /// Cluster chains dropped by writes in the batch, released at commit.
+    frees: Vec<u32>,
 }
 
 impl Meta {
@@ -184,7 +245,14 @@ impl Meta {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(Meta { conn })
+        Ok(Meta::with(conn))
+    }
+
+    fn with(conn: Connection) -> Meta {
+        Meta {
+            conn,
+            batch: RefCell::default(),
+        }
     }
 
     /// An in-memory database, for unit tests.
@@ -202,17 +270,92 @@ impl Meta {
         conn.pragma_update(None, "cache_size", -16384)?;
         migrations().to_latest(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(128);
-        Ok(Meta { conn })
+        Ok(Meta::with(conn))
     }
 
-    /// Runs `f` in an IMMEDIATE transaction; commits on `Ok`, rolls back on `Err`.
+    fn exec(&self, sql: &str) -> Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    /// Turns group commit on (`Some(window)`: a batch is due once it is that
+    /// old) or off (committing any open batch first).
+    pub fn set_group_commit(&self, window: Option<Duration>) -> Result<Vec<u32>> {
+        let frees = if window.is_none() {
+            self.commit_batch()?
+        } else {
+            Vec::new()
+        };
+        self.batch.borrow_mut().window = window;
+        Ok(frees)
+    }
+
+    /// Turns SQLite's own checkpoints at commit on or off (off when a
+    /// [`Checkpointer`] does them beside this connection).
+    pub fn set_auto_checkpoint(&self, on: bool) -> Result<()> {
+        let pages = if on { 1000 } else { 0 };
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
+    /// Whether a batch is open (writes not committed yet).
+    pub fn batch_open(&self) -> bool {
+        self.batch.borrow().since.is_some()
+    }
+
+    /// Whether the open batch should be committed now: old or big enough.
+    pub fn batch_due(&self) -> bool {
+        let b = self.batch.borrow();
+        match (b.since, b.window) {
+            (Some(t), Some(w)) => t.elapsed() >= w || b.writes >= BATCH_MAX_WRITES,
+            _ => false,
+        }
+    }
+
+    /// Hands over cluster chains dropped by a write: returns those that may
+    /// be freed now (their write committed) and keeps the rest in the batch.
+    pub fn after_commit(&self, frees: Vec<u32>) -> Vec<u32> {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_some() {
+            b.frees.extend(frees);
+            Vec::new()
+        } else {
+            frees
+        }
+    }
+
+    /// Commits the open batch, if any; returns the cluster chains it
+    /// released. On failure the whole batch is rolled back (its frees are
+    /// dropped: the chains stay referenced) and the error says how many
+    /// writes were lost.
+    pub fn commit_batch(&self) -> Result<Vec<u32>> {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_none() {
+            return Ok(std::mem::take(&mut b.frees));
+        }
+        let writes = b.writes;
+        b.since = None;
+        b.writes = 0;
+        if let Err(e) = self.exec("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            b.frees.clear();
+            tracing::error!("a group commit of {writes} metadata changes failed: {e}");
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut b.frees))
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction; commits on `Ok`, rolls back on
+    /// `Err`. With group commit on, `f` runs in a savepoint of the open
+    /// batch instead, and commits with it.
     pub fn write<T, E: From<MetaError>>(
         &self,
         f: impl FnOnce(&Meta) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(MetaError::from)?;
+        if self.batch.borrow().window.is_some() {
+            return self.write_in_batch(f);
+        }
+        self.exec("BEGIN IMMEDIATE")?;
         match f(self) {
             Ok(v) => {
                 if let Err(e) = self.conn.execute_batch("COMMIT") {
@@ -228,11 +371,51 @@ impl Meta {
         }
     }
 
-    /// Runs `f` in a read transaction, so that it sees one snapshot.
+    fn write_in_batch<T, E: From<MetaError>>(
+        &self,
+        f: impl FnOnce(&Meta) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        if self.batch.borrow().since.is_none() {
+            self.exec("BEGIN IMMEDIATE")?;
+            self.batch.borrow_mut().since = Some(Instant::now());
+        }
+        self.exec("SAVEPOINT qfs_write")?;
+        match f(self) {
+            Ok(v) => {
+                self.exec("RELEASE qfs_write")?;
+                self.batch.borrow_mut().writes += 1;
+                Ok(v)
+            }
+            Err(e) => {
+                if self.conn.is_autocommit() {
+                    // SQLite rolled the whole batch back (a full disk, an
+                    // I/O error): everything in it is gone.
+                    let mut b = self.batch.borrow_mut();
+                    tracing::error!(
+                        "a failed write rolled back a batch of {} metadata changes",
+                        b.writes
+                    );
+                    b.since = None;
+                    b.writes = 0;
+                    b.frees.clear();
+                } else {
+                    let _ = self.exec("ROLLBACK TO qfs_write");
+                    let _ = self.exec("RELEASE qfs_write");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` in a read transaction, so that it sees one snapshot (inside
+    /// an open batch it already does).
     pub fn read<T, E: From<MetaError>>(
         &self,
         f: impl FnOnce(&Meta) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
+        if self.batch_open() {
+            return f(self);
+        }
         self.conn
             .execute_batch("BEGIN DEFERRED")
             .map_err(MetaError::from)?;
@@ -242,7 +425,13 @@ impl Meta {
     }
 
     /// Makes every commit so far durable: one commit with `synchronous=FULL`.
+    /// An open batch is committed first (its frees wait for the next
+    /// [`Meta::commit_batch`]).
     pub fn barrier(&self) -> Result<()> {
+        if self.batch_open() {
+            let frees = self.commit_batch()?;
+            self.batch.borrow_mut().frees.extend(frees);
+        }
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let r = self
             .conn
@@ -291,21 +480,42 @@ impl Meta {
             .optional()?)
     }
 
-    pub fn insert_inode(&self, n: &NewInode<'_>) -> Result<u64> {
-        let size = n.target.map(|t| t.len() as i64).unwrap_or(0);
+    /// Inserts a new inode and returns it.
+    pub fn insert_inode(&self, n: &NewInode<'_>) -> Result<Inode> {
+        let size = n.target.map(|t| t.len() as u64).unwrap_or(0);
         self.conn.prepare_cached(q::INODE_INSERT)?.execute(named_params! {
-            ":kind": n.kind, ":perm": n.perm, ":uid": n.uid, ":gid": n.gid, ":size": size,
+            ":kind": n.kind, ":perm": n.perm, ":uid": n.uid, ":gid": n.gid, ":size": size as i64,
             ":nlink": n.nlink, ":rdev": n.rdev, ":atime": n.now, ":mtime": n.now, ":ctime": n.now,
-            ":btime": n.now, ":target": n.target,
+            ":btime": n.now, ":target": n.target, ":chash": n.chash.as_ref().map(|h| &h[..]),
         })?;
-        Ok(self.conn.last_insert_rowid() as u64)
+        Ok(Inode {
+            ino: self.conn.last_insert_rowid() as u64,
+            kind: n.kind,
+            perm: n.perm,
+            uid: n.uid,
+            gid: n.gid,
+            size,
+            nlink: n.nlink,
+            rdev: n.rdev,
+            atime: n.now,
+            mtime: n.now,
+            ctime: n.now,
+            btime: n.now,
+        })
     }
 
     /// Writes back every mutable column of `i`.
     pub fn update_inode(&self, i: &Inode) -> Result<()> {
+        self.update_inode_with(i, None)
+    }
+
+    /// Writes back every mutable column of `i` and, when given, the
+    /// content id.
+    pub fn update_inode_with(&self, i: &Inode, chash: Option<&[u8; 32]>) -> Result<()> {
         self.conn.prepare_cached(q::INODE_UPDATE)?.execute(named_params! {
             ":ino": i.ino as i64, ":perm": i.perm, ":uid": i.uid, ":gid": i.gid, ":size": i.size as i64,
             ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime, ":btime": i.btime,
+            ":chash": chash.map(|h| &h[..]),
         })?;
         Ok(())
     }
@@ -320,14 +530,6 @@ impl Meta {
         self.conn
             .prepare_cached(q::FILE_TAG_DELETE_ALL)?
             .execute(named_params! {":ino": ino as i64})?;
-        Ok(())
-    }
-
-    /// Sets the content id of a regular file.
-    pub fn set_chash(&self, ino: u64, chash: &[u8; 32]) -> Result<()> {
-        self.conn
-            .prepare_cached(q::INODE_SET_CHASH)?
-            .execute(named_params! {":ino": ino as i64, ":chash": &chash[..]})?;
         Ok(())
     }
 

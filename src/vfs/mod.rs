@@ -21,10 +21,19 @@
 //! 4. `fsync` commits the file's buffers and then runs a durable barrier
 //!    (a `synchronous=FULL` commit that syncs the WAL).
 //!
-//! So `close` returning means the data is committed: it survives a crash or
-//! kill of the queryfs process; `fsync` returning means it also survives a
-//! crash of the machine. A crash between steps leaves only orphan clusters,
-//! which opening the store for writing reclaims.
+//! With group commit on (the mount), each write transaction above is a
+//! savepoint in one open batch, committed when it is `window` old (by the
+//! caller that notices, or the group-commit thread), or at once by `fsync`,
+//! a query, or unmount; step 3 then waits for the batch. So `close`
+//! returning means the data is in the batch, committed within the window: a
+//! crash of the queryfs process loses at most that window, and always a
+//! suffix of the changes; `fsync` returning means everything before it
+//! survives a crash of the machine. A crash between steps leaves only orphan
+//! clusters, which opening the store for writing reclaims.
+//!
+//! Attribute changes (`utimensat`, `fchmod`, `fchown`, `ftruncate`) to a
+//! file that another handle has unsaved writes on join those writes and are
+//! committed with them.
 //!
 //! # Locking
 //! Order: a file's data lock, then the metadata lock; the open-file and
@@ -34,12 +43,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{FsError, Result};
-use crate::meta::{kind, BlobData, ChunkRef, Inode, Meta, NewInode};
+use crate::meta::{kind, BlobData, Checkpointer, ChunkRef, Inode, Meta, NewInode};
 use crate::query;
 use crate::qvfs::Container;
 
@@ -52,6 +61,12 @@ pub const NAME_MAX: usize = 255;
 pub const XATTR_VALUE_MAX: usize = 64 * 1024;
 /// Largest file (what SQLite's i64 sizes and chunk indexes allow, with room).
 pub const FILE_MAX: u64 = 1 << 50;
+/// The group-commit thread checkpoints the WAL every this many ticks.
+const CHECKPOINT_EVERY: u32 = 8;
+
+/// The WAL is restarted once it holds this many frames (16 MiB).
+const WAL_RESTART_FRAMES: i64 = 4096;
+
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
 
@@ -182,6 +197,70 @@ struct FileData {
     mtime: i64,
 }
 
+impl FileData {
+    /// A write or truncate at `now`: it replaces any explicit time set before.
+    fn set_mtime(&mut self, of: &OpenFile, now: i64) {
+        self.mtime = now;
+        self.meta_dirty = true;
+        let mut a = of.attrs.lock().unwrap();
+        a.mtime = None;
+        a.ctime = None;
+    }
+
+    /// Whether anything written to the file (or changed on it) is not
+    /// committed yet.
+    fn unsaved(&self, of: &OpenFile) -> bool {
+        !self.dirty.is_empty()
+            || self.meta_dirty
+            || self.drop_from.is_some()
+            || !of.attrs.lock().unwrap().is_empty()
+    }
+}
+
+/// Attribute changes made to a file with unsaved writes, saved with them.
+#[derive(Default, Clone, Copy, PartialEq)]
+struct AttrChange {
+    perm: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    atime: Option<i64>,
+    /// An explicit mtime (`utimensat`); a later write replaces it.
+    mtime: Option<i64>,
+    btime: Option<i64>,
+    ctime: Option<i64>,
+}
+
+impl AttrChange {
+    fn is_empty(&self) -> bool {
+        *self == AttrChange::default()
+    }
+
+    /// Applies the change to `i`; the mtime only when set explicitly.
+    fn apply(&self, i: &mut Inode) {
+        if let Some(p) = self.perm {
+            i.perm = p;
+        }
+        if let Some(u) = self.uid {
+            i.uid = u;
+        }
+        if let Some(g) = self.gid {
+            i.gid = g;
+        }
+        if let Some(a) = self.atime {
+            i.atime = a;
+        }
+        if let Some(m) = self.mtime {
+            i.mtime = m;
+        }
+        if let Some(b) = self.btime {
+            i.btime = b;
+        }
+        if let Some(c) = self.ctime {
+            i.ctime = c;
+        }
+    }
+}
+
 /// State of a regular file while at least one handle has it open.
 struct OpenFile {
     ino: u64,
@@ -189,6 +268,12 @@ struct OpenFile {
     /// Mirrors of `data.size` / `data.mtime`, readable without the data lock.
     size: AtomicU64,
     mtime: AtomicI64,
+    /// Attribute changes not yet committed (changed only under the data
+    /// lock; read by `overlay` without it).
+    attrs: Mutex<AttrChange>,
+    /// The committed inode row and the store generation it is current for:
+    /// `getattr` of an open file needs no query until the next write.
+    cached: Mutex<Option<(u64, Inode)>>,
     data: RwLock<FileData>,
 }
 
@@ -272,6 +357,9 @@ pub struct Fs {
     /// When this core started (the times of virtual folders).
     started: i64,
     virt: virt::Virt,
+    /// The group-commit thread, and its stop flag.
+    ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    ticker_stop: AtomicBool,
 }
 
 impl Fs {
@@ -296,6 +384,8 @@ impl Fs {
             generation: AtomicU64::new(0),
             started: now_ns(),
             virt: virt::Virt::default(),
+            ticker: Mutex::new(None),
+            ticker_stop: AtomicBool::new(false),
         }
     }
 
@@ -319,14 +409,133 @@ impl Fs {
         self.chunk_size
     }
 
-    /// Runs `f` in a write transaction, then frees the clusters it released.
+    /// Runs `f` as one write: with group commit on, it joins the open
+    /// batch (committed when due); otherwise it commits at once. Clusters it
+    /// released are freed once it has committed.
     fn tx<T>(&self, f: impl FnOnce(&Meta, &mut Vec<u32>) -> Result<T>) -> Result<T> {
         let mut frees = Vec::new();
-        let v = self.meta().write(|m| f(m, &mut frees));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let m = self.meta();
+        let v = m.write(|m| f(m, &mut frees));
+        // Once per write; twice for a failed one, so that nothing `f`
+        // remembered as current for `generation_after_tx` stays current.
+        let bumps = if v.is_ok() { 1 } else { 2 };
+        self.generation.fetch_add(bumps, Ordering::AcqRel);
         let v = v?;
-        self.free_clusters(&frees);
+        let mut free_now = m.after_commit(frees);
+        if m.batch_due() {
+            free_now.extend(self.commit_batch(&m)?);
+        }
+        drop(m);
+        self.free_clusters(&free_now);
         Ok(v)
+    }
+
+    /// Commits the open batch of metadata changes, if any.
+    pub fn settle(&self) -> Result<()> {
+        let frees = self.commit_batch(&self.meta())?;
+        self.free_clusters(&frees);
+        Ok(())
+    }
+
+    fn commit_batch(&self, m: &Meta) -> Result<Vec<u32>> {
+        m.commit_batch().map_err(|e| {
+            // Rolled back: what was read since is stale.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            e.into()
+        })
+    }
+
+    /// Inside a write transaction: the generation the store will have once
+    /// it ends (every write bumps it once, under the metadata lock).
+    fn generation_after_tx(&self) -> u64 {
+        self.generation.load(Ordering::Acquire) + 1
+    }
+
+    /// Turns group commit on: metadata changes (create, mkdir, unlink,
+    /// rename, chmod, xattrs, ...) join one transaction that is committed
+    /// within `window`, or sooner by a flush, fsync, data commit or query.
+    /// A thread commits batches that fall due while nothing else happens.
+    pub fn start_group_commit(self: &Arc<Self>, window: Duration) -> Result<()> {
+        if self.tuning.read_only {
+            return Ok(());
+        }
+        // Checkpoints run on this thread's own connection, off the
+        // request path (SQLite's own would run inside a commit).
+        let checkpointer = match &self.query_db {
+            Some(db) => Some(Checkpointer::open(db)?),
+            None => None,
+        };
+        {
+            let m = self.meta();
+            m.set_group_commit(Some(window))?;
+            if checkpointer.is_some() {
+                m.set_auto_checkpoint(false)?;
+            }
+        }
+        self.ticker_stop.store(false, Ordering::Release);
+        let weak = Arc::downgrade(self);
+        let tick = (window / 2).max(Duration::from_millis(1));
+        let h = std::thread::Builder::new()
+            .name("queryfs-commit".into())
+            .spawn(move || {
+                let mut ticks = 0u32;
+                loop {
+                    // `stop_group_commit` unparks it.
+                    std::thread::park_timeout(tick);
+                    let Some(fs) = weak.upgrade() else { break };
+                    if fs.ticker_stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let due = fs.meta().batch_due();
+                    if due {
+                        if let Err(e) = fs.settle() {
+                            tracing::error!("group commit failed: {e}");
+                        }
+                    }
+                    ticks = ticks.wrapping_add(1);
+                    if let (Some(c), 0) = (&checkpointer, ticks % CHECKPOINT_EVERY) {
+                        if let Err(e) = fs.checkpoint(c) {
+                            tracing::warn!("checkpoint: {e}");
+                        }
+                    }
+                }
+            })
+            .map_err(FsError::Io)?;
+        *self.ticker.lock().unwrap() = Some(h);
+        Ok(())
+    }
+
+    /// Copies committed WAL frames into the database beside the writer;
+    /// once the WAL is big, restarts it while holding the writer idle.
+    fn checkpoint(&self, c: &Checkpointer) -> Result<()> {
+        if c.passive()? < WAL_RESTART_FRAMES {
+            return Ok(());
+        }
+        let m = self.meta();
+        let frees = self.commit_batch(&m)?;
+        let r = c.restart();
+        drop(m);
+        self.free_clusters(&frees);
+        Ok(r?)
+    }
+
+    /// Commits the open batch and turns group commit off.
+    pub fn stop_group_commit(&self) -> Result<()> {
+        self.ticker_stop.store(true, Ordering::Release);
+        let h = self.ticker.lock().unwrap().take();
+        if let Some(h) = h {
+            h.thread().unpark();
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+        let frees = {
+            let m = self.meta();
+            m.set_auto_checkpoint(true)?;
+            m.set_group_commit(None)?
+        };
+        self.free_clusters(&frees);
+        Ok(())
     }
 
     fn free_clusters(&self, frees: &[u32]) {
@@ -344,7 +553,7 @@ impl Fs {
         fh
     }
 
-    /// Applies the size and mtime of an open file's uncommitted state.
+    /// Applies an open file's uncommitted size, times and attributes.
     fn overlay(&self, mut attr: Inode) -> Inode {
         if attr.kind == kind::FILE {
             if let Some(of) = self.open.lock().unwrap().get(&attr.ino) {
@@ -354,6 +563,7 @@ impl Fs {
                     attr.mtime = m;
                     attr.ctime = attr.ctime.max(m);
                 }
+                of.attrs.lock().unwrap().apply(&mut attr);
             }
         }
         attr
@@ -394,6 +604,21 @@ impl Fs {
     pub fn getattr(&self, ino: u64) -> Result<Inode> {
         if is_virtual(ino) {
             return self.v_getattr(ino);
+        }
+        let of = self.open.lock().unwrap().get(&ino).cloned();
+        if let Some(of) = of {
+            let hit = of.cached.lock().unwrap().clone();
+            let attr = match hit {
+                Some((g, a)) if g == self.generation.load(Ordering::Acquire) => a,
+                _ => {
+                    let m = self.meta();
+                    let g = self.generation.load(Ordering::Acquire);
+                    let a = self.inode(&m, ino)?;
+                    *of.cached.lock().unwrap() = Some((g, a.clone()));
+                    a
+                }
+            };
+            return Ok(self.overlay(attr));
         }
         let attr = self.inode(&self.meta(), ino)?;
         Ok(self.overlay(attr))
@@ -450,6 +675,20 @@ impl Fs {
         target: Option<&[u8]>,
         caller: Caller,
     ) -> Result<Inode> {
+        self.new_node_at(parent, name, mode, rdev, target, caller)
+            .map(|(i, _)| i)
+    }
+
+    /// Creates a node; returns it and the generation its row is current for.
+    fn new_node_at(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> Result<(Inode, u64)> {
         check_name(name)?;
         if is_virtual(parent) {
             return Err(FsError::NotPermitted);
@@ -474,7 +713,7 @@ impl Fs {
             } else {
                 caller.gid
             };
-            let ino = m.insert_inode(&NewInode {
+            let node = m.insert_inode(&NewInode {
                 kind: k,
                 perm,
                 uid: caller.uid,
@@ -483,18 +722,16 @@ impl Fs {
                 nlink: if k == kind::DIR { 2 } else { 1 },
                 now,
                 target,
+                chash: (k == kind::FILE).then(|| content_id(&[], 0, self.chunk_size)),
             })?;
-            m.insert_dentry(parent, name, ino)?;
-            if k == kind::FILE {
-                m.set_chash(ino, &content_id(&[], 0, self.chunk_size))?;
-            }
+            m.insert_dentry(parent, name, node.ino)?;
             if k == kind::DIR {
                 p.nlink += 1;
             }
             p.mtime = now;
             p.ctime = now;
             m.update_inode(&p)?;
-            self.inode(m, ino)
+            Ok((node, self.generation_after_tx()))
         })
     }
 
@@ -572,8 +809,12 @@ impl Fs {
             check_name(name)?;
             return self.v_create(parent, name, perm, caller);
         }
-        let attr = self.new_node(parent, name, kind::FILE | (perm & 0o7777), 0, None, caller)?;
-        let fh = self.open(attr.ino)?;
+        let (attr, g) =
+            self.new_node_at(parent, name, kind::FILE | (perm & 0o7777), 0, None, caller)?;
+        // A new file has no content to load.
+        let of = self.install(&attr, Vec::new());
+        *of.cached.lock().unwrap() = Some((g, attr.clone()));
+        let fh = self.new_fh(Handle::File(of));
         Ok((attr, fh))
     }
 
@@ -852,61 +1093,88 @@ impl Fs {
                 return Err(FsError::TooBig);
             }
         }
-        // The open state of the file, held for the whole change: a truncate
-        // needs it, and pending writes must be committed first so that their
-        // mtime cannot override the one being set.
-        let of = match set.size {
-            Some(_) => Some(self.acquire(ino)?),
-            None => self.open.lock().unwrap().get(&ino).cloned().inspect(|o| {
-                o.opens.fetch_add(1, Ordering::AcqRel);
-            }),
+        let t = |s: SetTime| match s {
+            SetTime::Now => now,
+            SetTime::At(v) => v,
         };
-        let result = (|| {
-            let mut guard = of.as_ref().map(|o| o.data.write().unwrap());
-            if let (Some(o), Some(st)) = (&of, guard.as_mut()) {
-                if let Some(size) = set.size {
-                    self.truncate_locked(o, st, size, now);
-                }
-                self.commit_locked(o, st)?;
+        let change = AttrChange {
+            perm: set.mode.map(|m| m & 0o7777),
+            uid: set.uid,
+            gid: set.gid,
+            atime: set.atime.map(t),
+            mtime: set.mtime.map(t),
+            btime: set.btime,
+            ctime: Some(set.ctime.unwrap_or(now)),
+        };
+        // The open state of the file, held for the whole change: a truncate
+        // needs it, and the change must not race the file's own commits.
+        let (of, others) = match set.size {
+            Some(_) => {
+                let o = self.acquire(ino)?;
+                let n = o.opens.load(Ordering::Acquire);
+                (Some(o), n > 1)
             }
-            let attr = self.tx(|m, _| {
+            None => match self.open.lock().unwrap().get(&ino).cloned() {
+                Some(o) => {
+                    let n = o.opens.fetch_add(1, Ordering::AcqRel);
+                    (Some(o), n > 0)
+                }
+                None => (None, false),
+            },
+        };
+        let Some(of) = of else {
+            let i = self.tx(|m, _| {
                 let mut i = self.inode(m, ino)?;
-                if let Some(mode) = set.mode {
-                    i.perm = mode & 0o7777;
-                }
-                if let Some(uid) = set.uid {
-                    i.uid = uid;
-                }
-                if let Some(gid) = set.gid {
-                    i.gid = gid;
-                }
-                let t = |s: SetTime| match s {
-                    SetTime::Now => now,
-                    SetTime::At(v) => v,
-                };
-                if let Some(a) = set.atime {
-                    i.atime = t(a);
-                }
-                if let Some(mt) = set.mtime {
-                    i.mtime = t(mt);
-                }
-                if let Some(b) = set.btime {
-                    i.btime = b;
-                }
-                i.ctime = set.ctime.unwrap_or(now);
+                change.apply(&mut i);
                 m.update_inode(&i)?;
                 Ok(i)
             })?;
-            if let (Some(o), Some(st)) = (&of, guard.as_mut()) {
-                st.mtime = attr.mtime;
-                o.mtime.store(attr.mtime, Ordering::Release);
+            return Ok(self.overlay(i));
+        };
+        // An open file: the change joins its uncommitted state. While another
+        // handle has unsaved writes, it is saved with them (at their flush,
+        // fsync or close); otherwise it is committed now, in one transaction
+        // with anything pending.
+        let result = (|| -> Result<()> {
+            let mut st = of.data.write().unwrap();
+            let defer = others && st.unsaved(&of);
+            if let Some(size) = set.size {
+                self.truncate_locked(&of, &mut st, size, now);
             }
-            Ok(attr)
+            {
+                let mut a = of.attrs.lock().unwrap();
+                let mut merged = *a;
+                if change.perm.is_some() {
+                    merged.perm = change.perm;
+                }
+                if change.uid.is_some() {
+                    merged.uid = change.uid;
+                }
+                if change.gid.is_some() {
+                    merged.gid = change.gid;
+                }
+                if change.atime.is_some() {
+                    merged.atime = change.atime;
+                }
+                if let Some(m) = change.mtime {
+                    merged.mtime = Some(m);
+                    st.mtime = m;
+                    of.mtime.store(m, Ordering::Release);
+                }
+                if change.btime.is_some() {
+                    merged.btime = change.btime;
+                }
+                merged.ctime = change.ctime;
+                *a = merged;
+            }
+            if !defer {
+                self.commit_locked(&of, &mut st)?;
+            }
+            Ok(())
         })();
-        if let Some(o) = of {
-            self.release_file(o)?;
-        }
-        result.map(|a| self.overlay(a))
+        self.release_file(of, false)?;
+        result?;
+        self.getattr(ino)
     }
 
     pub fn access(&self, ino: u64, mask: i32, caller: Caller) -> Result<()> {
@@ -1189,13 +1457,21 @@ impl Fs {
             let c = m.chunks(ino)?;
             (a, c)
         };
+        Ok(self.install(&attr, chunks))
+    }
+
+    /// Counts one open of `attr`'s file, installing its open state (with
+    /// the committed `chunks`) unless another open beat us to it.
+    fn install(&self, attr: &Inode, chunks: Vec<(u64, ChunkRef)>) -> Arc<OpenFile> {
         let mut table = self.open.lock().unwrap();
-        let of = table.entry(ino).or_insert_with(|| {
+        let of = table.entry(attr.ino).or_insert_with(|| {
             Arc::new(OpenFile {
-                ino,
+                ino: attr.ino,
                 opens: AtomicU32::new(0),
                 size: AtomicU64::new(attr.size),
                 mtime: AtomicI64::new(attr.mtime),
+                attrs: Mutex::new(AttrChange::default()),
+                cached: Mutex::new(None),
                 data: RwLock::new(FileData {
                     chunks: chunks.into_iter().collect(),
                     size: attr.size,
@@ -1205,15 +1481,17 @@ impl Fs {
             })
         });
         of.opens.fetch_add(1, Ordering::AcqRel);
-        Ok(of.clone())
+        of.clone()
     }
 
-    /// Commits the file and drops one open; the last one forgets the state
-    /// and deletes the file if it has no name left.
-    fn release_file(&self, of: Arc<OpenFile>) -> Result<()> {
-        let r = {
+    /// Commits the file (when `commit`) and drops one open; the last one
+    /// forgets the state and deletes the file if it has no name left.
+    fn release_file(&self, of: Arc<OpenFile>, commit: bool) -> Result<()> {
+        let r = if commit {
             let mut st = of.data.write().unwrap();
             self.commit_locked(&of, &mut st)
+        } else {
+            Ok(())
         };
         let last = {
             let mut table = self.open.lock().unwrap();
@@ -1355,8 +1633,7 @@ impl Fs {
         }
         let now = now_ns();
         st.size = st.size.max(end);
-        st.mtime = now;
-        st.meta_dirty = true;
+        st.set_mtime(&of, now);
         of.size.store(st.size, Ordering::Release);
         of.mtime.store(now, Ordering::Release);
         if st.dirty_bytes >= self.tuning.dirty_limit {
@@ -1399,17 +1676,17 @@ impl Fs {
             }
         }
         st.size = size;
-        st.mtime = now;
-        st.meta_dirty = true;
+        st.set_mtime(of, now);
         of.size.store(size, Ordering::Release);
         of.mtime.store(now, Ordering::Release);
     }
 
     /// Commits a file's buffers: hash, store new blobs, one transaction.
     fn commit_locked(&self, of: &OpenFile, st: &mut FileData) -> Result<()> {
-        if st.dirty.is_empty() && !st.meta_dirty && st.drop_from.is_none() {
+        if !st.unsaved(of) {
             return Ok(());
         }
+        let attrs = *of.attrs.lock().unwrap();
         if self.tuning.read_only {
             return Err(FsError::Invalid("the store is open read-only".into()));
         }
@@ -1418,13 +1695,21 @@ impl Fs {
             .iter()
             .map(|(&idx, buf)| (idx, *blake3::hash(buf).as_bytes()))
             .collect();
-        // Which blobs are new? Store those before the transaction.
+        // Which blobs that go to the container are new? Store those before
+        // the transaction (inline ones are stored by it).
         let known: HashSet<[u8; 32]> = {
-            let m = self.meta();
             let mut k = HashSet::new();
-            for (_, h) in &items {
-                if m.blob(h)?.is_some() {
-                    k.insert(*h);
+            let big: Vec<&[u8; 32]> = items
+                .iter()
+                .filter(|(idx, _)| st.dirty[idx].len() > self.tuning.inline_max)
+                .map(|(_, h)| h)
+                .collect();
+            if !big.is_empty() {
+                let m = self.meta();
+                for h in big {
+                    if m.blob(h)?.is_some() {
+                        k.insert(*h);
+                    }
                 }
             }
             k
@@ -1520,8 +1805,9 @@ impl Fs {
                 i.size = st.size;
                 i.mtime = i.mtime.max(st.mtime);
                 i.ctime = i.ctime.max(st.mtime);
-                m.update_inode(&i)?;
-                m.set_chash(ino, &chash)?;
+                attrs.apply(&mut i);
+                m.update_inode_with(&i, Some(&chash))?;
+                *of.cached.lock().unwrap() = Some((self.generation_after_tx(), i));
             }
             Ok(resolved)
         });
@@ -1545,6 +1831,7 @@ impl Fs {
                 st.dropped.clear();
                 st.drop_from = None;
                 st.meta_dirty = false;
+                *of.attrs.lock().unwrap() = AttrChange::default();
                 Ok(())
             }
             Err(e) => {
@@ -1564,6 +1851,7 @@ impl Fs {
             let mut st = of.data.write().unwrap();
             self.commit_locked(&of, &mut st)?;
         }
+
         // A file copied into a tag folder settles at close (flush is
         // synchronous with close(2); release is not).
         if self.virt.staged.lock().unwrap().contains_key(&of.ino) {
@@ -1583,6 +1871,7 @@ impl Fs {
         if self.tuning.read_only {
             return Ok(());
         }
+        self.settle()?;
         self.blobs.sync()?;
         self.meta().barrier()?;
         Ok(())
@@ -1591,7 +1880,7 @@ impl Fs {
     pub fn release(&self, fh: u64) -> Result<()> {
         let h = self.handles.lock().unwrap().remove(&fh);
         match h {
-            Some(Handle::File(of)) => self.release_file(of),
+            Some(Handle::File(of)) => self.release_file(of, true),
             Some(Handle::Dir(_)) | Some(Handle::Virtual(_)) => Ok(()),
             None => Err(FsError::BadHandle),
         }
@@ -1645,7 +1934,7 @@ impl Fs {
 
 impl Drop for Fs {
     fn drop(&mut self) {
-        if let Err(e) = self.commit_all() {
+        if let Err(e) = self.commit_all().and_then(|_| self.stop_group_commit()) {
             tracing::error!("committing on shutdown failed: {e}");
         }
     }

@@ -236,3 +236,133 @@ fn xattrs() {
         Err(FsError::NoAttr)
     ));
 }
+
+/// A store on disk with the mount's group commit, and a second, read-only
+/// connection that sees only what is committed.
+fn grouped_store(window: Duration) -> (tempfile::TempDir, crate::store::Store, Meta) {
+    let t = tempfile::tempdir().unwrap();
+    let s = crate::store::open(
+        t.path(),
+        crate::store::Access::Write {
+            purpose: "test".into(),
+            recover: true,
+        },
+        true,
+    )
+    .unwrap();
+    s.fs.start_group_commit(window).unwrap();
+    let reader = Meta::open_read_only(&t.path().join(crate::store::DB_FILE)).unwrap();
+    (t, s, reader)
+}
+
+#[test]
+fn group_commit_holds_changes_until_due_and_frees_clusters_after() {
+    let (_t, s, reader) = grouped_store(Duration::from_secs(3600));
+    let fs = &s.fs;
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let (a, fh) = fs.create(ROOT, b"big", 0o644, Caller::ROOT).unwrap();
+    fs.write(fh, 0, &big).unwrap();
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    fs.mkdir(ROOT, b"d", 0o755, Caller::ROOT).unwrap();
+    // A failing change inside the batch undoes only itself.
+    assert!(matches!(
+        fs.mkdir(ROOT, b"d", 0o755, Caller::ROOT),
+        Err(FsError::Exists)
+    ));
+    // This connection sees everything; another one nothing yet.
+    assert_eq!(read_all(fs, a.ino), big);
+    assert!(reader.lookup(ROOT, b"big").unwrap().is_none());
+    assert!(reader.lookup(ROOT, b"d").unwrap().is_none());
+    fs.settle().unwrap();
+    assert_eq!(reader.lookup(ROOT, b"big").unwrap().unwrap().size, 300_000);
+    assert!(reader.lookup(ROOT, b"d").unwrap().is_some());
+
+    // The clusters of a removed file stay allocated until its removal commits.
+    let used = fs.container().allocated_count();
+    assert!(used > 0);
+    fs.unlink(ROOT, b"big").unwrap();
+    assert_eq!(fs.container().allocated_count(), used);
+    assert!(reader.lookup(ROOT, b"big").unwrap().is_some());
+    fs.settle().unwrap();
+    assert!(fs.container().allocated_count() < used);
+    assert!(reader.lookup(ROOT, b"big").unwrap().is_none());
+}
+
+#[test]
+fn group_commit_thread_commits_within_the_window_and_fsync_at_once() {
+    let (_t, s, reader) = grouped_store(Duration::from_millis(20));
+    let fs = &s.fs;
+    fs.mkdir(ROOT, b"soon", 0o755, Caller::ROOT).unwrap();
+    let start = std::time::Instant::now();
+    while reader.lookup(ROOT, b"soon").unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(2), "never committed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // fsync commits (and syncs) everything before it at once.
+    s.fs.stop_group_commit().unwrap();
+    s.fs.start_group_commit(Duration::from_secs(3600)).unwrap();
+    fs.mkdir(ROOT, b"first", 0o755, Caller::ROOT).unwrap();
+    let (_, fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
+    fs.write(fh, 0, b"abc").unwrap();
+    assert!(reader.lookup(ROOT, b"first").unwrap().is_none());
+    fs.fsync(fh).unwrap();
+    assert!(reader.lookup(ROOT, b"first").unwrap().is_some());
+    assert_eq!(reader.lookup(ROOT, b"f").unwrap().unwrap().size, 3);
+    fs.release(fh).unwrap();
+}
+
+#[test]
+fn attribute_changes_join_unsaved_writes() {
+    let fs = fs();
+    let (a, fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
+    fs.write(fh, 0, b"hello").unwrap();
+    let old = 1_000_000_000_123_456_789i64;
+    let set = SetAttr {
+        mtime: Some(SetTime::At(old)),
+        atime: Some(SetTime::At(old - 5)),
+        ..Default::default()
+    };
+    fs.setattr(a.ino, &set).unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        uid: Some(5),
+        gid: Some(6),
+        ..Default::default()
+    };
+    let got = fs.setattr(a.ino, &chmod).unwrap();
+    // Seen at once, committed only with the data.
+    assert_eq!((got.perm, got.uid, got.gid, got.size), (0o600, 5, 6, 5));
+    assert_eq!((got.mtime, got.atime), (old, old - 5));
+    let row = fs.meta().inode(a.ino).unwrap().unwrap();
+    assert_eq!((row.perm, row.size), (0o644, 0));
+    fs.release(fh).unwrap();
+    let row = fs.meta().inode(a.ino).unwrap().unwrap();
+    assert_eq!((row.perm, row.uid, row.gid, row.size), (0o600, 5, 6, 5));
+    assert_eq!(
+        (row.mtime, row.atime),
+        (old, old - 5),
+        "an explicit mtime is kept"
+    );
+    assert_eq!(read_all(&fs, a.ino), b"hello");
+
+    // A write after an explicit mtime replaces it; a closed file's change
+    // is committed at once.
+    let fh = fs.open(a.ino).unwrap();
+    fs.write(fh, 0, b"x").unwrap();
+    fs.setattr(a.ino, &set).unwrap();
+    fs.write(fh, 5, b"!").unwrap();
+    fs.release(fh).unwrap();
+    let row = fs.meta().inode(a.ino).unwrap().unwrap();
+    assert!(row.mtime > old);
+    assert_eq!(read_all(&fs, a.ino), b"xello!");
+    fs.setattr(a.ino, &chmod_to(0o640)).unwrap();
+    assert_eq!(fs.meta().inode(a.ino).unwrap().unwrap().perm, 0o640);
+}
+
+fn chmod_to(mode: u32) -> SetAttr {
+    SetAttr {
+        mode: Some(mode),
+        ..Default::default()
+    }
+}

@@ -227,6 +227,8 @@ impl Fs {
             .query_db
             .as_ref()
             .ok_or("queries need a store on disk")?;
+        // The sandbox has its own connection: it sees committed changes only.
+        self.settle().map_err(|e| e.to_string())?;
         let mut sb = self.virt.sandbox.lock().unwrap();
         if sb.is_none() {
             *sb = Some(Sandbox::open(db).map_err(|e| e.to_string())?);

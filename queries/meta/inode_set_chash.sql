@@ -1,1 +1,0 @@
-UPDATE inodes SET chash = :chash WHERE ino = :ino
