@@ -467,10 +467,16 @@ fn stored_bytes(store: &Path) -> u64 {
 
 fn dedup(t: &Target, a: &Args, res: &mut Results) {
     let data = random_bytes(256 << 20, 4);
-    fs::write(t.root.join("copy1"), &data).unwrap();
+    // fsync'd, so that the store on disk (read beside the mount) holds it.
+    let write_synced = |name: &str| {
+        let mut f = fs::File::create(t.root.join(name)).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+    };
+    write_synced("copy1");
     let store = a.dir.join("store");
     let one = stored_bytes(&store);
-    fs::write(t.root.join("copy2"), &data).unwrap();
+    write_synced("copy2");
     let two = stored_bytes(&store);
     record(
         res,

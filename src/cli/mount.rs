@@ -11,10 +11,6 @@ use signal_hook::iterator::Signals;
 
 use super::Outcome;
 
-/// How long metadata changes made through the mount may wait to be committed
-/// together (a close, fsync or query commits them at once).
-const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(25);
-
 #[derive(clap::Args)]
 pub struct MountArgs {
     /// Where to mount (created if missing).
@@ -93,7 +89,7 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
         allow_other: a.allow_other,
         threads: a.threads,
     };
-    fs.start_group_commit(GROUP_COMMIT_WINDOW)
+    fs.start_group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)
         .context("starting the group-commit thread")?;
     let shown = dir.display().to_string();
     let at = mp.display().to_string();

@@ -61,6 +61,10 @@ pub const NAME_MAX: usize = 255;
 pub const XATTR_VALUE_MAX: usize = 64 * 1024;
 /// Largest file (what SQLite's i64 sizes and chunk indexes allow, with room).
 pub const FILE_MAX: u64 = 1 << 50;
+/// How long changes made through a mount (or an import) may wait to be
+/// committed together; `fsync`, a query or unmount commits them at once.
+pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(25);
+
 /// The group-commit thread checkpoints the WAL every this many ticks.
 const CHECKPOINT_EVERY: u32 = 8;
 
