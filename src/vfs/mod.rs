@@ -239,6 +239,17 @@ impl AttrChange {
         *self == AttrChange::default()
     }
 
+    /// Adds a later change: what it sets wins.
+    fn merge(&mut self, later: &AttrChange) {
+        self.perm = later.perm.or(self.perm);
+        self.uid = later.uid.or(self.uid);
+        self.gid = later.gid.or(self.gid);
+        self.atime = later.atime.or(self.atime);
+        self.mtime = later.mtime.or(self.mtime);
+        self.btime = later.btime.or(self.btime);
+        self.ctime = later.ctime.or(self.ctime);
+    }
+
     /// Applies the change to `i`; the mtime only when set explicitly.
     fn apply(&self, i: &mut Inode) {
         if let Some(p) = self.perm {
@@ -1147,29 +1158,11 @@ impl Fs {
             }
             {
                 let mut a = of.attrs.lock().unwrap();
-                let mut merged = *a;
-                if change.perm.is_some() {
-                    merged.perm = change.perm;
-                }
-                if change.uid.is_some() {
-                    merged.uid = change.uid;
-                }
-                if change.gid.is_some() {
-                    merged.gid = change.gid;
-                }
-                if change.atime.is_some() {
-                    merged.atime = change.atime;
-                }
+                a.merge(&change);
                 if let Some(m) = change.mtime {
-                    merged.mtime = Some(m);
                     st.mtime = m;
                     of.mtime.store(m, Ordering::Release);
                 }
-                if change.btime.is_some() {
-                    merged.btime = change.btime;
-                }
-                merged.ctime = change.ctime;
-                *a = merged;
             }
             if !defer {
                 self.commit_locked(&of, &mut st)?;
