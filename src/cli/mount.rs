@@ -98,9 +98,7 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
     })
     .with_context(|| format!("mounting at {}", mp.display()))?;
     // Commit whatever is left before the lock is released.
-    s.fs.commit_all()
-        .and_then(|_| s.fs.stop_group_commit())
-        .context("committing at unmount")?;
+    s.fs.stop_group_commit().context("committing at unmount")?;
     drop(s);
     eprintln!("queryfs: unmounted {at}");
     Ok(Outcome::Ok)

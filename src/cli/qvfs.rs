@@ -148,9 +148,7 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
     let r = exchange::import(&s.fs, &img, &check, &a.into, &mut |n| b.inc(n))
         .map_err(|e| anyhow!("{}: {}", a.image.display(), explain(e)));
     b.finish_and_clear();
-    s.fs.commit_all()
-        .and_then(|_| s.fs.stop_group_commit())
-        .context("committing the import")?;
+    s.fs.stop_group_commit().context("committing the import")?;
     let r = r?;
     for w in &r.warnings {
         eprintln!("queryfs: warning: {w}");

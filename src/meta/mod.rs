@@ -227,6 +227,21 @@ struct Batch {
     frees: Vec<u32>,
 }
 
+impl Batch {
+    /// Closes the batch; returns how many writes it held.
+    fn end(&mut self) -> u32 {
+        self.since = None;
+        std::mem::take(&mut self.writes)
+    }
+
+    /// Closes a batch that was rolled back: its frees are dropped (the
+    /// chains stay referenced).
+    fn abandon(&mut self) -> u32 {
+        self.frees.clear();
+        self.end()
+    }
+}
+
 impl Meta {
     /// Opens (creating if asked) the database at `path` and migrates it.
     pub fn open(path: &Path, create: bool) -> Result<Meta> {
@@ -333,12 +348,10 @@ impl Meta {
         if b.since.is_none() {
             return Ok(std::mem::take(&mut b.frees));
         }
-        let writes = b.writes;
-        b.since = None;
-        b.writes = 0;
+        let writes = b.end();
         if let Err(e) = self.exec("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
-            b.frees.clear();
+            b.abandon();
             tracing::error!("a group commit of {writes} metadata changes failed: {e}");
             return Err(e);
         }
@@ -390,14 +403,10 @@ impl Meta {
                 if self.conn.is_autocommit() {
                     // SQLite rolled the whole batch back (a full disk, an
                     // I/O error): everything in it is gone.
-                    let mut b = self.batch.borrow_mut();
+                    let lost = self.batch.borrow_mut().abandon();
                     tracing::error!(
-                        "a failed write rolled back a batch of {} metadata changes",
-                        b.writes
+                        "a failed write rolled back a batch of {lost} metadata changes"
                     );
-                    b.since = None;
-                    b.writes = 0;
-                    b.frees.clear();
                 } else {
                     let _ = self.exec("ROLLBACK TO qfs_write");
                     let _ = self.exec("RELEASE qfs_write");
@@ -425,13 +434,9 @@ impl Meta {
     }
 
     /// Makes every commit so far durable: one commit with `synchronous=FULL`.
-    /// An open batch is committed first (its frees wait for the next
-    /// [`Meta::commit_batch`]).
+    /// Commit any open batch first ([`Meta::commit_batch`]).
     pub fn barrier(&self) -> Result<()> {
-        if self.batch_open() {
-            let frees = self.commit_batch()?;
-            self.batch.borrow_mut().frees.extend(frees);
-        }
+        debug_assert!(!self.batch_open(), "a barrier inside an open batch");
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let r = self
             .conn

@@ -206,6 +206,7 @@ impl FileData {
     fn set_mtime(&mut self, of: &OpenFile, now: i64) {
         self.mtime = now;
         self.meta_dirty = true;
+        of.mtime.store(now, Ordering::Release);
         let mut a = of.attrs.lock().unwrap();
         a.mtime = None;
         a.ctime = None;
@@ -252,27 +253,13 @@ impl AttrChange {
 
     /// Applies the change to `i`; the mtime only when set explicitly.
     fn apply(&self, i: &mut Inode) {
-        if let Some(p) = self.perm {
-            i.perm = p;
-        }
-        if let Some(u) = self.uid {
-            i.uid = u;
-        }
-        if let Some(g) = self.gid {
-            i.gid = g;
-        }
-        if let Some(a) = self.atime {
-            i.atime = a;
-        }
-        if let Some(m) = self.mtime {
-            i.mtime = m;
-        }
-        if let Some(b) = self.btime {
-            i.btime = b;
-        }
-        if let Some(c) = self.ctime {
-            i.ctime = c;
-        }
+        i.perm = self.perm.unwrap_or(i.perm);
+        i.uid = self.uid.unwrap_or(i.uid);
+        i.gid = self.gid.unwrap_or(i.gid);
+        i.atime = self.atime.unwrap_or(i.atime);
+        i.mtime = self.mtime.unwrap_or(i.mtime);
+        i.btime = self.btime.unwrap_or(i.btime);
+        i.ctime = self.ctime.unwrap_or(i.ctime);
     }
 }
 
@@ -290,6 +277,21 @@ struct OpenFile {
     /// `getattr` of an open file needs no query until the next write.
     cached: Mutex<Option<(u64, Inode)>>,
     data: RwLock<FileData>,
+}
+
+impl OpenFile {
+    /// `attr` (the committed row) with the uncommitted size, times and
+    /// attributes applied.
+    fn overlay(&self, mut attr: Inode) -> Inode {
+        attr.size = self.size.load(Ordering::Acquire);
+        let m = self.mtime.load(Ordering::Acquire);
+        if m > attr.mtime {
+            attr.mtime = m;
+            attr.ctime = attr.ctime.max(m);
+        }
+        self.attrs.lock().unwrap().apply(&mut attr);
+        attr
+    }
 }
 
 enum Handle {
@@ -534,8 +536,10 @@ impl Fs {
         Ok(r?)
     }
 
-    /// Commits the open batch and turns group commit off.
+    /// Commits every open file and the open batch, syncs, and turns group
+    /// commit off (unmount, the end of an import, shutdown).
     pub fn stop_group_commit(&self) -> Result<()> {
+        let committed = self.commit_all();
         self.ticker_stop.store(true, Ordering::Release);
         let h = self.ticker.lock().unwrap().take();
         if let Some(h) = h {
@@ -550,7 +554,7 @@ impl Fs {
             m.set_group_commit(None)?
         };
         self.free_clusters(&frees);
-        Ok(())
+        committed
     }
 
     fn free_clusters(&self, frees: &[u32]) {
@@ -569,19 +573,14 @@ impl Fs {
     }
 
     /// Applies an open file's uncommitted size, times and attributes.
-    fn overlay(&self, mut attr: Inode) -> Inode {
-        if attr.kind == kind::FILE {
-            if let Some(of) = self.open.lock().unwrap().get(&attr.ino) {
-                attr.size = of.size.load(Ordering::Acquire);
-                let m = of.mtime.load(Ordering::Acquire);
-                if m > attr.mtime {
-                    attr.mtime = m;
-                    attr.ctime = attr.ctime.max(m);
-                }
-                of.attrs.lock().unwrap().apply(&mut attr);
-            }
+    fn overlay(&self, attr: Inode) -> Inode {
+        if attr.kind != kind::FILE {
+            return attr;
         }
-        attr
+        match self.open.lock().unwrap().get(&attr.ino) {
+            Some(of) => of.overlay(attr),
+            None => attr,
+        }
     }
 
     fn inode(&self, m: &Meta, ino: u64) -> Result<Inode> {
@@ -633,7 +632,7 @@ impl Fs {
                     a
                 }
             };
-            return Ok(self.overlay(attr));
+            return Ok(of.overlay(attr));
         }
         let attr = self.inode(&self.meta(), ino)?;
         Ok(self.overlay(attr))
@@ -1123,19 +1122,11 @@ impl Fs {
         };
         // The open state of the file, held for the whole change: a truncate
         // needs it, and the change must not race the file's own commits.
-        let (of, others) = match set.size {
-            Some(_) => {
-                let o = self.acquire(ino)?;
-                let n = o.opens.load(Ordering::Acquire);
-                (Some(o), n > 1)
-            }
-            None => match self.open.lock().unwrap().get(&ino).cloned() {
-                Some(o) => {
-                    let n = o.opens.fetch_add(1, Ordering::AcqRel);
-                    (Some(o), n > 0)
-                }
-                None => (None, false),
-            },
+        let of = match set.size {
+            Some(_) => Some(self.acquire(ino)?),
+            None => self.open.lock().unwrap().get(&ino).cloned().inspect(|o| {
+                o.opens.fetch_add(1, Ordering::AcqRel);
+            }),
         };
         let Some(of) = of else {
             let i = self.tx(|m, _| {
@@ -1152,6 +1143,7 @@ impl Fs {
         // with anything pending.
         let result = (|| -> Result<()> {
             let mut st = of.data.write().unwrap();
+            let others = of.opens.load(Ordering::Acquire) > 1;
             let defer = others && st.unsaved(&of);
             if let Some(size) = set.size {
                 self.truncate_locked(&of, &mut st, size, now);
@@ -1632,7 +1624,6 @@ impl Fs {
         st.size = st.size.max(end);
         st.set_mtime(&of, now);
         of.size.store(st.size, Ordering::Release);
-        of.mtime.store(now, Ordering::Release);
         if st.dirty_bytes >= self.tuning.dirty_limit {
             self.commit_locked(&of, &mut st)?;
         }
@@ -1675,7 +1666,6 @@ impl Fs {
         st.size = size;
         st.set_mtime(of, now);
         of.size.store(size, Ordering::Release);
-        of.mtime.store(now, Ordering::Release);
     }
 
     /// Commits a file's buffers: hash, store new blobs, one transaction.
@@ -1848,7 +1838,6 @@ impl Fs {
             let mut st = of.data.write().unwrap();
             self.commit_locked(&of, &mut st)?;
         }
-
         // A file copied into a tag folder settles at close (flush is
         // synchronous with close(2); release is not).
         if self.virt.staged.lock().unwrap().contains_key(&of.ino) {
@@ -1868,9 +1857,13 @@ impl Fs {
         if self.tuning.read_only {
             return Ok(());
         }
-        self.settle()?;
         self.blobs.sync()?;
-        self.meta().barrier()?;
+        // One lock hold, so that no new batch opens before the barrier.
+        let m = self.meta();
+        let frees = self.commit_batch(&m)?;
+        m.barrier()?;
+        drop(m);
+        self.free_clusters(&frees);
         Ok(())
     }
 
@@ -1931,7 +1924,7 @@ impl Fs {
 
 impl Drop for Fs {
     fn drop(&mut self) {
-        if let Err(e) = self.commit_all().and_then(|_| self.stop_group_commit()) {
+        if let Err(e) = self.stop_group_commit() {
             tracing::error!("committing on shutdown failed: {e}");
         }
     }
