@@ -25,9 +25,9 @@
 //! savepoint in one open batch, committed when it is `window` old (by the
 //! caller that notices, or the group-commit thread), or at once by `fsync`,
 //! a query, or unmount; step 3 then waits for the batch. So `close`
-//! returning means the data is in the batch, committed within the window: a
-//! crash of the queryfs process loses at most that window, and always a
-//! suffix of the changes; `fsync` returning means everything before it
+//! returning means the data is in the batch, committed within the window
+//! (plus one tick of the group-commit thread): a crash of the queryfs process
+//! loses at most that, and always a suffix of the changes; `fsync` returning means everything before it
 //! survives a crash of the machine. A crash between steps leaves only orphan
 //! clusters, which opening the store for writing reclaims.
 //!
