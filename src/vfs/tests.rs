@@ -225,10 +225,24 @@ fn xattrs() {
         fs.setxattr(f.ino, b"user.size", b"1", libc::XATTR_REPLACE),
         Err(FsError::NoAttr)
     ));
-    assert!(matches!(
-        fs.setxattr(f.ino, b"trusted.x", b"1", 0),
-        Err(FsError::NotSupported)
-    ));
+    for other in [
+        &b"trusted.x"[..],
+        b"security.selinux",
+        b"system.posix_acl_access",
+    ] {
+        assert!(matches!(
+            fs.setxattr(f.ino, other, b"1", 0),
+            Err(FsError::NotSupported)
+        ));
+        assert!(matches!(
+            fs.getxattr(f.ino, other),
+            Err(FsError::NotSupported)
+        ));
+        assert!(matches!(
+            fs.removexattr(f.ino, other),
+            Err(FsError::NotSupported)
+        ));
+    }
     assert_eq!(fs.listxattr(f.ino).unwrap(), b"user.colour\0");
     fs.removexattr(f.ino, b"user.colour").unwrap();
     assert!(matches!(
