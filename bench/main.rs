@@ -49,6 +49,10 @@ struct Args {
     /// Only these workload groups (seq,random,small,tar,dedup,query,rss,exchange).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The groups LiteboxFS runs (its random 4 KiB step on a 1 GiB file had
+    /// not finished after 20 minutes, so it is left out by default).
+    #[arg(long, value_delimiter = ',', default_value = "seq,small,tar")]
+    litebox_groups: Vec<String>,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -743,16 +747,18 @@ fn main() {
         let mut t = Target::start(&a.dir, kind, &a.litebox);
         eprintln!("== {}", t.name);
         clear(&t.root);
-        if want("seq") {
+        let runs =
+            |g: &str| want(g) && (kind != Kind::Litebox || a.litebox_groups.iter().any(|x| x == g));
+        if runs("seq") {
             seq(&t, &a, &mut res);
         }
-        if want("random") {
+        if runs("random") {
             random(&t, &a, &mut res);
         }
-        if want("small") {
+        if runs("small") {
             small(&t, &a, &mut res);
         }
-        if want("tar") {
+        if runs("tar") {
             tar(&t, &a, &mut res);
         }
         if want("dedup") && kind == Kind::Queryfs {
@@ -787,7 +793,13 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (w, by) in &res {
         let g = |t: &str| by.get(t).copied();
-        let f = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into());
+        let f = |v: Option<f64>| {
+            v.map(|v| match v {
+                v if v < 10.0 => format!("{v:.2}"),
+                v => format!("{v:.1}"),
+            })
+            .unwrap_or_else(|| "–".into())
+        };
         // For times (s, ms) lower is better: ratios are inverted so that
         // > 1 always means queryfs is faster.
         let lower_better = w.ends_with("(s)") || w.ends_with("(ms)");
