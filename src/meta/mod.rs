@@ -358,6 +358,17 @@ impl Meta {
         Ok(std::mem::take(&mut b.frees))
     }
 
+    /// Rolls the open batch back, if any (the blob bytes it refers to may
+    /// not be on disk); returns how many writes it held.
+    pub fn rollback_batch(&self) -> u32 {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_none() {
+            return 0;
+        }
+        let _ = self.conn.execute_batch("ROLLBACK");
+        b.abandon()
+    }
+
     /// Runs `f` in an IMMEDIATE transaction; commits on `Ok`, rolls back on
     /// `Err`. With group commit on, `f` runs in a savepoint of the open
     /// batch instead, and commits with it.

@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use super::device::Device;
@@ -123,6 +123,11 @@ pub struct Container {
     qfd: Box<dyn Device>,
     state: RwLock<FatState>,
     unsynced: AtomicBool,
+    /// Failed syncs so far. After one, bytes written before it may be lost
+    /// even if a later sync succeeds (the kernel may drop the dirty pages),
+    /// so every later `sync` fails until [`Container::clear_sync_failure`].
+    sync_failures: AtomicU64,
+    sync_failed: AtomicBool,
 }
 
 impl Container {
@@ -179,6 +184,8 @@ impl Container {
             qfd,
             state: RwLock::new(FatState { fat, hint: 1 }),
             unsynced: AtomicBool::new(false),
+            sync_failures: AtomicU64::new(0),
+            sync_failed: AtomicBool::new(false),
         })
     }
 
@@ -470,14 +477,35 @@ impl Container {
     }
 
     /// Makes all data and FAT writes so far durable: data first, then FAT.
+    /// Fails while an earlier failure is not cleared.
     pub fn sync(&self) -> io::Result<()> {
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier sync of the container failed: what was written before it may be lost",
+            ));
+        }
         if self.unsynced.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.qfd.sync().and_then(|_| self.qfi.sync()) {
                 self.unsynced.store(true, Ordering::Release);
+                self.sync_failures.fetch_add(1, Ordering::AcqRel);
+                self.sync_failed.store(true, Ordering::Release);
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// How many syncs have failed: a writer notes it before writing blob
+    /// bytes, and does not commit references to them if it moved.
+    pub fn sync_failures(&self) -> u64 {
+        self.sync_failures.load(Ordering::Acquire)
+    }
+
+    /// Lets `sync` succeed again, once nothing that may refer to bytes
+    /// written before the failure can still commit (its references were
+    /// rolled back, and later writers check [`Container::sync_failures`]).
+    pub fn clear_sync_failure(&self) {
+        self.sync_failed.store(false, Ordering::Release);
     }
 }
 

@@ -330,6 +330,28 @@ impl TagAttr {
 /// Content id of a file: BLAKE3 over its size and, for every chunk index,
 /// the chunk's hash (a hole counts as the hash of zeros of its length).
 /// Files with equal ids have equal content.
+/// BLAKE3 of each dirty chunk, on every core when there are many (a large
+/// file's commit hashes while the writer waits for it).
+fn hash_chunks(dirty: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, [u8; 32])> {
+    let hash = |(&idx, buf): (&u64, &Vec<u8>)| (idx, *blake3::hash(buf).as_bytes());
+    let bytes: usize = dirty.values().map(Vec::len).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads < 2 || bytes < 4 << 20 {
+        return dirty.iter().map(hash).collect();
+    }
+    let all: Vec<(&u64, &Vec<u8>)> = dirty.iter().collect();
+    std::thread::scope(|s| {
+        let parts: Vec<_> = all
+            .chunks(all.len().div_ceil(threads))
+            .map(|part| s.spawn(move || part.iter().map(|&e| hash(e)).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("hash thread"))
+            .collect()
+    })
+}
+
 pub fn content_id(chunks: &[(u64, [u8; 32])], size: u64, chunk_size: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&size.to_le_bytes());
@@ -454,7 +476,20 @@ impl Fs {
         Ok(())
     }
 
+    /// Commits the open batch after syncing the blob bytes it refers to
+    /// (a container sync is short here when the caller synced just before,
+    /// outside the lock). If a container sync failed, the batch is rolled
+    /// back instead: its blobs may not be on disk.
     fn commit_batch(&self, m: &Meta) -> Result<Vec<u32>> {
+        if let Err(e) = self.blobs.sync() {
+            let lost = m.rollback_batch();
+            self.blobs.clear_sync_failure();
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            tracing::error!(
+                "syncing the blob container failed ({e}): a group of {lost} metadata changes was rolled back"
+            );
+            return Err(e.into());
+        }
         m.commit_batch().map_err(|e| {
             // Rolled back: what was read since is stale.
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -505,6 +540,9 @@ impl Fs {
                     }
                     let due = fs.meta().batch_due();
                     if due {
+                        // The long part of the container sync, outside the
+                        // lock (a failure is kept for `settle` to act on).
+                        let _ = fs.blobs.sync();
                         if let Err(e) = fs.settle() {
                             tracing::error!("group commit failed: {e}");
                         }
@@ -548,13 +586,17 @@ impl Fs {
                 let _ = h.join();
             }
         }
-        let frees = {
+        let (last, frees) = {
             let m = self.meta();
+            let last = self.commit_batch(&m);
             m.set_auto_checkpoint(true)?;
-            m.set_group_commit(None)?
+            (last, m.set_group_commit(None)?)
         };
         self.free_clusters(&frees);
-        committed
+        if let Ok(f) = &last {
+            self.free_clusters(f);
+        }
+        committed.and(last.map(drop))
     }
 
     fn free_clusters(&self, frees: &[u32]) {
@@ -1605,10 +1647,10 @@ impl Fs {
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
             if !st.dirty.contains_key(&idx) {
                 // Start from the committed chunk unless the write covers it all.
-                let mut buf = Vec::new();
+                let mut buf = Vec::with_capacity(cs as usize);
                 if !(within == 0 && n as u64 == cs) {
                     if let Some(c) = st.chunks.get(&idx) {
-                        buf = vec![0u8; c.size as usize];
+                        buf.resize(c.size as usize, 0);
                         self.read_chunk(c, 0, &mut buf)?;
                     }
                 }
@@ -1616,10 +1658,14 @@ impl Fs {
                 st.dirty.insert(idx, buf);
             }
             let buf = st.dirty.get_mut(&idx).unwrap();
-            if buf.len() < within + n {
-                buf.resize(within + n, 0);
+            // Overwrite what the buffer holds, append the rest (no zero fill
+            // of bytes about to be written).
+            if buf.len() < within {
+                buf.resize(within, 0);
             }
-            buf[within..within + n].copy_from_slice(src);
+            let over = (buf.len() - within).min(n);
+            buf[within..within + over].copy_from_slice(&src[..over]);
+            buf.extend_from_slice(&src[over..]);
             pos += n as u64;
         }
         let now = now_ns();
@@ -1679,11 +1725,7 @@ impl Fs {
         if self.tuning.read_only {
             return Err(FsError::Invalid("the store is open read-only".into()));
         }
-        let items: Vec<(u64, [u8; 32])> = st
-            .dirty
-            .iter()
-            .map(|(&idx, buf)| (idx, *blake3::hash(buf).as_bytes()))
-            .collect();
+        let items = hash_chunks(&st.dirty);
         // Which blobs that go to the container are new? Store those before
         // the transaction (inline ones are stored by it).
         let known: HashSet<[u8; 32]> = {
@@ -1705,6 +1747,7 @@ impl Fs {
         };
         let mut fresh: HashMap<[u8; 32], BlobData> = HashMap::new();
         let mut written = Vec::new();
+        let failures = self.blobs.sync_failures();
         let store = (|| -> Result<()> {
             for (idx, h) in &items {
                 if known.contains(h) || fresh.contains_key(h) {
@@ -1719,9 +1762,6 @@ impl Fs {
                     BlobData::Cluster(loc)
                 };
                 fresh.insert(*h, d);
-            }
-            if !written.is_empty() {
-                self.blobs.sync()?;
             }
             Ok(())
         })();
@@ -1744,6 +1784,21 @@ impl Fs {
         };
         let mut used: HashSet<[u8; 32]> = HashSet::new();
         let result = self.tx(|m, frees| {
+            if !written.is_empty() {
+                if self.blobs.sync_failures() != failures {
+                    return Err(FsError::Io(std::io::Error::other(
+                        "a sync of the blob container failed while this file's data was written",
+                    )));
+                }
+                // The bytes reach the disk before a commit refers to them:
+                // with group commit, when the batch commits; else now.
+                if !m.batch_open() {
+                    if let Err(e) = self.blobs.sync() {
+                        self.blobs.clear_sync_failure();
+                        return Err(e.into());
+                    }
+                }
+            }
             if st.drop_from.is_some() || !st.dropped.is_empty() {
                 for h in &st.dropped {
                     if let Some(Some(loc)) = m.decref(h)? {
@@ -1859,7 +1914,9 @@ impl Fs {
         if self.tuning.read_only {
             return Ok(());
         }
-        self.blobs.sync()?;
+        // The long part outside the lock; `commit_batch` syncs again (and
+        // rolls the batch back if a sync failed).
+        let _ = self.blobs.sync();
         // One lock hold, so that no new batch opens before the barrier.
         let m = self.meta();
         let frees = self.commit_batch(&m)?;

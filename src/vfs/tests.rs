@@ -380,3 +380,131 @@ fn chmod_to(mode: u32) -> SetAttr {
         ..Default::default()
     }
 }
+
+/// A cluster device whose `sync` fails while `fail` is set (an I/O error or
+/// a full disk at writeback).
+struct FlakyDevice {
+    inner: MemDevice,
+    fail: Arc<AtomicBool>,
+    syncs: Arc<AtomicU64>,
+}
+
+impl crate::qvfs::Device for FlakyDevice {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+/// A filesystem whose cluster device can fail its syncs; group commit on
+/// (with a window long enough that only the test commits) when `grouped`.
+fn flaky_fs(grouped: bool) -> (Arc<Fs>, Arc<AtomicBool>, Arc<AtomicU64>) {
+    let meta = Meta::open_in_memory().unwrap();
+    meta.write::<_, crate::meta::MetaError>(|m| {
+        m.store_set("durable_barrier", "0")?;
+        m.insert_root(0o755, 0, 0, now_ns())
+    })
+    .unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let syncs = Arc::new(AtomicU64::new(0));
+    let qfd = FlakyDevice {
+        inner: MemDevice::default(),
+        fail: fail.clone(),
+        syncs: syncs.clone(),
+    };
+    let c = Container::create(Box::new(MemDevice::default()), Box::new(qfd), b"").unwrap();
+    let fs = Arc::new(Fs::new(
+        meta,
+        Arc::new(c),
+        64 * 1024,
+        Tuning::default(),
+        None,
+    ));
+    if grouped {
+        fs.start_group_commit(Duration::from_secs(3600)).unwrap();
+    }
+    (fs, fail, syncs)
+}
+
+fn write_file(fs: &Fs, name: &[u8], data: &[u8]) -> Result<u64> {
+    let (a, fh) = fs.create(ROOT, name, 0o644, Caller::ROOT)?;
+    fs.write(fh, 0, data)?;
+    let r = fs.flush(fh);
+    fs.release(fh)?;
+    r.map(|_| a.ino)
+}
+
+#[test]
+fn with_group_commit_blob_bytes_sync_once_per_group_and_a_failed_sync_rolls_the_group_back() {
+    let (fs, fail, syncs) = flaky_fs(true);
+    let big = |seed: u8| -> Vec<u8> { (0..200_000u32).map(|i| (i as u8) ^ seed).collect() };
+    // Closing files does not sync the container; the group's commit does, once.
+    let before = syncs.load(Ordering::SeqCst);
+    let a = write_file(&fs, b"a", &big(1)).unwrap();
+    write_file(&fs, b"b", &big(2)).unwrap();
+    assert_eq!(syncs.load(Ordering::SeqCst), before);
+    fs.settle().unwrap();
+    assert_eq!(syncs.load(Ordering::SeqCst), before + 1);
+    assert_eq!(read_all(&fs, a), big(1));
+
+    // A failed sync: the group that refers to the unsynced bytes is rolled
+    // back (the file and its name), and the failure is reported.
+    let used = fs.container().allocated_count();
+    write_file(&fs, b"c", &big(3)).unwrap();
+    fs.mkdir(ROOT, b"d", 0o755, Caller::ROOT).unwrap();
+    fail.store(true, Ordering::SeqCst);
+    assert!(matches!(fs.settle(), Err(FsError::Io(_))));
+    fail.store(false, Ordering::SeqCst);
+    assert!(matches!(fs.lookup(ROOT, b"c"), Err(FsError::NotFound)));
+    assert!(matches!(fs.lookup(ROOT, b"d"), Err(FsError::NotFound)));
+    // What was committed before is untouched, and the store goes on.
+    assert_eq!(read_all(&fs, a), big(1));
+    let e = write_file(&fs, b"e", &big(4)).unwrap();
+    fs.settle().unwrap();
+    assert_eq!(read_all(&fs, e), big(4));
+    // The rolled-back file's clusters are orphans until gc or the next
+    // start (they were never referenced), not reused under a live blob.
+    assert!(fs.container().allocated_count() > used);
+
+    // fsync reports a failed sync; the group it would have made durable
+    // (here the file's creation and data) is rolled back, not kept as if safe.
+    let (_, fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
+    fs.write(fh, 0, &big(5)).unwrap();
+    fail.store(true, Ordering::SeqCst);
+    assert!(matches!(fs.fsync(fh), Err(FsError::Io(_))));
+    fail.store(false, Ordering::SeqCst);
+    fs.release(fh).unwrap();
+    assert!(matches!(fs.lookup(ROOT, b"f"), Err(FsError::NotFound)));
+    let g = write_file(&fs, b"g", &big(6)).unwrap();
+    fs.sync_all().unwrap();
+    assert_eq!(read_all(&fs, g), big(6));
+    assert_eq!(read_all(&fs, a), big(1));
+    fs.stop_group_commit().unwrap();
+}
+
+#[test]
+fn without_group_commit_a_failed_sync_fails_the_close_and_keeps_the_bytes_for_a_retry() {
+    let (fs, fail, _) = flaky_fs(false);
+    let data: Vec<u8> = (0..150_000u32).map(|i| (i % 241) as u8).collect();
+    let (f, fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
+    fs.write(fh, 0, &data).unwrap();
+    fail.store(true, Ordering::SeqCst);
+    assert!(matches!(fs.flush(fh), Err(FsError::Io(_))));
+    assert_eq!(fs.meta().inode(f.ino).unwrap().unwrap().size, 0);
+    fail.store(false, Ordering::SeqCst);
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    assert_eq!(read_all(&fs, f.ino), data);
+}
