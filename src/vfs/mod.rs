@@ -327,9 +327,6 @@ impl TagAttr {
     }
 }
 
-/// Content id of a file: BLAKE3 over its size and, for every chunk index,
-/// the chunk's hash (a hole counts as the hash of zeros of its length).
-/// Files with equal ids have equal content.
 /// BLAKE3 of each dirty chunk, on every core when there are many (a large
 /// file's commit hashes while the writer waits for it).
 fn hash_chunks(dirty: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, [u8; 32])> {
@@ -352,6 +349,9 @@ fn hash_chunks(dirty: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, [u8; 32])> {
     })
 }
 
+/// Content id of a file: BLAKE3 over its size and, for every chunk index,
+/// the chunk's hash (a hole counts as the hash of zeros of its length).
+/// Files with equal ids have equal content.
 pub fn content_id(chunks: &[(u64, [u8; 32])], size: u64, chunk_size: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&size.to_le_bytes());
