@@ -331,9 +331,15 @@ impl TagAttr {
 /// file's commit hashes while the writer waits for it).
 fn hash_chunks(dirty: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, [u8; 32])> {
     let hash = |(&idx, buf): (&u64, &Vec<u8>)| (idx, *blake3::hash(buf).as_bytes());
+    // Asked once: `available_parallelism` reads cgroup files each call.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let bytes: usize = dirty.values().map(Vec::len).sum();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads < 2 || bytes < 4 << 20 {
+    if bytes < 4 << 20 {
+        return dirty.iter().map(hash).collect();
+    }
+    let threads =
+        *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+    if threads < 2 {
         return dirty.iter().map(hash).collect();
     }
     let all: Vec<(&u64, &Vec<u8>)> = dirty.iter().collect();
