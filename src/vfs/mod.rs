@@ -334,11 +334,11 @@ fn hash_chunks(dirty: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, [u8; 32])> {
     // Asked once: `available_parallelism` reads cgroup files each call.
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let bytes: usize = dirty.values().map(Vec::len).sum();
-    if bytes < 4 << 20 {
-        return dirty.iter().map(hash).collect();
-    }
-    let threads =
-        *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+    let threads = match bytes {
+        b if b < 4 << 20 => 1,
+        _ => *CORES
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8))),
+    };
     if threads < 2 {
         return dirty.iter().map(hash).collect();
     }

@@ -5,18 +5,18 @@ use crate::qvfs::MemDevice;
 
 /// A filesystem on an in-memory database and container.
 pub(crate) fn fs_with(tuning: Tuning) -> Fs {
+    fs_on(Box::new(MemDevice::default()), tuning)
+}
+
+/// A filesystem on an in-memory database, with `qfd` as the cluster device.
+fn fs_on(qfd: Box<dyn crate::qvfs::Device>, tuning: Tuning) -> Fs {
     let meta = Meta::open_in_memory().unwrap();
     meta.write::<_, crate::meta::MetaError>(|m| {
         m.store_set("durable_barrier", "0")?;
         m.insert_root(0o755, 0, 0, now_ns())
     })
     .unwrap();
-    let c = Container::create(
-        Box::new(MemDevice::default()),
-        Box::new(MemDevice::default()),
-        b"",
-    )
-    .unwrap();
+    let c = Container::create(Box::new(MemDevice::default()), qfd, b"").unwrap();
     Fs::new(meta, Arc::new(c), 64 * 1024, tuning, None)
 }
 
@@ -411,12 +411,6 @@ impl crate::qvfs::Device for FlakyDevice {
 /// A filesystem whose cluster device can fail its syncs; group commit on
 /// (with a window long enough that only the test commits) when `grouped`.
 fn flaky_fs(grouped: bool) -> (Arc<Fs>, Arc<AtomicBool>, Arc<AtomicU64>) {
-    let meta = Meta::open_in_memory().unwrap();
-    meta.write::<_, crate::meta::MetaError>(|m| {
-        m.store_set("durable_barrier", "0")?;
-        m.insert_root(0o755, 0, 0, now_ns())
-    })
-    .unwrap();
     let fail = Arc::new(AtomicBool::new(false));
     let syncs = Arc::new(AtomicU64::new(0));
     let qfd = FlakyDevice {
@@ -424,14 +418,7 @@ fn flaky_fs(grouped: bool) -> (Arc<Fs>, Arc<AtomicBool>, Arc<AtomicU64>) {
         fail: fail.clone(),
         syncs: syncs.clone(),
     };
-    let c = Container::create(Box::new(MemDevice::default()), Box::new(qfd), b"").unwrap();
-    let fs = Arc::new(Fs::new(
-        meta,
-        Arc::new(c),
-        64 * 1024,
-        Tuning::default(),
-        None,
-    ));
+    let fs = Arc::new(fs_on(Box::new(qfd), Tuning::default()));
     if grouped {
         fs.start_group_commit(Duration::from_secs(3600)).unwrap();
     }
