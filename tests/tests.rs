@@ -3,7 +3,10 @@
 
 mod cli;
 mod crash;
+mod exercise;
+mod faults;
 mod mount;
+mod programs;
 mod qvfs;
 mod tags;
 mod util;

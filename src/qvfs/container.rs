@@ -15,6 +15,31 @@
 //!   [`Container::reclaim`] frees.
 //! - Every chain walk is bounded by the cluster count, so a hostile FAT can
 //!   neither loop nor point outside the image.
+//!
+//! # Concurrency rule
+//! One lock, `state`, guards the in-memory FAT *and* every write of FAT
+//! entries to the `.qfi` device. Whoever changes an entry (allocate,
+//! release, free, reclaim, join) does so under the write lock, and every
+//! `.qfi` write happens under that same write lock and writes the entry's
+//! *current* in-memory value. So the device can never receive a value that
+//! a later change has already replaced: a free that races an allocation of
+//! the same clusters either lands before it (and the allocation's publish
+//! overwrites it) or is serialized after the new owner's publish — which
+//! cannot happen, since the clusters stay allocated in memory until the
+//! free has written its zeros under the lock. Before this rule, a free
+//! wrote its zeros after dropping the lock, and a writer that had just
+//! reused the clusters could see its published chain zeroed on disk.
+//!
+//! A cluster is owned by exactly one party at a time: the free list, a
+//! writer that reserved it (until its chain is freed or referenced by a
+//! committed blob), or a committed blob. Only the owner writes its data or
+//! asks for its FAT entries to be published. Data reads take no FAT lock
+//! beyond the chain walk when the caller guarantees the blob stays
+//! referenced; [`Container::read_chain`] holds the read lock throughout.
+//!
+//! Durability is ordered above this layer: data is written before the FAT
+//! entries that chain it, and [`Container::sync`] (data, then FAT) runs
+//! before a metadata commit refers to a new chain.
 
 use std::fmt;
 use std::io;
@@ -191,7 +216,7 @@ impl Container {
 
     /// Number of clusters (FAT entries).
     pub fn cluster_count(&self) -> u64 {
-        self.state.read().unwrap().fat.len() as u64
+        self.read_state().fat.len() as u64
     }
 
     /// Number of clusters not free.
@@ -207,12 +232,12 @@ impl Container {
 
     /// Runs `f` on the FAT, under the read lock.
     pub fn with_fat<R>(&self, f: impl FnOnce(&[u32]) -> R) -> R {
-        f(&self.state.read().unwrap().fat)
+        f(&self.read_state().fat)
     }
 
     /// A copy of the FAT, for checks.
     pub fn fat_snapshot(&self) -> Vec<u32> {
-        self.state.read().unwrap().fat.clone()
+        self.read_state().fat.clone()
     }
 
     /// Size of both files in bytes: (qfi, qfd).
@@ -227,7 +252,7 @@ impl Container {
 
     /// The chain starting at `start`.
     pub fn chain(&self, start: u32) -> Result<Vec<u32>, ChainError> {
-        walk_chain(&self.state.read().unwrap().fat, start)
+        walk_chain(&self.read_state().fat, start)
     }
 
     /// Writes `data` into newly allocated clusters (lowest free first, then
@@ -246,7 +271,7 @@ impl Container {
     }
 
     fn allocate(&self, n: usize) -> io::Result<Vec<u32>> {
-        let mut st = self.state.write().unwrap();
+        let mut st = self.write_state();
         let mut out = Vec::with_capacity(n);
         let mut i = st.hint.max(1);
         while out.len() < n && i < st.fat.len() {
@@ -285,11 +310,47 @@ impl Container {
     }
 
     fn release(&self, clusters: &[u32]) {
-        let mut st = self.state.write().unwrap();
+        let mut st = self.write_state();
         for &c in clusters {
             st.fat[c as usize] = FAT_FREE;
             st.hint = st.hint.min(c as usize);
         }
+        // Best effort: a publish may have reached the device before the
+        // failure. Stale entries left here are orphans that reclaim frees.
+        let mut sorted = clusters.to_vec();
+        sorted.sort_unstable();
+        let _ = self.write_entries(&st.fat, &sorted);
+    }
+
+    /// The FAT under its write lock (a poisoned lock is taken over: every
+    /// change below completes its memory update before any I/O).
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, FatState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_state(&self) -> std::sync::RwLockReadGuard<'_, FatState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the current in-memory values of `sorted` (ascending cluster
+    /// numbers) to the `.qfi` device. Callers hold the write lock.
+    fn write_entries(&self, fat: &[u32], sorted: &[u32]) -> io::Result<()> {
+        for (first, _, len) in runs(sorted) {
+            let mut left = len;
+            let mut at = first as usize;
+            while left > 0 {
+                let k = left.min(1024);
+                let mut raw = Vec::with_capacity(k * 4);
+                for v in &fat[at..at + k] {
+                    raw.extend_from_slice(&v.to_le_bytes());
+                }
+                self.qfi.write_at(&raw, at as u64 * 4)?;
+                at += k;
+                left -= k;
+            }
+        }
+        self.unsynced.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn write_clusters(&self, clusters: &[u32], data: &[u8]) -> io::Result<()> {
@@ -303,7 +364,7 @@ impl Container {
     /// the chain. Holds the FAT read lock for the whole read, so the clusters
     /// cannot be freed and reused under it.
     pub fn read_chain(&self, start: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let st = self.state.read().unwrap();
+        let st = self.read_state();
         let chain = walk_chain(&st.fat, start)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         self.read_in(&chain, offset, buf)
@@ -390,28 +451,20 @@ impl Container {
     pub fn publish(&self, chain: &[u32]) -> io::Result<()> {
         let mut sorted = chain.to_vec();
         sorted.sort_unstable();
-        let st = self.state.read().unwrap();
-        for (first, _, len) in runs(&sorted) {
-            let mut raw = Vec::with_capacity(len * 4);
-            for c in first..first + len as u32 {
-                raw.extend_from_slice(&st.fat[c as usize].to_le_bytes());
-            }
-            self.qfi.write_at(&raw, first as u64 * 4)?;
-        }
-        self.unsynced.store(true, Ordering::Release);
-        Ok(())
+        let st = self.write_state();
+        self.write_entries(&st.fat, &sorted)
     }
 
     /// Appends the chain starting at `next` to the chain ending at `last`
     /// (in memory; publish `last` to write it).
     pub fn join(&self, last: u32, next: u32) {
-        self.state.write().unwrap().fat[last as usize] = next;
+        self.write_state().fat[last as usize] = next;
     }
 
     /// Frees the chain at `start`. Only call this after the transaction that
     /// dropped its last reference has committed.
     pub fn free_chain(&self, start: u32) -> io::Result<()> {
-        let mut st = self.state.write().unwrap();
+        let mut st = self.write_state();
         let chain = match walk_chain(&st.fat, start) {
             Ok(c) => c,
             // A damaged chain is left for fsck to report rather than freeing
@@ -422,23 +475,11 @@ impl Container {
             st.fat[c as usize] = FAT_FREE;
         }
         st.hint = st.hint.min(*chain.iter().min().unwrap() as usize);
-        drop(st);
-        let zero = [0u8; 4 * 256];
-        for (first, _, len) in runs(&{
-            let mut s = chain.clone();
-            s.sort_unstable();
-            s
-        }) {
-            let mut left = len;
-            let mut at = first as u64;
-            while left > 0 {
-                let k = left.min(256);
-                self.qfi.write_at(&zero[..k * 4], at * 4)?;
-                at += k as u64;
-                left -= k;
-            }
-        }
-        Ok(())
+        let mut sorted = chain;
+        sorted.sort_unstable();
+        // Under the same write lock: no allocation can take these clusters
+        // before their zeros are on the device (see the concurrency rule).
+        self.write_entries(&st.fat, &sorted)
     }
 
     /// Frees every allocated cluster (except 0) not on a chain starting at one
@@ -463,16 +504,12 @@ impl Container {
         if orphans.is_empty() {
             return Ok(0);
         }
-        {
-            let mut st = self.state.write().unwrap();
-            for &c in &orphans {
-                st.fat[c as usize] = FAT_FREE;
-                st.hint = st.hint.min(c as usize);
-            }
+        let mut st = self.write_state();
+        for &c in &orphans {
+            st.fat[c as usize] = FAT_FREE;
+            st.hint = st.hint.min(c as usize);
         }
-        for (first, _, len) in runs(&orphans) {
-            self.qfi.write_at(&vec![0u8; len * 4], first as u64 * 4)?;
-        }
+        self.write_entries(&st.fat, &orphans)?;
         Ok(orphans.len() as u64)
     }
 

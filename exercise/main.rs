@@ -1,0 +1,2 @@
+//! qfs-exercise: placeholder, being written.
+fn main() {}
