@@ -63,7 +63,7 @@ pub const QFD_FILE: &str = "blobs.qfd";
 pub const LOCK_FILE: &str = "lock";
 pub const RESERVE_FILE: &str = "reserve";
 /// Size of `STORE/reserve`.
-pub const RESERVE_BYTES: u64 = 32 << 20;
+pub const RESERVE_BYTES: u64 = 16 << 20;
 const MAGIC: &[u8] = b"\0QUERYFS CONTAINER 1\n";
 /// Default chunk size (see BENCHMARKS.md for the measurements behind it).
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
@@ -152,9 +152,11 @@ pub struct DamagedBlob {
     pub files: Vec<String>,
     #[serde(skip)]
     hash: [u8; 32],
-    /// Clusters its chain reaches.
+    /// Clusters its chain reaches, and the free cluster it points to.
     #[serde(skip)]
     clusters: Vec<u32>,
+    #[serde(skip)]
+    dangling: Option<u32>,
 }
 
 impl DamagedBlob {
@@ -263,6 +265,7 @@ pub fn init(dir: &Path) -> Result<()> {
         let _ = fs::remove_file(dir.join(format!("{DB_FILE}.init{ext}")));
     }
     fs::rename(&tmp, dir.join(DB_FILE)).map_err(|e| StoreError::Io(d.clone(), e))?;
+    ensure_reserve(dir);
     drop(lock);
     Ok(())
 }
@@ -428,9 +431,15 @@ pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
     }
     .map_err(|e| {
         if is_full(&e, dir) {
+            let cause = match &e {
+                StoreError::Meta(_, m) => m.to_string(),
+                StoreError::Io(_, io) => io.to_string(),
+                StoreError::Corrupt(_, m) => m.clone(),
+                other => other.to_string(),
+            };
             StoreError::Corrupt(
                 d.clone(),
-                format!("{e}: the store's disk is full and no reserve file is left; free some space on it"),
+                format!("{cause}: the store's disk is full and no reserve file is left; free some space on it"),
             )
         } else {
             e
@@ -617,6 +626,7 @@ fn damaged_blobs(
                 files: paths_holding(m, &hash)?,
                 hash,
                 clusters: dc.clusters,
+                dangling: dc.dangling,
             })
         })
         .collect()
@@ -749,9 +759,17 @@ impl Store {
         let orphans = check.orphans(&c.fat_snapshot());
         let damaged = damaged_blobs(&m, &chains, check.damaged).map_err(me)?;
         let now = crate::vfs::now_ns();
+        // A free cluster a damaged chain points to lost only its own FAT
+        // entry: it holds the blob's bytes, so it is taken out of the free
+        // list before anything else can be written.
+        let dangling: Vec<u32> = damaged.iter().filter_map(|b| b.dangling).collect();
+        c.hold(&dangling)
+            .and_then(|_| c.sync())
+            .map_err(|e| StoreError::Io(d.clone(), e))?;
         m.write(|m| -> std::result::Result<(), MetaError> {
             for b in &damaged {
                 let mut kept = b.clusters.clone();
+                kept.extend(b.dangling);
                 kept.extend(&orphans);
                 kept.sort_unstable();
                 kept.dedup();

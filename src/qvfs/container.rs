@@ -161,6 +161,9 @@ pub struct DamagedChain {
     pub reason: String,
     /// The allocated clusters the walk reached (each once, in chain order).
     pub clusters: Vec<u32>,
+    /// A cluster the chain points to that is marked free: its own FAT entry
+    /// was lost, but it is part of the chain (see [`Container::hold`]).
+    pub dangling: Option<u32>,
 }
 
 /// What [`check_chains`] found.
@@ -219,8 +222,12 @@ pub fn check_chains(fat: &[u32], chains: &[ChainRef], keep: &[u32], data_len: u6
     let clusters_in_data = data_len / CLUSTER_SIZE as u64;
     let mut reasons: Vec<Option<String>> = vec![None; chains.len()];
     let mut walked: Vec<Vec<u32>> = Vec::with_capacity(chains.len());
+    let mut dangling: Vec<Option<u32>> = vec![None; chains.len()];
     for (i, c) in chains.iter().enumerate() {
         let (mut chain, err) = walk_chain_partial(fat, c.start);
+        if let Some(ChainError::FreeCluster { at }) = err {
+            dangling[i] = Some(at);
+        }
         if let Some(e) = err {
             reasons[i] = Some(e.to_string());
             // A loop repeats clusters: keep each once.
@@ -284,6 +291,7 @@ pub fn check_chains(fat: &[u32], chains: &[ChainRef], keep: &[u32], data_len: u6
                 start: chains[i].start,
                 reason,
                 clusters,
+                dangling: dangling[i],
             })
         })
         .collect();
@@ -697,6 +705,25 @@ impl Container {
         Ok(Reclaim::Freed(orphans.len() as u64))
     }
 
+    /// Marks those of `clusters` that are free as allocated (end of chain),
+    /// so that no writer is ever given them: for the clusters of a damaged
+    /// chain whose own FAT entries were lost. Under the write lock, like
+    /// every FAT change.
+    pub fn hold(&self, clusters: &[u32]) -> io::Result<()> {
+        let mut st = self.write_state();
+        let mut changed: Vec<u32> = clusters
+            .iter()
+            .copied()
+            .filter(|&c| (c as usize) < st.fat.len() && st.fat[c as usize] == FAT_FREE)
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        for &c in &changed {
+            st.fat[c as usize] = FAT_EOC;
+        }
+        self.write_entries(&st.fat, &changed)
+    }
+
     /// [`check_chains`] on the current FAT and `.qfd` length.
     pub fn check(&self, chains: &[ChainRef], keep: &[u32]) -> io::Result<ChainCheck> {
         let data_len = self.qfd.len()?;
@@ -905,6 +932,21 @@ mod tests {
         assert_eq!(d[0].start, b);
         assert!(d[0].reason.contains("truncated"), "{}", d[0].reason);
         assert!(matches!(c.reclaim(&r, &[]).unwrap(), Reclaim::Damaged(_)));
+    }
+
+    #[test]
+    fn hold_keeps_a_free_cluster_from_writers() {
+        let (c, qfi, _) = mem();
+        let a = c.write_chain(&[1u8; 3 * 4096]).unwrap();
+        let ch = c.chain(a).unwrap();
+        set(&c, ch[1], FAT_FREE);
+        let d = c.check(&[ChainRef { start: a, len: 3 * 4096 }], &[]).unwrap();
+        assert_eq!(d.damaged[0].dangling, Some(ch[1]));
+        assert_eq!(d.damaged[0].clusters, vec![ch[0]]);
+        c.hold(&[ch[1]]).unwrap();
+        assert_eq!(&qfi.snapshot()[ch[1] as usize * 4..][..4], &FAT_EOC.to_le_bytes());
+        let b = c.write_chain(b"x").unwrap();
+        assert!(!ch.contains(&b), "a held cluster was reused");
     }
 
     #[test]
