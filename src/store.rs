@@ -176,18 +176,31 @@ impl DamagedBlob {
     }
 }
 
-fn damage_summary(d: &[DamagedBlob]) -> String {
-    let files: Vec<&str> = d
+/// The files holding damaged blobs, each once.
+pub fn damaged_files(d: &[DamagedBlob]) -> Vec<&str> {
+    let mut files: Vec<&str> = d
         .iter()
         .flat_map(|b| b.files.iter().map(String::as_str))
         .collect();
+    files.sort_unstable();
+    files.dedup();
+    files
+}
+
+fn damage_summary(d: &[DamagedBlob]) -> String {
+    let files = damaged_files(d);
+    let mut why: Vec<String> = d
+        .iter()
+        .take(5)
+        .map(|b| format!("{}: {}", &b.blob[..16], b.reason))
+        .collect();
+    if d.len() > 5 {
+        why.push(format!("and {} more", d.len() - 5));
+    }
     format!(
         "{} blob(s) have damaged cluster chains ({}), held by {}",
         d.len(),
-        d.iter()
-            .map(|b| format!("{}: {}", &b.blob[..16], b.reason))
-            .collect::<Vec<_>>()
-            .join("; "),
+        why.join("; "),
         if files.is_empty() {
             "no file".to_string()
         } else {
@@ -513,6 +526,10 @@ fn open_once(dir: &Path, access: &Access) -> Result<Store> {
         damage = r.damage;
         if !damage.is_empty() {
             container.set_append_only(true);
+        }
+        // Without recovery the caller reports the damage (gc refuses,
+        // repair repairs).
+        if !damage.is_empty() && *want {
             tracing::warn!(
                 "store {d}: {}; serving it append-only (no cluster is reused or freed) and reclaiming nothing. Run `queryfs --store {d} fsck --repair` while it is not mounted",
                 damage_summary(&damage)
@@ -571,8 +588,7 @@ fn path_of(m: &Meta, ino: u64) -> String {
 }
 
 fn paths_holding(m: &Meta, hash: &[u8; 32]) -> std::result::Result<Vec<String>, MetaError> {
-    Ok(m
-        .inodes_holding(hash)?
+    Ok(m.inodes_holding(hash)?
         .into_iter()
         .map(|ino| path_of(m, ino))
         .collect())
@@ -585,18 +601,10 @@ fn chains_and_keep(
     m: &Meta,
 ) -> std::result::Result<(Vec<([u8; 32], ChainRef)>, Vec<u32>), MetaError> {
     let chains = m
-        .all_blobs()?
+        .blob_chains()?
         .into_iter()
-        .filter_map(|b| match b.data {
-            BlobData::Cluster(loc) if loc != QUARANTINED => Some((
-                b.hash,
-                ChainRef {
-                    start: loc,
-                    len: b.size,
-                },
-            )),
-            _ => None,
-        })
+        .filter(|&(_, _, loc)| loc != QUARANTINED)
+        .map(|(hash, len, start)| (hash, ChainRef { start, len }))
         .collect();
     let mut keep: Vec<u32> = m
         .quarantined()?
@@ -755,7 +763,9 @@ impl Store {
         let c = self.fs.container();
         let (chains, keep) = chains_and_keep(&m).map_err(me)?;
         let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
-        let check = c.check(&refs, &keep).map_err(|e| StoreError::Io(d.clone(), e))?;
+        let check = c
+            .check(&refs, &keep)
+            .map_err(|e| StoreError::Io(d.clone(), e))?;
         let orphans = check.orphans(&c.fat_snapshot());
         let damaged = damaged_blobs(&m, &chains, check.damaged).map_err(me)?;
         let now = crate::vfs::now_ns();

@@ -154,18 +154,7 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
         },
         create,
     )?;
-    if !s.damage.is_empty() {
-        eprintln!(
-            "queryfs: warning: {} blob(s) of this store have damaged cluster chains (files: {}); mounting append-only (no cluster is reused or freed, nothing is reclaimed). Unmount and run `queryfs --store {} fsck --repair`",
-            s.damage.len(),
-            s.damage
-                .iter()
-                .flat_map(|b| b.files.iter().map(String::as_str))
-                .collect::<Vec<_>>()
-                .join(", "),
-            dir.display()
-        );
-    }
+    // A damaged store was logged by the open (warn): it is served append-only.
     let created = create_mount_point(&mp)?;
     let r = serve_store(s, &dir, &mp, &a);
     if r.is_err() {

@@ -24,6 +24,7 @@ const MARKER_BLOB: &str = include_str!("../../queries/meta/quarantine_marker_blo
 const RENAME_CHUNKS: &str = include_str!("../../queries/meta/quarantine_rename_chunks.sql");
 const EXISTS: &str = include_str!("../../queries/meta/quarantine_exists.sql");
 const CHUNK_INODES: &str = include_str!("../../queries/meta/chunk_inodes.sql");
+const BLOB_CHAINS: &str = include_str!("../../queries/meta/blob_chains.sql");
 
 /// One quarantine row.
 #[derive(Debug, Clone)]
@@ -106,9 +107,11 @@ impl Meta {
             return Ok(false);
         };
         let marker = marker_of(hash);
-        self.conn.prepare_cached(MARKER_BLOB)?.execute(named_params! {
-            ":marker": &marker[..], ":loc": QUARANTINED as i64, ":hash": &hash[..],
-        })?;
+        self.conn
+            .prepare_cached(MARKER_BLOB)?
+            .execute(named_params! {
+                ":marker": &marker[..], ":loc": QUARANTINED as i64, ":hash": &hash[..],
+            })?;
         self.conn
             .prepare_cached(RENAME_CHUNKS)?
             .execute(named_params! {":marker": &marker[..], ":hash": &hash[..]})?;
@@ -133,6 +136,20 @@ impl Meta {
             .prepare_cached(DELETE)?
             .execute(named_params! {":hash": &hash[..]})?;
         Ok(())
+    }
+
+    /// `(hash, size, start cluster)` of every blob in the container (marker
+    /// blobs of quarantined ones included), without inline data.
+    pub fn blob_chains(&self) -> Result<Vec<([u8; 32], u64, u32)>> {
+        let mut s = self.conn.prepare_cached(BLOB_CHAINS)?;
+        let rows = s.query_map([], |r| {
+            Ok((
+                hash_of(r.get(0)?)?,
+                r.get::<_, i64>(1)? as u64,
+                r.get::<_, i64>(2)? as u32,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The inodes whose chunks name blob `hash` (a scan of the chunk table).
@@ -161,6 +178,7 @@ mod tests {
             RENAME_CHUNKS,
             EXISTS,
             CHUNK_INODES,
+            BLOB_CHAINS,
         ] {
             m.conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
         }

@@ -844,13 +844,19 @@ mod tests {
         let (c, _, _) = mem();
         let a = c.write_chain(&[1u8; 9000]).unwrap();
         let b = c.write_chain(&[2u8; 100]).unwrap();
-        assert_eq!(c.reclaim(&refs(&[(a, 9000)]), &[]).unwrap(), Reclaim::Freed(1));
+        assert_eq!(
+            c.reclaim(&refs(&[(a, 9000)]), &[]).unwrap(),
+            Reclaim::Freed(1)
+        );
         assert!(c.chain(b).is_err());
         assert_eq!(c.chain(a).unwrap().len(), 3);
         // Kept clusters are not freed.
         let d = c.write_chain(&[3u8; 5000]).unwrap();
         let kept = c.chain(d).unwrap();
-        assert_eq!(c.reclaim(&refs(&[(a, 9000)]), &kept).unwrap(), Reclaim::Freed(0));
+        assert_eq!(
+            c.reclaim(&refs(&[(a, 9000)]), &kept).unwrap(),
+            Reclaim::Freed(0)
+        );
         assert_eq!(c.chain(d).unwrap(), kept);
     }
 
@@ -918,7 +924,16 @@ mod tests {
         let (c0, qfi, qfd) = mem();
         let a = c0.write_chain(&[1u8; 4096]).unwrap();
         let b = c0.write_chain(&[2u8; 8192]).unwrap();
-        let r = [ChainRef { start: a, len: 4096 }, ChainRef { start: b, len: 8192 }];
+        let r = [
+            ChainRef {
+                start: a,
+                len: 4096,
+            },
+            ChainRef {
+                start: b,
+                len: 8192,
+            },
+        ];
         assert!(c0.check(&r, &[]).unwrap().damaged.is_empty());
         let mut short = qfd.snapshot();
         short.truncate(3 * 4096);
@@ -940,11 +955,22 @@ mod tests {
         let a = c.write_chain(&[1u8; 3 * 4096]).unwrap();
         let ch = c.chain(a).unwrap();
         set(&c, ch[1], FAT_FREE);
-        let d = c.check(&[ChainRef { start: a, len: 3 * 4096 }], &[]).unwrap();
+        let d = c
+            .check(
+                &[ChainRef {
+                    start: a,
+                    len: 3 * 4096,
+                }],
+                &[],
+            )
+            .unwrap();
         assert_eq!(d.damaged[0].dangling, Some(ch[1]));
         assert_eq!(d.damaged[0].clusters, vec![ch[0]]);
         c.hold(&[ch[1]]).unwrap();
-        assert_eq!(&qfi.snapshot()[ch[1] as usize * 4..][..4], &FAT_EOC.to_le_bytes());
+        assert_eq!(
+            &qfi.snapshot()[ch[1] as usize * 4..][..4],
+            &FAT_EOC.to_le_bytes()
+        );
         let b = c.write_chain(b"x").unwrap();
         assert!(!ch.contains(&b), "a held cluster was reused");
     }
