@@ -435,14 +435,26 @@ pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
     if free_bytes(dir).is_some_and(|f| f < RESERVE_BYTES) {
         released = release_reserve(dir);
     }
-    let mut s = match open_once(dir, &access) {
+    let mut s = match open_once(dir, &access, false) {
         Err(e) if !released && is_full(&e, dir) && release_reserve(dir) => {
             released = true;
-            open_once(dir, &access)
+            open_once(dir, &access, false)
         }
         r => r,
+    };
+    // Reading needs no space at all when nothing writes the store and its
+    // WAL is empty: then the database is opened as an immutable file.
+    if let Err(e) = &s {
+        if is_full(e, dir) && !matches!(access, Access::Write { .. }) {
+            if let Ok(ro) = open_once(dir, &access, true) {
+                tracing::warn!(
+                    "the disk of store {d} is full: reading it as an immutable file (no writer runs)"
+                );
+                s = Ok(ro);
+            }
+        }
     }
-    .map_err(|e| {
+    let mut s = s.map_err(|e| {
         if is_full(&e, dir) {
             let cause = match &e {
                 StoreError::Meta(_, m) => m.to_string(),
@@ -465,14 +477,39 @@ pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
     Ok(s)
 }
 
-fn open_once(dir: &Path, access: &Access) -> Result<Store> {
+/// A shared lock on `STORE/lock` (no writer can start while it is held),
+/// taken without writing anything.
+fn lock_shared_quiet(dir: &Path) -> Result<File> {
+    let d = disp(dir);
+    let f = File::open(dir.join(LOCK_FILE)).map_err(|e| StoreError::Io(d.clone(), e))?;
+    // SAFETY: a valid open fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        return Err(StoreError::Io(d, std::io::Error::last_os_error()));
+    }
+    Ok(f)
+}
+
+/// One open attempt. With `immutable` (readers only, on a full disk), the
+/// store lock is held so that no writer runs, and the database is opened as
+/// an immutable file when its WAL is empty.
+fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
     let d = disp(dir);
     let (lock, read_only) = match access {
         Access::Write { purpose, .. } => (Some(lock_exclusive(dir, purpose)?), false),
         Access::Check { purpose } => (Some(lock_exclusive(dir, purpose)?), true),
+        Access::Read if immutable => (Some(lock_shared_quiet(dir)?), true),
         Access::Read => (None, true),
     };
-    let meta = if read_only {
+    let meta = if immutable {
+        let wal = fs::metadata(dir.join(format!("{DB_FILE}-wal"))).map_or(0, |m| m.len());
+        if !read_only || wal != 0 {
+            return Err(StoreError::Corrupt(
+                d,
+                "the write-ahead log is not empty".into(),
+            ));
+        }
+        Meta::open_immutable(&dir.join(DB_FILE))
+    } else if read_only {
         Meta::open_read_only(&dir.join(DB_FILE))
     } else {
         Meta::open(&dir.join(DB_FILE), false)

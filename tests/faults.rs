@@ -139,6 +139,41 @@ fn full_disk_store_opens_mounts_and_frees_space() {
     let o = qfs(&store, &["cat", "/fresh"]);
     assert!(o.status.success());
     assert_eq!(o.stdout, fresh);
+    // Full again, with the reserve used up: readers still read (the
+    // database is opened as an immutable file: no -shm, no -wal, no space),
+    // and a mount is refused with a clear message instead of half-working.
+    for ext in ["-wal", "-shm"] {
+        let _ = fs::remove_file(store.join(format!("queryfs.db{ext}")));
+    }
+    fill(&disk.dir.join("filler"));
+    assert!(free_bytes(&disk.dir) < 4096);
+    assert!(!store.join("reserve").exists());
+    let ls = qfs_code(&store, &["ls", "/"], 0);
+    assert!(ls.contains("fresh") && ls.contains("tiny"), "{ls}");
+    qfs_code(&store, &["fsck"], 0);
+    assert_eq!(qfs_ok(&store, &["cat", "/tiny"]), "hello");
+    let mut child = std::process::Command::new(bin())
+        .arg("--store")
+        .arg(&store)
+        .arg("mount")
+        .arg(&m.mp)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            force_unmount(&m.mp);
+            let _ = child.kill();
+            panic!("mount on a full disk without a reserve did not give up");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", out(&o));
+    assert!(out(&o).contains("no reserve file is left"), "{}", out(&o));
+    assert!(!is_mounted(&m.mp));
     // Freeing the filler lets the next writing open make the reserve again.
     fs::remove_file(disk.dir.join("filler")).unwrap();
     qfs_ok(&store, &["gc"]);

@@ -246,11 +246,11 @@ pub fn umount(mountpoint: &Path) -> Result<Outcome> {
     if store::exists(&store_dir) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // Check: takes the lock like a writer but writes nothing.
             match store::open(
                 &store_dir,
-                Access::Write {
+                Access::Check {
                     purpose: "queryfs umount (waiting)".into(),
-                    recover: false,
                 },
                 false,
             ) {

@@ -61,6 +61,36 @@ fn clusters_of(b: &[u8]) -> Vec<u32> {
 }
 
 impl Meta {
+    /// Opens the database as an immutable file: SQLite neither creates nor
+    /// reads `-shm`/`-wal` and takes no locks, so it needs no disk space at
+    /// all. Only correct while no process can write the database and its
+    /// WAL is empty (the store opens it so on a full disk, holding the store
+    /// lock, when the WAL file is absent or empty).
+    pub fn open_immutable(path: &std::path::Path) -> Result<Meta> {
+        let mut uri = String::from("file:");
+        for b in path.as_os_str().as_encoded_bytes() {
+            match *b {
+                b'%' | b'?' | b'#' | 0x80..=0xff => uri.push_str(&format!("%{b:02X}")),
+                _ => uri.push(*b as char),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let conn = rusqlite::Connection::open_with_flags(
+            &uri,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            return Err(super::MetaError::Sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB),
+                Some(format!("{} is empty or damaged", path.display())),
+            )));
+        }
+        Ok(Meta::with(conn))
+    }
+
     /// True when the schema has the quarantine table (a read-only open of a
     /// store not yet migrated to 0004 has none).
     pub fn has_quarantine(&self) -> Result<bool> {
