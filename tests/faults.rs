@@ -448,3 +448,53 @@ fn bad_mount_points_and_thread_counts_are_refused_before_mounting() {
     m.stop();
     qfs_code(&store, &["fsck"], 0);
 }
+
+#[test]
+fn cross_linked_chains_are_both_damaged_and_both_quarantined() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    qfs_ok(&store, &["init"]);
+    put(&store, t.path(), "/a", &pattern(11, 64 * 1024)); // clusters 1..=16
+    put(&store, t.path(), "/b", &pattern(12, 64 * 1024)); // clusters 17..=32
+    let keep = pattern(13, 40_000);
+    put(&store, t.path(), "/keep", &keep);
+    assert_eq!(read_fat(&store)[17], 18, "b's chain at cluster 17");
+    // b's 4th cluster now leads into a's 5th: b still has 16 clusters, so
+    // only the shared clusters give it away.
+    let mut qfi = OpenOptions::new()
+        .write(true)
+        .open(store.join("blobs.qfi"))
+        .unwrap();
+    qfi.seek(SeekFrom::Start(20 * 4)).unwrap();
+    qfi.write_all(&5u32.to_le_bytes()).unwrap();
+    drop(qfi);
+    let planted = read_fat(&store);
+    let text = qfs_code(&store, &["gc"], 2);
+    assert!(
+        text.contains("/a") && text.contains("/b") && !text.contains("/keep"),
+        "{text}"
+    );
+    assert_eq!(read_fat(&store), planted);
+    let text = qfs_code(&store, &["fsck"], 1);
+    assert!(text.contains("cross-link"), "{text}");
+    let text = qfs_code(&store, &["fsck", "--repair"], 0);
+    assert!(
+        text.contains("damaged file: /a") && text.contains("damaged file: /b"),
+        "{text}"
+    );
+    assert!(text.contains("2 damaged blobs quarantined"), "{text}");
+    let text = qfs_code(&store, &["fsck"], 1);
+    assert!(
+        text.contains("damaged: /a") && text.contains("damaged: /b") && text.contains("0 problems"),
+        "{text}"
+    );
+    qfs_code(&store, &["gc"], 0);
+    // Every cluster of both chains, and the orphaned rest of b, stays.
+    let fat = read_fat(&store);
+    for cl in 1..=32 {
+        assert_ne!(fat[cl], 0, "cluster {cl} was freed");
+    }
+    let o = qfs(&store, &["cat", "/keep"]);
+    assert_eq!(o.stdout, keep);
+    qfs_code(&store, &["cat", "/b"], 2);
+}
