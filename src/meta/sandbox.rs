@@ -4,19 +4,26 @@
 //! Defence in depth, each layer enough on its own against writes:
 //! 1. a connection opened read-only (`SQLITE_OPEN_READONLY`) with
 //!    `query_only` set and no attached databases allowed;
-//! 2. an authorizer that admits `SELECT`, reads of the documented views
-//!    (and of the tables under them only on behalf of those views),
-//!    recursive CTEs and ordinary functions; everything else (writes,
-//!    `ATTACH`, `PRAGMA`, transactions, `load_extension`) is denied;
-//! 3. one statement only, naming no internal table and no schema: its
-//!    identifiers are checked before SQLite sees it, so every read of an
-//!    internal table is one that a documented view makes;
-//! 4. a time budget enforced by a progress handler, a row cap, and a cap on
-//!    the size of any string or blob a query can build.
+//! 2. an authorizer that decides by what SQLite will actually read, however
+//!    the SQL spells it (quoted, bracketed, schema-qualified, through a CTE,
+//!    `pragma_*` or a virtual table): it admits `SELECT`, reads of the
+//!    documented views, reads of the tables under them only when SQLite
+//!    reports the view as the reader, a bare row count of such a table only
+//!    in a statement that reads it through a view (`count(*)` over a view
+//!    is flattened into one), recursive CTEs, pure table-valued functions
+//!    and ordinary functions; every other read (`sqlite_master`, `dbstat`,
+//!    `pragma_*`, a base table named directly) and everything else
+//!    (writes, `ATTACH`, `PRAGMA`, transactions, `load_extension`) is denied;
+//! 3. one statement only, no NUL;
+//! 4. a time budget enforced both by a progress handler and by a watchdog
+//!    that interrupts a single long function call (`sqlite3_interrupt`), a
+//!    row cap, a cap on the bytes of a result, and a cap on the size of any
+//!    string or blob a query can build (`SQLITE_LIMIT_LENGTH`).
 
 use std::path::Path;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::functions::FunctionFlags;
@@ -35,6 +42,11 @@ pub const VIEWS: &[(&str, &str)] = &[
 
 /// Table-valued functions that only compute.
 const PURE_TABLES: &[&str] = &["json_each", "json_tree"];
+/// Most bytes (text and blob values) a query result may hold.
+pub const RESULT_BYTES_CAP: usize = 64 << 20;
+/// Longest string or blob a query may build.
+pub const VALUE_CAP: i32 = 16 << 20;
+
 /// Functions a query may not call.
 const DENIED_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "readfile", "writefile"];
 
@@ -72,6 +84,8 @@ impl QueryResult {
 /// A read-only, sandboxed connection to a store's database.
 pub struct Sandbox {
     conn: Connection,
+    /// What the authorizer saw while the last statement was prepared.
+    seen: Arc<Mutex<Seen>>,
     /// Deadline of the running statement, in ns after `base`; 0 = none.
     deadline: Arc<AtomicU64>,
     base: Instant,
@@ -95,9 +109,13 @@ impl Sandbox {
         }
         conn.pragma_update(None, "query_only", true)?;
         conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
-        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, 16 << 20)?;
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, VALUE_CAP)?;
         conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
-        conn.authorizer(Some(authorize))?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let s2 = seen.clone();
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            authorize(&mut s2.lock().unwrap_or_else(|e| e.into_inner()), ctx)
+        }))?;
         let base = Instant::now();
         let deadline = Arc::new(AtomicU64::new(0));
         let d = deadline.clone();
@@ -110,6 +128,7 @@ impl Sandbox {
         )?;
         Ok(Sandbox {
             conn,
+            seen,
             deadline,
             base,
         })
@@ -125,7 +144,10 @@ impl Sandbox {
         if sql.trim().is_empty() {
             return Err(QueryError::Invalid("the query is empty".into()));
         }
-        check_identifiers(sql)?;
+        if sql.contains('\0') {
+            return Err(QueryError::Invalid("a query cannot contain NUL".into()));
+        }
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Seen::default();
         let stmt = self.conn.prepare(sql).map_err(|e| match e {
             rusqlite::Error::MultipleStatement => {
                 QueryError::Invalid("only one statement is allowed".into())
@@ -138,6 +160,15 @@ impl Sandbox {
                 "only SELECT queries are allowed".into(),
             ));
         }
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(t) = seen.counted.difference(&seen.via_view).next() {
+            return Err(QueryError::Invalid(format!(
+                "{t:?} is not one of the views a query may read (files, tags, tag_list, xattrs)"
+            )));
+        }
+        if let Some(d) = seen.denied {
+            return Err(QueryError::Invalid(d));
+        }
         Ok(stmt)
     }
 
@@ -149,6 +180,11 @@ impl Sandbox {
         let end = self.base.elapsed() + budget;
         self.deadline
             .store(end.as_nanos().max(1) as u64, Ordering::Relaxed);
+        // The progress handler runs between VM steps; one long function
+        // call (a huge replace() or instr()) is one step. The watchdog
+        // interrupts it from outside.
+        let watchdog = Watchdog::start(self.conn.get_interrupt_handle(), budget);
+        let mut bytes = 0usize;
         let out = (|| {
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
@@ -160,12 +196,28 @@ impl Sandbox {
                 }
                 let mut row = Vec::with_capacity(n);
                 for i in 0..n {
-                    row.push(r.get::<_, Value>(i)?);
+                    let v = r.get::<_, Value>(i)?;
+                    bytes += match &v {
+                        Value::Text(t) => t.len(),
+                        Value::Blob(b) => b.len(),
+                        _ => 8,
+                    };
+                    row.push(v);
+                }
+                if bytes > RESULT_BYTES_CAP {
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
+                        Some(format!(
+                            "the result is larger than {} MiB",
+                            RESULT_BYTES_CAP >> 20
+                        )),
+                    ));
                 }
                 out.push(row);
             }
             Ok::<_, rusqlite::Error>((out, truncated))
         })();
+        drop(watchdog);
         self.deadline.store(0, Ordering::Relaxed);
         match out {
             Ok((rows, truncated)) => Ok(QueryResult {
@@ -184,125 +236,85 @@ impl Sandbox {
     }
 }
 
-/// Identifiers a query may not use: schemas and the tables under the views.
-const FORBIDDEN: &[&str] = &[
-    "main",
-    "temp",
-    "temporary",
-    "inodes",
-    "dentries",
-    "blobs",
-    "chunks",
-    "file_tags",
-    "store",
-    "saved_queries",
-];
-
-/// Refuses SQL that names a schema or an internal table (outside string
-/// literals and comments). Views named like internal tables (`tags`,
-/// `xattrs`) resolve to the views, which shadow them.
-fn check_identifiers(sql: &str) -> Result<(), QueryError> {
-    let b = sql.as_bytes();
-    let mut i = 0;
-    let bad = |id: &str| {
-        let l = id.to_ascii_lowercase();
-        if FORBIDDEN.contains(&l.as_str()) || l.starts_with("sqlite_") || l.starts_with("pragma_") {
-            Err(QueryError::Invalid(format!(
-                "{id:?} is not one of the views a query may read (files, tags, tag_list, xattrs)"
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    while i < b.len() {
-        let c = b[i];
-        match c {
-            b'\'' => {
-                // String literal ('' escapes a quote).
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'"' | b'`' | b'[' => {
-                let close = if c == b'[' { b']' } else { c };
-                let mut id = Vec::new();
-                i += 1;
-                while i < b.len() {
-                    if b[i] == close {
-                        if close != b']' && b.get(i + 1) == Some(&close) {
-                            id.push(close);
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    id.push(b[i]);
-                    i += 1;
-                }
-                bad(&String::from_utf8_lossy(&id))?;
-                i += 1;
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
-                    i += 1;
-                }
-                i += 2;
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                let start = i;
-                while i < b.len()
-                    && (b[i].is_ascii_alphanumeric()
-                        || b[i] == b'_'
-                        || b[i] == b'$'
-                        || b[i] >= 0x80)
-                {
-                    i += 1;
-                }
-                bad(&String::from_utf8_lossy(&b[start..i]))?;
-            }
-            c if c.is_ascii_digit() => {
-                // Numbers, including 1e8 and 0x1F: not identifiers.
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
-                    i += 1;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    Ok(())
+/// What the authorizer saw while one statement was prepared.
+#[derive(Default)]
+struct Seen {
+    /// Tables under the views read on behalf of a view.
+    via_view: HashSet<String>,
+    /// Tables whose rows were only counted (no column read) with no view
+    /// named as the reader.
+    counted: HashSet<String>,
+    /// Why something was denied (the first denial).
+    denied: Option<String>,
 }
 
-fn authorize(ctx: AuthContext<'_>) -> Authorization {
+/// Interrupts the connection once `budget` has passed, unless dropped first.
+struct Watchdog {
+    done: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(handle: rusqlite::InterruptHandle, budget: Duration) -> Watchdog {
+        let done = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let d = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("queryfs-query-watchdog".into())
+            .spawn(move || {
+                let (lock, cv) = &*d;
+                let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                let (guard, _) = cv
+                    .wait_timeout_while(guard, budget, |done| !*done)
+                    .unwrap_or_else(|e| e.into_inner());
+                if !*guard {
+                    handle.interrupt();
+                }
+            })
+            .ok();
+        Watchdog { done, thread }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.done;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn authorize(seen: &mut Seen, ctx: AuthContext<'_>) -> Authorization {
     let ours = |name: &str| VIEWS.iter().any(|(v, _)| v.eq_ignore_ascii_case(name));
     let ok = match ctx.action {
         AuthAction::Select | AuthAction::Recursive => true,
-        AuthAction::Read { table_name, .. } => {
-            // Reads of a view itself, of the tables under the views (user
-            // SQL cannot name them: `check_identifiers`; SQLite does not
-            // always report the view as accessor, e.g. for `count(*)`),
-            // of CTEs and subqueries (no database), and of pure
-            // table-valued functions.
-            (ctx.database_name == Some("temp") && ours(table_name))
-                || ctx.database_name == Some("main")
-                || ctx.database_name.is_none()
-                || PURE_TABLES
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(table_name))
+        AuthAction::Read {
+            table_name,
+            column_name,
+        } => {
+            if ctx.database_name == Some("temp") && ours(table_name) {
+                // A view itself (also from inside a CTE).
+                true
+            } else if PURE_TABLES.iter().any(|t| t.eq_ignore_ascii_case(table_name)) {
+                true
+            } else if ctx.accessor.is_some_and(ours) && ctx.database_name == Some("main") {
+                // A table under a view, read by that view.
+                seen.via_view.insert(table_name.to_string());
+                true
+            } else if column_name.is_empty()
+                && ctx.accessor.is_none()
+                && ctx.database_name != Some("temp")
+            {
+                // A row count with no column read: allowed only when the
+                // statement reads this table through a view too (checked
+                // after prepare).
+                seen.counted.insert(table_name.to_string());
+                true
+            } else {
+                false
+            }
         }
         AuthAction::Function { function_name } => !DENIED_FUNCTIONS
             .iter()
@@ -312,12 +324,14 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
     if ok {
         Authorization::Allow
     } else {
-        tracing::debug!(
-            "sandbox denied {:?} (database {:?}, via {:?})",
-            ctx.action,
-            ctx.database_name,
-            ctx.accessor
-        );
+        let what = match ctx.action {
+            AuthAction::Read { table_name, .. } => format!(
+                "{table_name:?} is not one of the views a query may read (files, tags, tag_list, xattrs)"
+            ),
+            a => format!("not allowed in a query: {a:?}"),
+        };
+        tracing::debug!("sandbox denied {what} (database {:?}, via {:?})", ctx.database_name, ctx.accessor);
+        seen.denied.get_or_insert(what);
         Authorization::Deny
     }
 }

@@ -1294,7 +1294,9 @@ impl Fs {
             let mut st = self.data_mut(&of)?;
             let others = of.opens.load(Ordering::Acquire) > 1;
             let defer = others && st.unsaved(&of);
-            if let Some(size) = set.size {
+            // A truncate to the current size changes nothing, times
+            // included (as on ext4 and tmpfs).
+            if let Some(size) = set.size.filter(|&n| n != st.size) {
                 self.truncate_locked(&of, &mut st, size, now);
             }
             {
@@ -1518,8 +1520,11 @@ impl Fs {
         if is_virtual(ino) {
             return self.v_opendir(ino);
         }
-        let mut entries = {
+        let (generation, mut entries) = {
             let m = self.meta();
+            // Read under the lock that every change holds while it bumps
+            // the generation, so the stamp is exactly the snapshot's.
+            let generation = self.generation.load(Ordering::Acquire);
             let d = self.dir(&m, ino)?;
             let parent = match m.parent_of(ino)? {
                 Some((p, _)) if ino != ROOT => self.inode(&m, p)?,
@@ -1541,12 +1546,11 @@ impl Fs {
                     attr: self.overlay(attr),
                 });
             }
-            v
+            (generation, v)
         };
         if ino == ROOT {
             entries.extend(self.v_root_entries()?);
         }
-        let generation = self.generation.load(Ordering::Acquire);
         Ok(self.new_fh(Handle::Dir(Arc::new(DirSnap {
             ino,
             generation,
