@@ -295,7 +295,7 @@ pub fn run(o: &Opts) -> i32 {
     std::fs::create_dir_all(&o.dir).unwrap();
     let header = serde_json::json!({
         "mode": "data", "seed": o.seed, "ops": o.ops, "seconds": o.seconds,
-        "files": o.files, "allow_unsupported": o.allow_unsupported,
+        "files": o.files, "allow_unsupported": o.allow_unsupported, "drop_every": o.drop_every,
     })
     .to_string();
     let mut files = Vec::new();
@@ -343,7 +343,7 @@ pub fn run(o: &Opts) -> i32 {
     // A last full check of every file.
     if result.is_ok() {
         for i in 0..r.files.len() {
-            r.log.op(format!("final check f{i} size {}", r.files[i].m.size));
+            r.log.note(format!("         final check f{i} size {}", r.files[i].m.size));
             result = r.final_check(i);
             if result.is_err() {
                 break;

@@ -191,6 +191,7 @@ fn main() {
         Cmd::Data { c, files, drop_every, dir } => {
             let r = resolve(&c, "data");
             let files = r.header["files"].as_u64().map(|n| n as usize).unwrap_or(files);
+            let drop_every = r.header["drop_every"].as_u64().unwrap_or(drop_every);
             data::run(&data::Opts {
                 dir,
                 seed: r.seed,

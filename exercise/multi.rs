@@ -266,6 +266,35 @@ impl W {
         Ok(names)
     }
 
+    /// My entries in `shared/` are exactly the model's.
+    fn check_shared(&mut self) -> R<()> {
+        let names = self.list("shared")?;
+        let prefix = format!("w{}_", self.id);
+        let mine: BTreeSet<String> = names.into_iter().filter(|n| n.starts_with(&prefix)).collect();
+        let want: BTreeSet<String> =
+            self.model.keys().filter_map(|k| k.strip_prefix("shared/")).map(|s| s.to_string()).collect();
+        if mine != want {
+            return Err(format!("readdir shared: my entries are {mine:?}, the model says {want:?}"));
+        }
+        Ok(())
+    }
+
+    /// My directory holds exactly the model's files.
+    fn check_own_dir(&mut self) -> R<()> {
+        let rel = format!("p{}", self.id);
+        let names = self.list(&rel)?;
+        let want: BTreeSet<String> = self
+            .model
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("{rel}/")))
+            .map(|s| s.to_string())
+            .collect();
+        if names != want {
+            return Err(format!("readdir {rel}: {names:?}, the model says {want:?}"));
+        }
+        Ok(())
+    }
+
     fn step(&mut self) -> R<()> {
         match self.rng.random_range(0..100) {
             0..14 => {
@@ -396,29 +425,12 @@ impl W {
             }
             70..80 => {
                 self.log.op("readdir+stat shared".into());
-                let names = self.list("shared")?;
-                let prefix = format!("w{}_", self.id);
-                let mine: BTreeSet<String> = names.into_iter().filter(|n| n.starts_with(&prefix)).collect();
-                let want: BTreeSet<String> =
-                    self.model.keys().filter_map(|k| k.strip_prefix("shared/")).map(|s| s.to_string()).collect();
-                if mine != want {
-                    return Err(format!("readdir shared: my entries are {mine:?}, the model says {want:?}"));
-                }
+                self.check_shared()?;
                 self.counts.done("readdir_shared");
             }
             80..86 => {
-                let rel = format!("p{}", self.id);
-                self.log.op(format!("readdir+stat {rel} (own)"));
-                let names = self.list(&rel)?;
-                let want: BTreeSet<String> = self
-                    .model
-                    .keys()
-                    .filter_map(|k| k.strip_prefix(&format!("{rel}/")))
-                    .map(|s| s.to_string())
-                    .collect();
-                if names != want {
-                    return Err(format!("readdir {rel}: {names:?}, the model says {want:?}"));
-                }
+                self.log.op(format!("readdir+stat p{} (own)", self.id));
+                self.check_own_dir()?;
                 self.counts.done("readdir_own");
             }
             _ => {
@@ -470,14 +482,13 @@ pub fn worker(
         }
     }
     if result.is_ok() {
-        w.log.op("final check of every own file and both listings".into());
+        w.log.note("         final check of every own file".into());
         let names = w.own_names();
-        for n in names {
-            result = w.check_file(&n);
-            if result.is_err() {
-                break;
-            }
-        }
+        result = names
+            .iter()
+            .try_for_each(|n| w.check_file(n))
+            .and_then(|_| w.check_own_dir())
+            .and_then(|_| w.check_shared());
     }
     let files: Vec<Value> = w
         .model

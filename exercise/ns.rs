@@ -664,7 +664,7 @@ pub fn run(o: &Opts) -> i32 {
         }
     }
     if result.is_ok() {
-        log.op("final tree comparison".into());
+        log.note("         final tree comparison".into());
         match compare_trees(&o.dir, &o.refdir) {
             Ok(n) => {
                 trees += 1;
