@@ -509,7 +509,33 @@ fn xattrs_of(p: &std::ffi::CStr) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
     Ok(out)
 }
 
+fn root_entry(root: &Path) -> Result<Entry, String> {
+    let c = cpath(root);
+    // SAFETY: plain lstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
+        return Err(format!("lstat of the root: {}", ename(errno())));
+    }
+    Ok(Entry {
+        kind: kind_of(st.st_mode),
+        perm: st.st_mode & 0o7777,
+        nlink: st.st_nlink,
+        size: 0,
+        hash: String::new(),
+        target: Vec::new(),
+        xattrs: xattrs_of(&c)?,
+        mtime: if (SENTINEL_LO..SENTINEL_HI).contains(&st.st_mtime) {
+            Some((st.st_mtime, st.st_mtime_nsec))
+        } else {
+            None
+        },
+    })
+}
+
 fn walk(root: &Path, rel: &[u8], out: &mut BTreeMap<Vec<u8>, Entry>) -> Result<(), String> {
+    if rel.is_empty() {
+        out.insert(b"(root)".to_vec(), root_entry(root)?);
+    }
     let dir = join(root, rel);
     let rd = std::fs::read_dir(std::ffi::OsStr::from_bytes(dir.as_bytes()))
         .map_err(|e| format!("readdir {}: {e}", q(rel)))?;
@@ -611,6 +637,17 @@ pub fn run(o: &Opts) -> i32 {
         if let Err(e) = clear(d) {
             eprintln!("qfs-exercise ns: cannot empty {}: {e}", d.display());
             return 2;
+        }
+        // The roots themselves are reachable through symlinks to "." (and
+        // compared): same mode, no user.* xattrs on both sides.
+        let c = cpath(d);
+        // SAFETY: valid C string.
+        unsafe { libc::chmod(c.as_ptr(), 0o755) };
+        if let Ok(xs) = xattrs_of(&c) {
+            for (n, _) in xs {
+                // SAFETY: valid C strings.
+                unsafe { libc::removexattr(c.as_ptr(), cstr(&n).as_ptr()) };
+            }
         }
     }
     // SAFETY: umask(0): modes are what the ops ask for on both sides.
