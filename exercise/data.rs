@@ -27,6 +27,7 @@ pub struct Opts {
     pub allow_unsupported: bool,
     pub log: Option<PathBuf>,
     pub drop_every: u64,
+    pub timing: bool,
 }
 
 #[derive(Default, Clone)]
@@ -162,29 +163,31 @@ const FL_ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
 const FL_COLLAPSE: i32 = libc::FALLOC_FL_COLLAPSE_RANGE;
 const FL_INSERT: i32 = libc::FALLOC_FL_INSERT_RANGE;
 
+// Weights in tenths of a percent. fsync, msync(MS_SYNC) and reopen (close
+// commits the file) cost tens of milliseconds each: they are rarer.
 const TABLE: &[(Kind, u32)] = &[
-    (Kind::Pwrite, 22),
-    (Kind::Pread, 20),
-    (Kind::ReadAll, 3),
-    (Kind::DirectRead, 4),
-    (Kind::DirectWrite, 4),
-    (Kind::MmapRead, 4),
-    (Kind::MmapWrite, 4),
-    (Kind::TruncDown, 3),
-    (Kind::TruncUp, 3),
-    (Kind::Falloc(0), 2),
-    (Kind::Falloc(FL_KEEP), 1),
-    (Kind::Falloc(FL_PUNCH | FL_KEEP), 3),
-    (Kind::Falloc(FL_ZERO), 2),
-    (Kind::Falloc(FL_ZERO | FL_KEEP), 2),
-    (Kind::Falloc(FL_COLLAPSE), 1),
-    (Kind::Falloc(FL_INSERT), 1),
-    (Kind::CopyRange, 6),
-    (Kind::SeekData, 3),
-    (Kind::SeekHole, 3),
-    (Kind::Fstat, 5),
-    (Kind::Fsync, 2),
-    (Kind::Reopen, 3),
+    (Kind::Pwrite, 230),
+    (Kind::Pread, 220),
+    (Kind::ReadAll, 25),
+    (Kind::DirectRead, 40),
+    (Kind::DirectWrite, 40),
+    (Kind::MmapRead, 40),
+    (Kind::MmapWrite, 30),
+    (Kind::TruncDown, 30),
+    (Kind::TruncUp, 30),
+    (Kind::Falloc(0), 20),
+    (Kind::Falloc(FL_KEEP), 10),
+    (Kind::Falloc(FL_PUNCH | FL_KEEP), 30),
+    (Kind::Falloc(FL_ZERO), 20),
+    (Kind::Falloc(FL_ZERO | FL_KEEP), 20),
+    (Kind::Falloc(FL_COLLAPSE), 5),
+    (Kind::Falloc(FL_INSERT), 5),
+    (Kind::CopyRange, 60),
+    (Kind::SeekData, 30),
+    (Kind::SeekHole, 30),
+    (Kind::Fstat, 50),
+    (Kind::Fsync, 7),
+    (Kind::Reopen, 12),
 ];
 
 fn falloc_name(mode: i32) -> &'static str {
@@ -323,6 +326,7 @@ pub fn run(o: &Opts) -> i32 {
     *CONTEXT.lock().unwrap() = format!("data mode, seed {}", o.seed);
     let start = std::time::Instant::now();
     let mut result = Ok(());
+    let mut times: BTreeMap<&'static str, f64> = BTreeMap::new();
     loop {
         if let Some(n) = o.ops {
             if r.log.n >= n {
@@ -337,7 +341,13 @@ pub fn run(o: &Opts) -> i32 {
         if o.drop_every > 0 && r.log.n > 0 && r.log.n % o.drop_every == 0 {
             drop_caches(&mut r);
         }
+        let t = std::time::Instant::now();
+        let before = r.counts.done.clone();
         result = r.step();
+        let dt = t.elapsed().as_secs_f64();
+        // Time by kind: the kind whose count moved (or "other").
+        let k = r.counts.done.iter().find(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| *k).unwrap_or("other");
+        *times.entry(k).or_default() += dt;
         if result.is_err() {
             break;
         }
@@ -365,6 +375,11 @@ pub fn run(o: &Opts) -> i32 {
     }
     for n in &r.notes {
         println!("note: {n}");
+    }
+    if o.timing {
+        let mut v: Vec<_> = times.iter().collect();
+        v.sort_by(|a, b| b.1.partial_cmp(a.1).unwrap());
+        println!("time by kind: {}", v.iter().map(|(k, t)| format!("{k}={t:.1}s")).collect::<Vec<_>>().join(" "));
     }
     let ops = r.log.n;
     match result {
@@ -494,7 +509,8 @@ impl Run {
                 } else {
                     Vec::new()
                 };
-                self.mmap(k, fi, off, len, woff, data)
+                let sync = self.rng.random_bool(0.2);
+                self.mmap(k, fi, off, len, woff, data, sync)
             }
             Kind::TruncDown => {
                 let n = match self.rng.random_range(0..4) {
@@ -635,14 +651,14 @@ impl Run {
 
     fn read_all(&mut self, fi: usize) -> R<()> {
         let f = &self.files[fi];
-        let limit = f.m.size.min(8 << 20);
+        let limit = f.m.size.min(4 << 20);
         // SAFETY: our fd.
         if unsafe { libc::lseek(f.fd, 0, libc::SEEK_SET) } != 0 {
             return Err(format!("lseek 0: {}", ename(errno())));
         }
         let mut got = Vec::with_capacity(limit as usize);
         let mut buf = vec![0u8; 128 << 10];
-        while (got.len() as u64) < limit || f.m.size <= 8 << 20 {
+        while (got.len() as u64) < limit || f.m.size <= 4 << 20 {
             // SAFETY: valid buffer.
             let r = unsafe { libc::read(f.fd, buf.as_mut_ptr().cast(), buf.len()) };
             if r < 0 {
@@ -783,13 +799,15 @@ impl Run {
         }
     }
 
-    fn mmap(&mut self, k: Kind, fi: usize, off: u64, len: u64, woff: u64, data: Vec<u8>) -> R<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn mmap(&mut self, k: Kind, fi: usize, off: u64, len: u64, woff: u64, data: Vec<u8>, sync: bool) -> R<()> {
         let kn = kind_name(k);
         let f = &self.files[fi];
         if k == Kind::MmapWrite {
             self.log.op(format!(
-                "mmap f{fi} off={off} len={len}, write {} bytes at +{woff}, msync",
-                data.len()
+                "mmap f{fi} off={off} len={len}, write {} bytes at +{woff}, msync {}",
+                data.len(),
+                if sync { "MS_SYNC" } else { "MS_ASYNC" }
             ));
         } else {
             self.log.op(format!("mmap f{fi} off={off} len={len}, read it"));
@@ -813,7 +831,8 @@ impl Run {
         let res = if k == Kind::MmapWrite {
             map[woff as usize..woff as usize + data.len()].copy_from_slice(&data);
             // SAFETY: our mapping.
-            if unsafe { libc::msync(p, len as usize, libc::MS_SYNC) } != 0 {
+            let how = if sync { libc::MS_SYNC } else { libc::MS_ASYNC };
+            if unsafe { libc::msync(p, len as usize, how) } != 0 {
                 Err(format!("msync: {}", ename(errno())))
             } else {
                 Ok(())

@@ -67,6 +67,9 @@ enum Cmd {
         /// Drop the whole page cache (echo 3 > drop_caches) every N ops; 0: never.
         #[arg(long, default_value_t = 2000)]
         drop_every: u64,
+        /// Print the time spent per op kind.
+        #[arg(long)]
+        timing: bool,
         dir: PathBuf,
     },
     /// Namespace operations run side by side in DIR and REFDIR, compared.
@@ -188,7 +191,7 @@ fn die(msg: &str) -> ! {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Data { c, files, drop_every, dir } => {
+        Cmd::Data { c, files, drop_every, timing, dir } => {
             let r = resolve(&c, "data");
             let files = r.header["files"].as_u64().map(|n| n as usize).unwrap_or(files);
             let drop_every = r.header["drop_every"].as_u64().unwrap_or(drop_every);
@@ -201,6 +204,7 @@ fn main() {
                 allow_unsupported: r.allow_unsupported,
                 log: c.log,
                 drop_every,
+                timing,
             })
         }
         Cmd::Ns { c, refdir, tree_every, dir } => {
