@@ -168,11 +168,11 @@ const FL_INSERT: i32 = libc::FALLOC_FL_INSERT_RANGE;
 const TABLE: &[(Kind, u32)] = &[
     (Kind::Pwrite, 230),
     (Kind::Pread, 220),
-    (Kind::ReadAll, 25),
+    (Kind::ReadAll, 10),
     (Kind::DirectRead, 40),
     (Kind::DirectWrite, 40),
     (Kind::MmapRead, 40),
-    (Kind::MmapWrite, 30),
+    (Kind::MmapWrite, 25),
     (Kind::TruncDown, 30),
     (Kind::TruncUp, 30),
     (Kind::Falloc(0), 20),
@@ -186,7 +186,7 @@ const TABLE: &[(Kind, u32)] = &[
     (Kind::SeekData, 30),
     (Kind::SeekHole, 30),
     (Kind::Fstat, 50),
-    (Kind::Fsync, 7),
+    (Kind::Fsync, 4),
     (Kind::Reopen, 12),
 ];
 
@@ -248,9 +248,9 @@ fn pick_off(rng: &mut StdRng, size: u64) -> u64 {
 
 fn pick_len(rng: &mut StdRng) -> u64 {
     match rng.random_range(0..100) {
-        0..40 => rng.random_range(1..=512),
-        40..70 => rng.random_range(1..=64 << 10),
-        70..85 => {
+        0..45 => rng.random_range(1..=512),
+        45..80 => rng.random_range(1..=64 << 10),
+        80..95 => {
             let d: i64 = rng.random_range(-3..=3);
             ((CHUNK * rng.random_range(1..4)) as i64 + d) as u64
         }
@@ -485,7 +485,7 @@ impl Run {
             }
             Kind::DirectRead | Kind::DirectWrite => {
                 let off = pick_off(&mut self.rng, size) / PG * PG;
-                let len = self.rng.random_range(1..=256u64) * PG;
+                let len = if self.rng.random_bool(0.1) { self.rng.random_range(1..=256u64) } else { self.rng.random_range(1..=32u64) } * PG;
                 let data = if k == Kind::DirectWrite {
                     fill(&mut self.rng, len as usize)
                 } else {
@@ -498,7 +498,7 @@ impl Run {
                     return self.step_nop();
                 }
                 let off = self.rng.random_range(0..size) / PG * PG;
-                let len = self.rng.random_range(1..=(1u64 << 20)).min(size - off);
+                let len = self.rng.random_range(1..=(512u64 << 10)).min(size - off);
                 let (woff, wlen) = {
                     let a = self.rng.random_range(0..len);
                     let b = self.rng.random_range(1..=(len - a).min(256 << 10));
@@ -509,7 +509,7 @@ impl Run {
                 } else {
                     Vec::new()
                 };
-                let sync = self.rng.random_bool(0.2);
+                let sync = self.rng.random_bool(0.1);
                 self.mmap(k, fi, off, len, woff, data, sync)
             }
             Kind::TruncDown => {
@@ -651,14 +651,14 @@ impl Run {
 
     fn read_all(&mut self, fi: usize) -> R<()> {
         let f = &self.files[fi];
-        let limit = f.m.size.min(4 << 20);
+        let limit = f.m.size.min(2 << 20);
         // SAFETY: our fd.
         if unsafe { libc::lseek(f.fd, 0, libc::SEEK_SET) } != 0 {
             return Err(format!("lseek 0: {}", ename(errno())));
         }
         let mut got = Vec::with_capacity(limit as usize);
         let mut buf = vec![0u8; 128 << 10];
-        while (got.len() as u64) < limit || f.m.size <= 4 << 20 {
+        while (got.len() as u64) < limit || f.m.size <= 2 << 20 {
             // SAFETY: valid buffer.
             let r = unsafe { libc::read(f.fd, buf.as_mut_ptr().cast(), buf.len()) };
             if r < 0 {
