@@ -59,7 +59,7 @@ step() { # name, command...
   "$@" >"$WORK/$name.out" 2>"$WORK/$name.err"
   local rc=$?
   local dt=$(echo "$(date +%s.%N) - $t0" | bc)
-  printf 'soak: %-10s rc=%d %8.1f s  %s\n' "$name" $rc "$dt" "$(grep -a 'qfs-exercise' "$WORK/$name.out" | tail -1)"
+  printf 'soak: %-10s rc=%d %8.1f s  %s\n' "$name" $rc "$dt" "$( (grep -a 'qfs-exercise' "$WORK/$name.out" || cat "$WORK/$name.out") | tail -1 | cut -c1-400)"
   if [ $rc -ne 0 ]; then
     FAILED+=("$name")
     grep -a 'FAIL\|replay:' "$WORK/$name.err" | head -20
