@@ -594,6 +594,39 @@ fn walk(root: &Path, rel: &[u8], out: &mut BTreeMap<Vec<u8>, Entry>) -> Result<(
     Ok(())
 }
 
+/// The fields two entries differ in, mount first.
+fn entry_diff(w: &Entry, v: &Entry) -> String {
+    let mut d = Vec::new();
+    if w.kind != v.kind {
+        d.push(format!("type {} / {}", w.kind, v.kind));
+    }
+    if w.perm != v.perm {
+        d.push(format!("perm {:o} / {:o}", w.perm, v.perm));
+    }
+    if w.nlink != v.nlink {
+        d.push(format!("nlink {} / {}", w.nlink, v.nlink));
+    }
+    if w.size != v.size {
+        d.push(format!("size {} / {}", w.size, v.size));
+    }
+    if w.hash != v.hash {
+        d.push(format!("content {} / {}", &w.hash[..w.hash.len().min(16)], &v.hash[..v.hash.len().min(16)]));
+    }
+    if w.target != v.target {
+        d.push(format!("symlink target {} / {}", q(&w.target), q(&v.target)));
+    }
+    if w.xattrs != v.xattrs {
+        let show = |x: &Vec<(Vec<u8>, Vec<u8>)>| {
+            x.iter().map(|(n, val)| format!("{}={}", q(n), q(val))).collect::<Vec<_>>().join(",")
+        };
+        d.push(format!("xattrs [{}] / [{}]", show(&w.xattrs), show(&v.xattrs)));
+    }
+    if w.mtime != v.mtime {
+        d.push(format!("mtime set by utimensat {:?} / {:?}", w.mtime, v.mtime));
+    }
+    format!("(mount / reference) {}", d.join("; "))
+}
+
 fn compare_trees(a: &Path, b: &Path) -> Result<usize, String> {
     let mut ta = BTreeMap::new();
     let mut tb = BTreeMap::new();
@@ -602,9 +635,7 @@ fn compare_trees(a: &Path, b: &Path) -> Result<usize, String> {
     for (k, v) in &tb {
         match ta.get(k) {
             None => return Err(format!("tree: {} missing on the mount (reference: {v:?})", q(k))),
-            Some(w) if w != v => {
-                return Err(format!("tree: {} differs:\n  mount:     {w:?}\n  reference: {v:?}", q(k)))
-            }
+            Some(w) if w != v => return Err(format!("tree: {} differs: {}", q(k), entry_diff(w, v))),
             _ => {}
         }
     }
