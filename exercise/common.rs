@@ -265,7 +265,9 @@ pub fn pick<T: Copy>(rng: &mut impl rand::Rng, table: &[(T, u32)]) -> T {
 /// First differing offset of two byte strings, for messages.
 pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     let n = a.len().min(b.len());
-    (0..n).find(|&i| a[i] != b[i]).or(if a.len() != b.len() { Some(n) } else { None })
+    (0..n)
+        .find(|&i| a[i] != b[i])
+        .or(if a.len() != b.len() { Some(n) } else { None })
 }
 
 pub fn now_ns() -> u128 {

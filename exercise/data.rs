@@ -278,7 +278,13 @@ fn fill(rng: &mut StdRng, len: usize) -> Vec<u8> {
 
 fn open_rw(p: &Path, extra: i32) -> Result<i32, i32> {
     // SAFETY: valid C string.
-    let fd = unsafe { libc::open(cpath(p).as_ptr(), libc::O_RDWR | libc::O_CREAT | extra, 0o644) };
+    let fd = unsafe {
+        libc::open(
+            cpath(p).as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | extra,
+            0o644,
+        )
+    };
     if fd < 0 {
         Err(errno())
     } else {
@@ -312,7 +318,12 @@ pub fn run(o: &Opts) -> i32 {
             eprintln!("cannot create {}: {}", path.display(), ename(e));
             std::process::exit(2)
         });
-        files.push(File { path, fd, dfd: None, m: Model::default() });
+        files.push(File {
+            path,
+            fd,
+            dfd: None,
+            m: Model::default(),
+        });
     }
     let mut r = Run {
         rng: StdRng::seed_from_u64(o.seed),
@@ -346,7 +357,13 @@ pub fn run(o: &Opts) -> i32 {
         result = r.step();
         let dt = t.elapsed().as_secs_f64();
         // Time by kind: the kind whose count moved (or "other").
-        let k = r.counts.done.iter().find(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| *k).unwrap_or("other");
+        let k = r
+            .counts
+            .done
+            .iter()
+            .find(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, _)| *k)
+            .unwrap_or("other");
         *times.entry(k).or_default() += dt;
         if result.is_err() {
             break;
@@ -356,7 +373,10 @@ pub fn run(o: &Opts) -> i32 {
     // A last full check of every file.
     if result.is_ok() {
         for i in 0..r.files.len() {
-            r.log.note(format!("         final check f{i} size {}", r.files[i].m.size));
+            r.log.note(format!(
+                "         final check f{i} size {}",
+                r.files[i].m.size
+            ));
             result = r.final_check(i);
             if result.is_err() {
                 break;
@@ -379,7 +399,13 @@ pub fn run(o: &Opts) -> i32 {
     if o.timing {
         let mut v: Vec<_> = times.iter().collect();
         v.sort_by(|a, b| b.1.partial_cmp(a.1).unwrap());
-        println!("time by kind: {}", v.iter().map(|(k, t)| format!("{k}={t:.1}s")).collect::<Vec<_>>().join(" "));
+        println!(
+            "time by kind: {}",
+            v.iter()
+                .map(|(k, t)| format!("{k}={t:.1}s"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     let ops = r.log.n;
     match result {
@@ -418,7 +444,8 @@ fn drop_caches(r: &mut Run) {
         Ok(()) => r.counts.done("drop_caches"),
         Err(e) => {
             if !r.notes.iter().any(|n| n.starts_with("drop_caches")) {
-                r.notes.push(format!("drop_caches unavailable ({e}); skipped"));
+                r.notes
+                    .push(format!("drop_caches unavailable ({e}); skipped"));
             }
         }
     }
@@ -431,7 +458,10 @@ impl Run {
             self.counts.unsupported(k, e);
             Ok(())
         } else {
-            Err(format!("{k} answered {} (unsupported; --allow-unsupported counts these instead)", ename(e)))
+            Err(format!(
+                "{k} answered {} (unsupported; --allow-unsupported counts these instead)",
+                ename(e)
+            ))
         }
     }
 
@@ -441,7 +471,9 @@ impl Run {
         // Bound memory and the store: a file with too many pages is cut.
         if self.files[fi].m.pages() > MAX_PAGES {
             let n = self.rng.random_range(0..8 << 20);
-            self.log.op(format!("ftruncate f{fi} {n} (model over {MAX_PAGES} pages)"));
+            self.log.op(format!(
+                "ftruncate f{fi} {n} (model over {MAX_PAGES} pages)"
+            ));
             return self.truncate(fi, n, "trunc_down");
         }
         let k = pick(&mut self.rng, TABLE);
@@ -472,20 +504,26 @@ impl Run {
                     pick_off(&mut self.rng, size)
                 };
                 let len = pick_len(&mut self.rng);
-                self.log.op(format!("pread f{fi} off={off} len={len} (size {size})"));
+                self.log
+                    .op(format!("pread f{fi} off={off} len={len} (size {size})"));
                 self.check_read(fi, off, len, "pread")?;
                 self.counts.done("pread");
                 Ok(())
             }
             Kind::ReadAll => {
-                self.log.op(format!("read whole f{fi} buffered (size {size})"));
+                self.log
+                    .op(format!("read whole f{fi} buffered (size {size})"));
                 self.read_all(fi)?;
                 self.counts.done("readall");
                 Ok(())
             }
             Kind::DirectRead | Kind::DirectWrite => {
                 let off = pick_off(&mut self.rng, size) / PG * PG;
-                let len = if self.rng.random_bool(0.1) { self.rng.random_range(1..=256u64) } else { self.rng.random_range(1..=32u64) } * PG;
+                let len = if self.rng.random_bool(0.1) {
+                    self.rng.random_range(1..=256u64)
+                } else {
+                    self.rng.random_range(1..=32u64)
+                } * PG;
                 let data = if k == Kind::DirectWrite {
                     fill(&mut self.rng, len as usize)
                 } else {
@@ -520,7 +558,8 @@ impl Run {
                         .min(size),
                     _ => self.rng.random_range(0..=size),
                 };
-                self.log.op(format!("ftruncate f{fi} {n} (down from {size})"));
+                self.log
+                    .op(format!("ftruncate f{fi} {n} (down from {size})"));
                 self.truncate(fi, n, "trunc_down")
             }
             Kind::TruncUp => {
@@ -580,7 +619,8 @@ impl Run {
                 Ok(())
             }
             Kind::Reopen => {
-                self.log.op(format!("fadvise DONTNEED, close, reopen f{fi}"));
+                self.log
+                    .op(format!("fadvise DONTNEED, close, reopen f{fi}"));
                 self.reopen(fi)?;
                 self.counts.done("reopen");
                 Ok(())
@@ -590,7 +630,10 @@ impl Run {
 
     fn step_nop(&mut self) -> R<()> {
         let fi = 0;
-        self.log.op(format!("fstat f{fi} (model size {})", self.files[fi].m.size));
+        self.log.op(format!(
+            "fstat f{fi} (model size {})",
+            self.files[fi].m.size
+        ));
         self.check_size(fi)?;
         self.counts.done("fstat");
         Ok(())
@@ -604,7 +647,10 @@ impl Run {
             return Err(format!("fstat: {}", ename(errno())));
         }
         if st.st_size as u64 != f.m.size {
-            return Err(format!("fstat f{fi}: st_size {} but the model says {}", st.st_size, f.m.size));
+            return Err(format!(
+                "fstat f{fi}: st_size {} but the model says {}",
+                st.st_size, f.m.size
+            ));
         }
         Ok(())
     }
@@ -615,7 +661,12 @@ impl Run {
         }
         let d = first_diff(got, want).unwrap();
         let show = |v: &[u8]| {
-            v.iter().skip(d).take(16).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+            v.iter()
+                .skip(d)
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         Err(format!(
             "{how} f{fi} at {off}: got {} bytes, expected {}; first difference at file offset {} (+{d}): got [{}] expected [{}]",
@@ -635,10 +686,19 @@ impl Run {
         while n < got.len() {
             // SAFETY: valid buffer.
             let r = unsafe {
-                libc::pread(f.fd, got[n..].as_mut_ptr().cast(), got.len() - n, (off + n as u64) as i64)
+                libc::pread(
+                    f.fd,
+                    got[n..].as_mut_ptr().cast(),
+                    got.len() - n,
+                    (off + n as u64) as i64,
+                )
             };
             if r < 0 {
-                return Err(format!("{how} f{fi} off={} : {}", off + n as u64, ename(errno())));
+                return Err(format!(
+                    "{how} f{fi} off={} : {}",
+                    off + n as u64,
+                    ename(errno())
+                ));
             }
             if r == 0 {
                 break;
@@ -723,7 +783,8 @@ impl Run {
     fn direct(&mut self, k: Kind, fi: usize, off: u64, len: u64, data: Vec<u8>) -> R<()> {
         let kn = kind_name(k);
         let size = self.files[fi].m.size;
-        self.log.op(format!("{kn} f{fi} off={off} len={len} (size {size})"));
+        self.log
+            .op(format!("{kn} f{fi} off={off} len={len} (size {size})"));
         if let Some(e) = self.direct_refused {
             self.counts.unsupported(kn, e);
             return Ok(());
@@ -733,7 +794,9 @@ impl Run {
                 Ok(d) => self.files[fi].dfd = Some(d),
                 Err(libc::EINVAL) => {
                     self.direct_refused = Some(libc::EINVAL);
-                    self.notes.push("the mount refuses O_DIRECT opens (EINVAL): O_DIRECT ops skipped".into());
+                    self.notes.push(
+                        "the mount refuses O_DIRECT opens (EINVAL): O_DIRECT ops skipped".into(),
+                    );
                     self.counts.unsupported(kn, libc::EINVAL);
                     return Ok(());
                 }
@@ -745,12 +808,16 @@ impl Run {
         if k == Kind::DirectWrite {
             buf.as_mut().copy_from_slice(&data);
             // SAFETY: aligned buffer of len bytes.
-            let n = unsafe { libc::pwrite(dfd, buf.as_ref().as_ptr().cast(), len as usize, off as i64) };
+            let n = unsafe {
+                libc::pwrite(dfd, buf.as_ref().as_ptr().cast(), len as usize, off as i64)
+            };
             if n < 0 {
                 let e = errno();
                 if e == libc::EINVAL {
                     self.direct_refused = Some(e);
-                    self.notes.push("the mount refuses O_DIRECT writes (EINVAL): O_DIRECT ops skipped".into());
+                    self.notes.push(
+                        "the mount refuses O_DIRECT writes (EINVAL): O_DIRECT ops skipped".into(),
+                    );
                     self.counts.unsupported(kn, e);
                     return Ok(());
                 }
@@ -772,12 +839,16 @@ impl Run {
                 }
                 // SAFETY: aligned buffer of len bytes; pos stays aligned
                 // except after a short read at EOF, where we stop.
-                let n = unsafe { libc::pread(dfd, buf.as_mut().as_mut_ptr().cast(), want, pos as i64) };
+                let n =
+                    unsafe { libc::pread(dfd, buf.as_mut().as_mut_ptr().cast(), want, pos as i64) };
                 if n < 0 {
                     let e = errno();
                     if e == libc::EINVAL {
                         self.direct_refused = Some(e);
-                        self.notes.push("the mount refuses O_DIRECT reads (EINVAL): O_DIRECT ops skipped".into());
+                        self.notes.push(
+                            "the mount refuses O_DIRECT reads (EINVAL): O_DIRECT ops skipped"
+                                .into(),
+                        );
                         self.counts.unsupported(kn, e);
                         return Ok(());
                     }
@@ -800,7 +871,16 @@ impl Run {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn mmap(&mut self, k: Kind, fi: usize, off: u64, len: u64, woff: u64, data: Vec<u8>, sync: bool) -> R<()> {
+    fn mmap(
+        &mut self,
+        k: Kind,
+        fi: usize,
+        off: u64,
+        len: u64,
+        woff: u64,
+        data: Vec<u8>,
+        sync: bool,
+    ) -> R<()> {
         let kn = kind_name(k);
         let f = &self.files[fi];
         if k == Kind::MmapWrite {
@@ -810,7 +890,8 @@ impl Run {
                 if sync { "MS_SYNC" } else { "MS_ASYNC" }
             ));
         } else {
-            self.log.op(format!("mmap f{fi} off={off} len={len}, read it"));
+            self.log
+                .op(format!("mmap f{fi} off={off} len={len}, read it"));
         }
         // SAFETY: mapping within the file size; unmapped below.
         let p = unsafe {
@@ -855,14 +936,19 @@ impl Run {
     fn falloc(&mut self, fi: usize, mode: i32, off: u64, len: u64) -> R<()> {
         let kn = falloc_name(mode);
         let size = self.files[fi].m.size;
-        self.log.op(format!("fallocate f{fi} {kn} off={off} len={len} (size {size})"));
+        self.log.op(format!(
+            "fallocate f{fi} {kn} off={off} len={len} (size {size})"
+        ));
         let f = &mut self.files[fi];
         // SAFETY: our fd.
         let r = unsafe { libc::fallocate(f.fd, mode, off as i64, len as i64) };
         let e = if r == 0 { 0 } else { errno() };
         if mode == FL_COLLAPSE || mode == FL_INSERT {
             if e != libc::EOPNOTSUPP {
-                return Err(format!("fallocate {kn}: expected EOPNOTSUPP, got {}", ename(e)));
+                return Err(format!(
+                    "fallocate {kn}: expected EOPNOTSUPP, got {}",
+                    ename(e)
+                ));
             }
             self.counts.done(kn);
             return Ok(());
@@ -914,19 +1000,29 @@ impl Run {
         let r = r as u64;
         let expect = len.min(ssize.saturating_sub(off_in));
         if r > expect || (expect > 0 && r == 0) {
-            return Err(format!("copy_file_range copied {r} bytes, expected {expect} (or a short copy > 0)"));
+            return Err(format!(
+                "copy_file_range copied {r} bytes, expected {expect} (or a short copy > 0)"
+            ));
         }
         if oi as u64 != off_in + r || oo as u64 != off_out + r {
-            return Err(format!("copy_file_range left offsets at {oi}, {oo} after copying {r}"));
+            return Err(format!(
+                "copy_file_range left offsets at {oi}, {oo} after copying {r}"
+            ));
         }
         if r < expect {
-            self.log.note(format!("         short copy: {r} of {expect}"));
+            self.log
+                .note(format!("         short copy: {r} of {expect}"));
         }
         let data = self.files[fi].m.read(off_in, r);
         self.files[fj].m.write(off_out, &data);
         self.counts.done("copy_range");
         self.check_size(fj)?;
-        self.check_read(fj, off_out.saturating_sub(10), r.min(1 << 20) + 20, "pread after copy_file_range")
+        self.check_read(
+            fj,
+            off_out.saturating_sub(10),
+            r.min(1 << 20) + 20,
+            "pread after copy_file_range",
+        )
     }
 
     fn seek(&mut self, k: Kind, fi: usize, off: u64) -> R<()> {
@@ -934,7 +1030,11 @@ impl Run {
         let m = &self.files[fi].m;
         let size = m.size;
         self.log.op(format!("lseek f{fi} {kn} {off} (size {size})"));
-        let whence = if k == Kind::SeekData { libc::SEEK_DATA } else { libc::SEEK_HOLE };
+        let whence = if k == Kind::SeekData {
+            libc::SEEK_DATA
+        } else {
+            libc::SEEK_HOLE
+        };
         // SAFETY: our fd.
         let r = unsafe { libc::lseek(self.files[fi].fd, off as i64, whence) };
         let e = if r < 0 { errno() } else { 0 };
@@ -943,7 +1043,10 @@ impl Run {
         }
         if off >= size {
             if e != libc::ENXIO {
-                return Err(format!("lseek {kn} at {off} >= size {size}: expected ENXIO, got {}", if e == 0 { r.to_string() } else { ename(e) }));
+                return Err(format!(
+                    "lseek {kn} at {off} >= size {size}: expected ENXIO, got {}",
+                    if e == 0 { r.to_string() } else { ename(e) }
+                ));
             }
             self.counts.done(kn);
             return Ok(());
@@ -952,18 +1055,24 @@ impl Run {
             let next = m.first_nonzero(off, size);
             if e == libc::ENXIO {
                 if let Some(n) = next {
-                    return Err(format!("lseek SEEK_DATA at {off}: ENXIO, but byte {n} is not zero"));
+                    return Err(format!(
+                        "lseek SEEK_DATA at {off}: ENXIO, but byte {n} is not zero"
+                    ));
                 }
             } else if e != 0 {
                 return Err(format!("lseek SEEK_DATA: {}", ename(e)));
             } else {
                 let r = r as u64;
                 if r < off || r >= size {
-                    return Err(format!("lseek SEEK_DATA at {off} gave {r}, outside [{off}, {size})"));
+                    return Err(format!(
+                        "lseek SEEK_DATA at {off} gave {r}, outside [{off}, {size})"
+                    ));
                 }
                 if let Some(n) = next {
                     if n < r {
-                        return Err(format!("lseek SEEK_DATA at {off} gave {r}, but byte {n} before it is not zero"));
+                        return Err(format!(
+                            "lseek SEEK_DATA at {off} gave {r}, but byte {n} before it is not zero"
+                        ));
                     }
                 }
             }
@@ -973,10 +1082,14 @@ impl Run {
             }
             let r = r as u64;
             if r < off || r > size {
-                return Err(format!("lseek SEEK_HOLE at {off} gave {r}, outside [{off}, {size}]"));
+                return Err(format!(
+                    "lseek SEEK_HOLE at {off} gave {r}, outside [{off}, {size}]"
+                ));
             }
             if r < size && m.first_nonzero(r, r + 1).is_some() {
-                return Err(format!("lseek SEEK_HOLE at {off} gave {r}, where the model has a non-zero byte"));
+                return Err(format!(
+                    "lseek SEEK_HOLE at {off} gave {r}, where the model has a non-zero byte"
+                ));
             }
         }
         self.counts.done(kn);
@@ -1027,7 +1140,10 @@ mod tests {
                     let b = ((off + len) as usize).min(d.len());
                     assert_eq!(m.read(off, len), d[a..b].to_vec());
                     let nz = d[a..].iter().position(|&c| c != 0).map(|i| (a + i) as u64);
-                    assert_eq!(m.first_nonzero(off, d.len() as u64), nz.filter(|_| off < d.len() as u64));
+                    assert_eq!(
+                        m.first_nonzero(off, d.len() as u64),
+                        nz.filter(|_| off < d.len() as u64)
+                    );
                 }
             }
             assert_eq!(m.size, d.len() as u64);

@@ -141,12 +141,19 @@ fn resolve(c: &Common, mode: &str) -> Resolved {
             .unwrap_or_else(|| die(&format!("{} is not a qfs-exercise log", f.display())));
         let h: serde_json::Value = serde_json::from_str(json).unwrap();
         if h["mode"] != mode {
-            die(&format!("{} is a log of mode {}, not {mode}", f.display(), h["mode"]));
+            die(&format!(
+                "{} is a log of mode {}, not {mode}",
+                f.display(),
+                h["mode"]
+            ));
         }
         // The op count: where it failed or ended, else what was asked.
         let mut ops = h["ops"].as_u64();
         for l in text.lines().rev() {
-            if let Some(rest) = l.strip_prefix("#fail op=").or_else(|| l.strip_prefix("#end ops=")) {
+            if let Some(rest) = l
+                .strip_prefix("#fail op=")
+                .or_else(|| l.strip_prefix("#end ops="))
+            {
                 ops = rest.trim().parse().ok();
                 break;
             }
@@ -164,7 +171,8 @@ fn resolve(c: &Common, mode: &str) -> Resolved {
             seed,
             ops: Some(ops),
             seconds: None,
-            allow_unsupported: h["allow_unsupported"].as_bool().unwrap_or(false) || c.allow_unsupported,
+            allow_unsupported: h["allow_unsupported"].as_bool().unwrap_or(false)
+                || c.allow_unsupported,
             header: h,
         };
     }
@@ -173,7 +181,11 @@ fn resolve(c: &Common, mode: &str) -> Resolved {
         println!("seed (from the clock): {s}");
         s
     });
-    let ops = if c.ops.is_none() && c.seconds.is_none() { Some(10_000) } else { c.ops };
+    let ops = if c.ops.is_none() && c.seconds.is_none() {
+        Some(10_000)
+    } else {
+        c.ops
+    };
     Resolved {
         seed,
         ops,
@@ -191,9 +203,18 @@ fn die(msg: &str) -> ! {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Data { c, files, drop_every, timing, dir } => {
+        Cmd::Data {
+            c,
+            files,
+            drop_every,
+            timing,
+            dir,
+        } => {
             let r = resolve(&c, "data");
-            let files = r.header["files"].as_u64().map(|n| n as usize).unwrap_or(files);
+            let files = r.header["files"]
+                .as_u64()
+                .map(|n| n as usize)
+                .unwrap_or(files);
             let drop_every = r.header["drop_every"].as_u64().unwrap_or(drop_every);
             data::run(&data::Opts {
                 dir,
@@ -207,7 +228,12 @@ fn main() {
                 timing,
             })
         }
-        Cmd::Ns { c, refdir, tree_every, dir } => {
+        Cmd::Ns {
+            c,
+            refdir,
+            tree_every,
+            dir,
+        } => {
             let r = resolve(&c, "ns");
             let tree_every = r.header["tree_every"].as_u64().unwrap_or(tree_every);
             ns::run(&ns::Opts {
@@ -221,7 +247,12 @@ fn main() {
                 allow_unsupported: r.allow_unsupported,
             })
         }
-        Cmd::Multi { c, procs, manifest, dir } => {
+        Cmd::Multi {
+            c,
+            procs,
+            manifest,
+            dir,
+        } => {
             let r = resolve(&c, "multi");
             let ops = if c.seconds.is_some() { None } else { r.ops };
             multi::run(&multi::Opts {
@@ -235,9 +266,16 @@ fn main() {
             })
         }
         Cmd::Verify { manifest, dir } => multi::verify(&dir, &manifest),
-        Cmd::Worker { id, seed, seconds, ops, procs, out, log, dir } => {
-            multi::worker(id, seed, seconds, ops, procs, &dir, &out, log.as_deref())
-        }
+        Cmd::Worker {
+            id,
+            seed,
+            seconds,
+            ops,
+            procs,
+            out,
+            log,
+            dir,
+        } => multi::worker(id, seed, seconds, ops, procs, &dir, &out, log.as_deref()),
     };
     std::process::exit(code)
 }

@@ -42,7 +42,10 @@ fn worker_seed(seed: u64, id: usize) -> u64 {
 pub fn run(o: &Opts) -> i32 {
     let shared = o.dir.join("shared");
     if let Err(e) = std::fs::create_dir_all(&shared) {
-        eprintln!("qfs-exercise multi: cannot create {}: {e}", shared.display());
+        eprintln!(
+            "qfs-exercise multi: cannot create {}: {e}",
+            shared.display()
+        );
         return 2;
     }
     for i in 0..o.procs {
@@ -120,7 +123,9 @@ pub fn run(o: &Opts) -> i32 {
     let mut total_ops = 0;
     for (i, _, out) in &children {
         let st = status.get(i).copied().flatten();
-        let rep: Option<Value> = std::fs::read_to_string(out).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let rep: Option<Value> = std::fs::read_to_string(out)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
         let good = st.is_some_and(|s| s.success()) && rep.as_ref().is_some_and(|r| r["ok"] == true);
         if !good {
             ok = false;
@@ -128,10 +133,15 @@ pub fn run(o: &Opts) -> i32 {
                 "qfs-exercise multi: worker {i} (seed {}) FAILED (exit {:?}): {}",
                 worker_seed(o.seed, *i),
                 st.map(|s| s.to_string()),
-                rep.as_ref().map(|r| r["error"].to_string()).unwrap_or_else(|| "no report".into())
+                rep.as_ref()
+                    .map(|r| r["error"].to_string())
+                    .unwrap_or_else(|| "no report".into())
             );
             if let Some(r) = &rep {
-                eprintln!("---- worker {i}, last {TAIL} ops ----\n{}", r["tail"].as_str().unwrap_or(""));
+                eprintln!(
+                    "---- worker {i}, last {TAIL} ops ----\n{}",
+                    r["tail"].as_str().unwrap_or("")
+                );
             }
         }
         if let Some(r) = rep {
@@ -217,7 +227,11 @@ impl W {
             (Ok(got), Some(want)) => {
                 let md = std::fs::metadata(self.p(rel)).map_err(|e| format!("stat {rel}: {e}"))?;
                 if md.len() != want.len() as u64 {
-                    return Err(format!("stat {rel}: size {} but the model says {}", md.len(), want.len()));
+                    return Err(format!(
+                        "stat {rel}: size {} but the model says {}",
+                        md.len(),
+                        want.len()
+                    ));
                 }
                 if got != want {
                     let d = first_diff(&got, &want).unwrap();
@@ -229,10 +243,18 @@ impl W {
                 }
                 Ok(())
             }
-            (Err(e), Some(want)) => Err(format!("read {rel} ({} bytes in the model): {e}", want.len())),
-            (Ok(got), None) => Err(format!("read {rel}: exists with {} bytes, but the model says it was removed", got.len())),
+            (Err(e), Some(want)) => Err(format!(
+                "read {rel} ({} bytes in the model): {e}",
+                want.len()
+            )),
+            (Ok(got), None) => Err(format!(
+                "read {rel}: exists with {} bytes, but the model says it was removed",
+                got.len()
+            )),
             (Err(e), None) if io(e_ref(&e)) == libc::ENOENT => Ok(()),
-            (Err(e), None) => Err(format!("read {rel} (absent in the model): expected ENOENT, got {e}")),
+            (Err(e), None) => Err(format!(
+                "read {rel} (absent in the model): expected ENOENT, got {e}"
+            )),
         }
     }
 
@@ -259,7 +281,11 @@ impl W {
                     }
                 }
                 Err(err) if io(e_ref(&err)) == libc::ENOENT && !own => {}
-                Err(err) => return Err(format!("stat of {full} (listed by readdir of {rel}): {err}")),
+                Err(err) => {
+                    return Err(format!(
+                        "stat of {full} (listed by readdir of {rel}): {err}"
+                    ))
+                }
             }
             names.insert(name);
         }
@@ -270,11 +296,20 @@ impl W {
     fn check_shared(&mut self) -> R<()> {
         let names = self.list("shared")?;
         let prefix = format!("w{}_", self.id);
-        let mine: BTreeSet<String> = names.into_iter().filter(|n| n.starts_with(&prefix)).collect();
-        let want: BTreeSet<String> =
-            self.model.keys().filter_map(|k| k.strip_prefix("shared/")).map(|s| s.to_string()).collect();
+        let mine: BTreeSet<String> = names
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        let want: BTreeSet<String> = self
+            .model
+            .keys()
+            .filter_map(|k| k.strip_prefix("shared/"))
+            .map(|s| s.to_string())
+            .collect();
         if mine != want {
-            return Err(format!("readdir shared: my entries are {mine:?}, the model says {want:?}"));
+            return Err(format!(
+                "readdir shared: my entries are {mine:?}, the model says {want:?}"
+            ));
         }
         Ok(())
     }
@@ -303,7 +338,9 @@ impl W {
                 let data = self.bytes(n);
                 let pieces = self.rng.random_range(1..=3);
                 let sync = self.rng.random_bool(0.1);
-                self.log.op(format!("create/trunc {rel} {n} bytes in {pieces} writes fsync={sync}"));
+                self.log.op(format!(
+                    "create/trunc {rel} {n} bytes in {pieces} writes fsync={sync}"
+                ));
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -322,14 +359,20 @@ impl W {
                 self.counts.done("create");
             }
             14..26 => {
-                let rel = if self.rng.random_bool(0.85) { self.existing() } else { None }.unwrap_or_else(|| self.name());
+                let rel = if self.rng.random_bool(0.85) {
+                    self.existing()
+                } else {
+                    None
+                }
+                .unwrap_or_else(|| self.name());
                 let n = self.rng.random_range(1..16 << 10);
                 let data = self.bytes(n);
                 self.log.op(format!("append {rel} {n} bytes"));
                 let r = std::fs::OpenOptions::new().append(true).open(self.p(&rel));
                 match (r, self.model.contains_key(&rel)) {
                     (Ok(mut f), true) => {
-                        f.write_all(&data).map_err(|e| format!("append {rel}: {e}"))?;
+                        f.write_all(&data)
+                            .map_err(|e| format!("append {rel}: {e}"))?;
                         drop(f);
                         let m = self.model.get_mut(&rel).unwrap();
                         m.extend_from_slice(&data);
@@ -346,24 +389,32 @@ impl W {
                         }
                     }
                     (Err(e), false) if io(e_ref(&e)) == libc::ENOENT => {}
-                    (Ok(_), false) => return Err(format!("open {rel} O_APPEND: opened, but the model says it does not exist")),
+                    (Ok(_), false) => {
+                        return Err(format!(
+                            "open {rel} O_APPEND: opened, but the model says it does not exist"
+                        ))
+                    }
                     (Err(e), _) => return Err(format!("open {rel} O_APPEND: {e}")),
                 }
                 self.counts.done("append");
             }
             26..33 => {
-                let Some(rel) = self.existing() else { return Ok(()) };
+                let Some(rel) = self.existing() else {
+                    return Ok(());
+                };
                 let len = self.model[&rel].len();
                 let off = self.rng.random_range(0..=len + 4096);
                 let n = self.rng.random_range(1..64 << 10);
                 let data = self.bytes(n);
-                self.log.op(format!("pwrite {rel} off={off} {n} bytes (size {len})"));
+                self.log
+                    .op(format!("pwrite {rel} off={off} {n} bytes (size {len})"));
                 let f = std::fs::OpenOptions::new()
                     .write(true)
                     .open(self.p(&rel))
                     .map_err(|e| format!("open {rel}: {e}"))?;
                 use std::os::unix::fs::FileExt;
-                f.write_all_at(&data, off as u64).map_err(|e| format!("pwrite {rel}: {e}"))?;
+                f.write_all_at(&data, off as u64)
+                    .map_err(|e| format!("pwrite {rel}: {e}"))?;
                 drop(f);
                 let m = self.model.get_mut(&rel).unwrap();
                 if m.len() < off + n {
@@ -373,7 +424,9 @@ impl W {
                 self.counts.done("pwrite");
             }
             33..37 => {
-                let Some(rel) = self.existing() else { return Ok(()) };
+                let Some(rel) = self.existing() else {
+                    return Ok(());
+                };
                 let len = self.model[&rel].len();
                 let n = self.rng.random_range(0..=len + 70000);
                 self.log.op(format!("truncate {rel} {n} (size {len})"));
@@ -387,10 +440,20 @@ impl W {
                 self.counts.done("truncate");
             }
             37..47 => {
-                let Some(from) = self.existing() else { return Ok(()) };
+                let Some(from) = self.existing() else {
+                    return Ok(());
+                };
                 let to = self.name();
-                self.log.op(format!("rename {from} -> {to}{}", if self.model.contains_key(&to) { " (replacing)" } else { "" }));
-                std::fs::rename(self.p(&from), self.p(&to)).map_err(|e| format!("rename {from} {to}: {e}"))?;
+                self.log.op(format!(
+                    "rename {from} -> {to}{}",
+                    if self.model.contains_key(&to) {
+                        " (replacing)"
+                    } else {
+                        ""
+                    }
+                ));
+                std::fs::rename(self.p(&from), self.p(&to))
+                    .map_err(|e| format!("rename {from} {to}: {e}"))?;
                 if from != to {
                     let d = self.model.remove(&from).unwrap();
                     self.model.insert(to.clone(), d);
@@ -400,7 +463,9 @@ impl W {
                 self.counts.done("rename");
             }
             47..53 => {
-                let Some(rel) = self.existing() else { return Ok(()) };
+                let Some(rel) = self.existing() else {
+                    return Ok(());
+                };
                 self.log.op(format!("unlink {rel}"));
                 std::fs::remove_file(self.p(&rel)).map_err(|e| format!("unlink {rel}: {e}"))?;
                 self.model.remove(&rel);
@@ -408,7 +473,9 @@ impl W {
                 self.counts.done("unlink");
             }
             53..56 => {
-                let Some(rel) = self.existing() else { return Ok(()) };
+                let Some(rel) = self.existing() else {
+                    return Ok(());
+                };
                 self.log.op(format!("fsync {rel}"));
                 std::fs::OpenOptions::new()
                     .write(true)
@@ -418,8 +485,16 @@ impl W {
                 self.counts.done("fsync");
             }
             56..70 => {
-                let rel = if self.rng.random_bool(0.8) { self.existing() } else { None }.unwrap_or_else(|| self.name());
-                self.log.op(format!("read back {rel} ({:?} bytes in the model)", self.model.get(&rel).map(|v| v.len())));
+                let rel = if self.rng.random_bool(0.8) {
+                    self.existing()
+                } else {
+                    None
+                }
+                .unwrap_or_else(|| self.name());
+                self.log.op(format!(
+                    "read back {rel} ({:?} bytes in the model)",
+                    self.model.get(&rel).map(|v| v.len())
+                ));
                 self.check_file(&rel)?;
                 self.counts.done("readback");
             }
@@ -473,7 +548,9 @@ pub fn worker(
     let start = Instant::now();
     let mut result = Ok(());
     loop {
-        if ops.is_some_and(|n| w.log.n >= n) || seconds.is_some_and(|s| start.elapsed().as_secs() >= s) {
+        if ops.is_some_and(|n| w.log.n >= n)
+            || seconds.is_some_and(|s| start.elapsed().as_secs() >= s)
+        {
             break;
         }
         result = w.step();
@@ -534,8 +611,15 @@ pub fn verify(dir: &Path, manifest: &Path) -> i32 {
         match std::fs::read(dir.join(rel)) {
             Ok(d) => {
                 let h = blake3::hash(&d).to_hex().to_string();
-                if d.len() as u64 != f["size"].as_u64().unwrap() || h != f["blake3"].as_str().unwrap() {
-                    eprintln!("verify: {rel}: {} bytes hash {h}, manifest {} bytes hash {}", d.len(), f["size"], f["blake3"]);
+                if d.len() as u64 != f["size"].as_u64().unwrap()
+                    || h != f["blake3"].as_str().unwrap()
+                {
+                    eprintln!(
+                        "verify: {rel}: {} bytes hash {h}, manifest {} bytes hash {}",
+                        d.len(),
+                        f["size"],
+                        f["blake3"]
+                    );
                     bad += 1;
                 }
             }
@@ -571,7 +655,10 @@ pub fn verify(dir: &Path, manifest: &Path) -> i32 {
         println!("qfs-exercise verify: PASS {} files", files.len());
         0
     } else {
-        println!("qfs-exercise verify: FAIL {bad} problems in {} files", files.len());
+        println!(
+            "qfs-exercise verify: FAIL {bad} problems in {} files",
+            files.len()
+        );
         1
     }
 }

@@ -27,8 +27,18 @@ pub struct Opts {
 const ALLOW: &[(&str, i32, i32, &str)] = &[
     // POSIX lets rename onto / rmdir of a non-empty directory answer
     // EEXIST or ENOTEMPTY.
-    ("rename", libc::EEXIST, libc::ENOTEMPTY, "POSIX: EEXIST or ENOTEMPTY"),
-    ("rmdir", libc::EEXIST, libc::ENOTEMPTY, "POSIX: EEXIST or ENOTEMPTY"),
+    (
+        "rename",
+        libc::EEXIST,
+        libc::ENOTEMPTY,
+        "POSIX: EEXIST or ENOTEMPTY",
+    ),
+    (
+        "rmdir",
+        libc::EEXIST,
+        libc::ENOTEMPTY,
+        "POSIX: EEXIST or ENOTEMPTY",
+    ),
 ];
 
 /// utimensat sets times in 2001..2004: an mtime in that range can only
@@ -118,15 +128,29 @@ impl Op {
             Op::Readlink(p) => format!("readlink {}", q(p)),
             Op::Chmod(p, m) => format!("chmod {} {m:o}", q(p)),
             Op::Utimens(p, a, m, nf) => {
-                format!("utimensat {} atime={}.{:09} mtime={}.{:09} nofollow={nf}", q(p), a.0, a.1, m.0, m.1)
+                format!(
+                    "utimensat {} atime={}.{:09} mtime={}.{:09} nofollow={nf}",
+                    q(p),
+                    a.0,
+                    a.1,
+                    m.0,
+                    m.1
+                )
             }
             Op::Truncate(p, n) => format!("truncate {} {n}", q(p)),
-            Op::Write(p, off, d, app) => format!("write {} off={off} len={} append={app}", q(p), d.len()),
+            Op::Write(p, off, d, app) => {
+                format!("write {} off={off} len={} append={app}", q(p), d.len())
+            }
             Op::Read(p) => format!("read {}", q(p)),
             Op::Stat(p) => format!("lstat {}", q(p)),
             Op::Readdir(p) => format!("readdir {}", q(p)),
             Op::SetX(p, n, v, f, l) => {
-                format!("{}setxattr {} {n} len={} flags={f}", if *l { "l" } else { "" }, q(p), v.len())
+                format!(
+                    "{}setxattr {} {n} len={} flags={f}",
+                    if *l { "l" } else { "" },
+                    q(p),
+                    v.len()
+                )
             }
             Op::GetX(p, n, s) => format!("getxattr {} {n} bufsize={s}", q(p)),
             Op::RemoveX(p, n) => format!("removexattr {} {n}", q(p)),
@@ -164,9 +188,17 @@ fn join(root: &Path, rel: &[u8]) -> std::ffi::CString {
 
 fn res(r: i64) -> Out {
     if r < 0 {
-        Out { ret: -1, err: errno(), data: Vec::new() }
+        Out {
+            ret: -1,
+            err: errno(),
+            data: Vec::new(),
+        }
     } else {
-        Out { ret: r, err: 0, data: Vec::new() }
+        Out {
+            ret: r,
+            err: 0,
+            data: Vec::new(),
+        }
     }
 }
 
@@ -185,8 +217,16 @@ fn apply(root: &Path, op: &Op) -> Out {
     unsafe {
         match op {
             Op::CreateExcl(p, m) | Op::Create(p, m) => {
-                let excl = if matches!(op, Op::CreateExcl(..)) { libc::O_EXCL } else { 0 };
-                let fd = libc::open(join(root, p).as_ptr(), libc::O_CREAT | libc::O_WRONLY | excl, *m);
+                let excl = if matches!(op, Op::CreateExcl(..)) {
+                    libc::O_EXCL
+                } else {
+                    0
+                };
+                let fd = libc::open(
+                    join(root, p).as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | excl,
+                    *m,
+                );
                 let o = res(fd as i64);
                 if fd >= 0 {
                     libc::close(fd);
@@ -213,9 +253,13 @@ fn apply(root: &Path, op: &Op) -> Out {
                 join(root, b).as_ptr(),
                 *f,
             )),
-            Op::Link(a, b) => res(libc::link(join(root, a).as_ptr(), join(root, b).as_ptr()) as i64),
+            Op::Link(a, b) => {
+                res(libc::link(join(root, a).as_ptr(), join(root, b).as_ptr()) as i64)
+            }
             Op::Unlink(p) => res(libc::unlink(join(root, p).as_ptr()) as i64),
-            Op::Symlink(t, p) => res(libc::symlink(cstr(t).as_ptr(), join(root, p).as_ptr()) as i64),
+            Op::Symlink(t, p) => {
+                res(libc::symlink(cstr(t).as_ptr(), join(root, p).as_ptr()) as i64)
+            }
             Op::Readlink(p) => {
                 let mut buf = vec![0u8; 8192];
                 let r = libc::readlink(join(root, p).as_ptr(), buf.as_mut_ptr().cast(), buf.len());
@@ -229,8 +273,14 @@ fn apply(root: &Path, op: &Op) -> Out {
             Op::Chmod(p, m) => res(libc::chmod(join(root, p).as_ptr(), *m) as i64),
             Op::Utimens(p, a, m, nf) => {
                 let ts = [
-                    libc::timespec { tv_sec: a.0, tv_nsec: a.1 },
-                    libc::timespec { tv_sec: m.0, tv_nsec: m.1 },
+                    libc::timespec {
+                        tv_sec: a.0,
+                        tv_nsec: a.1,
+                    },
+                    libc::timespec {
+                        tv_sec: m.0,
+                        tv_nsec: m.1,
+                    },
                 ];
                 let fl = if *nf { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
                 res(libc::utimensat(libc::AT_FDCWD, join(root, p).as_ptr(), ts.as_ptr(), fl) as i64)
@@ -274,7 +324,11 @@ fn apply(root: &Path, op: &Op) -> Out {
                     data.extend_from_slice(&buf[..r as usize]);
                 }
                 libc::close(fd);
-                Out { ret: data.len() as i64, err: 0, data: blake3::hash(&data).as_bytes().to_vec() }
+                Out {
+                    ret: data.len() as i64,
+                    err: 0,
+                    data: blake3::hash(&data).as_bytes().to_vec(),
+                }
             }
             Op::Stat(p) => {
                 let mut st: libc::stat = std::mem::zeroed();
@@ -282,25 +336,50 @@ fn apply(root: &Path, op: &Op) -> Out {
                 let mut o = res(r as i64);
                 if r == 0 {
                     let k = kind_of(st.st_mode);
-                    let size = if k == "reg" || k == "lnk" { st.st_size } else { 0 };
-                    o.data = format!("{k} {:o} nlink={} size={size}", st.st_mode & 0o7777, st.st_nlink).into_bytes();
+                    let size = if k == "reg" || k == "lnk" {
+                        st.st_size
+                    } else {
+                        0
+                    };
+                    o.data = format!(
+                        "{k} {:o} nlink={} size={size}",
+                        st.st_mode & 0o7777,
+                        st.st_nlink
+                    )
+                    .into_bytes();
                 }
                 o
             }
-            Op::Readdir(p) => match std::fs::read_dir(std::ffi::OsStr::from_bytes(join(root, p).as_bytes())) {
-                Ok(rd) => {
-                    let mut names: Vec<Vec<u8>> = Vec::new();
-                    for e in rd {
-                        match e {
-                            Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
-                            Err(e) => return Out { ret: -1, err: e.raw_os_error().unwrap_or(0), data: vec![] },
+            Op::Readdir(p) => {
+                match std::fs::read_dir(std::ffi::OsStr::from_bytes(join(root, p).as_bytes())) {
+                    Ok(rd) => {
+                        let mut names: Vec<Vec<u8>> = Vec::new();
+                        for e in rd {
+                            match e {
+                                Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
+                                Err(e) => {
+                                    return Out {
+                                        ret: -1,
+                                        err: e.raw_os_error().unwrap_or(0),
+                                        data: vec![],
+                                    }
+                                }
+                            }
+                        }
+                        names.sort();
+                        Out {
+                            ret: names.len() as i64,
+                            err: 0,
+                            data: names.join(&b'/'),
                         }
                     }
-                    names.sort();
-                    Out { ret: names.len() as i64, err: 0, data: names.join(&b'/') }
+                    Err(e) => Out {
+                        ret: -1,
+                        err: e.raw_os_error().unwrap_or(0),
+                        data: vec![],
+                    },
                 }
-                Err(e) => Out { ret: -1, err: e.raw_os_error().unwrap_or(0), data: vec![] },
-            },
+            }
             Op::SetX(p, n, v, f, l) => {
                 let n = cstr(n.as_bytes());
                 let c = join(root, p);
@@ -314,7 +393,11 @@ fn apply(root: &Path, op: &Op) -> Out {
             Op::GetX(p, n, s) => {
                 let n = cstr(n.as_bytes());
                 let mut buf = vec![0u8; *s];
-                let ptr = if *s == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+                let ptr = if *s == 0 {
+                    std::ptr::null_mut()
+                } else {
+                    buf.as_mut_ptr().cast()
+                };
                 let r = libc::getxattr(join(root, p).as_ptr(), n.as_ptr(), ptr, *s);
                 let mut o = res(r as i64);
                 if r > 0 && *s > 0 {
@@ -338,7 +421,8 @@ fn apply(root: &Path, op: &Op) -> Out {
                 let mut o = res(r as i64);
                 if r >= 0 {
                     buf.truncate(r as usize);
-                    let mut names: Vec<&[u8]> = buf.split(|&b| b == 0).filter(|s| !s.is_empty()).collect();
+                    let mut names: Vec<&[u8]> =
+                        buf.split(|&b| b == 0).filter(|s| !s.is_empty()).collect();
                     names.sort();
                     o.data = names.join(&b' ');
                 }
@@ -402,16 +486,26 @@ impl Gen {
     }
 
     fn mode(&mut self) -> u32 {
-        [0o644, 0o600, 0o755, 0o000, 0o4755, 0o2755, 0o1777, 0o444, 0o777, 0o640][self.rng.random_range(0..10)]
+        [
+            0o644, 0o600, 0o755, 0o000, 0o4755, 0o2755, 0o1777, 0o444, 0o777, 0o640,
+        ][self.rng.random_range(0..10)]
     }
 
     fn time(&mut self) -> (i64, i64) {
-        (self.rng.random_range(SENTINEL_LO..SENTINEL_HI), self.rng.random_range(0..1_000_000_000))
+        (
+            self.rng.random_range(SENTINEL_LO..SENTINEL_HI),
+            self.rng.random_range(0..1_000_000_000),
+        )
     }
 
     fn xname(&mut self) -> String {
-        ["user.x0", "user.x1", "user.xattr-with-a-longer-name.and.dots", "user.x\u{e9}"][self.rng.random_range(0..4)]
-            .to_string()
+        [
+            "user.x0",
+            "user.x1",
+            "user.xattr-with-a-longer-name.and.dots",
+            "user.x\u{e9}",
+        ][self.rng.random_range(0..4)]
+        .to_string()
     }
 
     fn xvalue(&mut self) -> Vec<u8> {
@@ -430,7 +524,10 @@ impl Gen {
             0..8 => Op::CreateExcl(self.path(), self.mode() & 0o777),
             8..13 => Op::Create(self.path(), self.mode() & 0o777),
             13..15 => Op::OpenTrunc(self.path()),
-            15..25 => Op::Mkdir(self.path(), [0o755, 0o700, 0o777, 0o1777][self.rng.random_range(0..4)]),
+            15..25 => Op::Mkdir(
+                self.path(),
+                [0o755, 0o700, 0o777, 0o1777][self.rng.random_range(0..4)],
+            ),
             25..30 => Op::Rmdir(self.path()),
             30..36 => Op::Rename(self.path(), self.path(), 0),
             36..39 => Op::Rename(self.path(), self.path(), 1),
@@ -445,7 +542,10 @@ impl Gen {
                 let nf = self.rng.random_bool(0.3);
                 Op::Utimens(self.path(), a, m, nf)
             }
-            63..66 => Op::Truncate(self.path(), [0, 1, 100, 4096, 70000][self.rng.random_range(0..5)]),
+            63..66 => Op::Truncate(
+                self.path(),
+                [0, 1, 100, 4096, 70000][self.rng.random_range(0..5)],
+            ),
             66..74 => {
                 let n = self.rng.random_range(1..4096);
                 let mut d = vec![0u8; n];
@@ -456,13 +556,22 @@ impl Gen {
             }
             74..78 => Op::Read(self.path()),
             78..83 => Op::Stat(self.path()),
-            83..86 => Op::Readdir(if self.rng.random_bool(0.2) { b".".to_vec() } else { self.path() }),
+            83..86 => Op::Readdir(if self.rng.random_bool(0.2) {
+                b".".to_vec()
+            } else {
+                self.path()
+            }),
             86..92 => {
-                let fl = [0, 0, libc::XATTR_CREATE, libc::XATTR_REPLACE][self.rng.random_range(0..4)];
+                let fl =
+                    [0, 0, libc::XATTR_CREATE, libc::XATTR_REPLACE][self.rng.random_range(0..4)];
                 let l = self.rng.random_bool(0.15);
                 Op::SetX(self.path(), self.xname(), self.xvalue(), fl, l)
             }
-            92..95 => Op::GetX(self.path(), self.xname(), [0, 8, 65536][self.rng.random_range(0..3)]),
+            92..95 => Op::GetX(
+                self.path(),
+                self.xname(),
+                [0, 8, 65536][self.rng.random_range(0..3)],
+            ),
             95..97 => Op::RemoveX(self.path(), self.xname()),
             _ => Op::ListX(self.path(), self.rng.random_bool(0.3)),
         }
@@ -551,7 +660,11 @@ fn walk(root: &Path, rel: &[u8], out: &mut BTreeMap<Vec<u8>, Entry>) -> Result<(
         // SAFETY: plain lstat.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
-            return Err(format!("lstat {} (listed by readdir): {}", q(&r), ename(errno())));
+            return Err(format!(
+                "lstat {} (listed by readdir): {}",
+                q(&r),
+                ename(errno())
+            ));
         }
         let kind = kind_of(st.st_mode);
         let mut ent = Entry {
@@ -574,7 +687,12 @@ fn walk(root: &Path, rel: &[u8], out: &mut BTreeMap<Vec<u8>, Entry>) -> Result<(
                     .map_err(|e| format!("reading {}: {e}", q(&r)))?;
                 ent.hash = blake3::hash(&data).to_hex().to_string();
                 if data.len() as i64 != st.st_size {
-                    return Err(format!("{}: read {} bytes, st_size {}", q(&r), data.len(), st.st_size));
+                    return Err(format!(
+                        "{}: read {} bytes, st_size {}",
+                        q(&r),
+                        data.len(),
+                        st.st_size
+                    ));
                 }
             }
             "lnk" => {
@@ -610,19 +728,37 @@ fn entry_diff(w: &Entry, v: &Entry) -> String {
         d.push(format!("size {} / {}", w.size, v.size));
     }
     if w.hash != v.hash {
-        d.push(format!("content {} / {}", &w.hash[..w.hash.len().min(16)], &v.hash[..v.hash.len().min(16)]));
+        d.push(format!(
+            "content {} / {}",
+            &w.hash[..w.hash.len().min(16)],
+            &v.hash[..v.hash.len().min(16)]
+        ));
     }
     if w.target != v.target {
-        d.push(format!("symlink target {} / {}", q(&w.target), q(&v.target)));
+        d.push(format!(
+            "symlink target {} / {}",
+            q(&w.target),
+            q(&v.target)
+        ));
     }
     if w.xattrs != v.xattrs {
         let show = |x: &Vec<(Vec<u8>, Vec<u8>)>| {
-            x.iter().map(|(n, val)| format!("{}={}", q(n), q(val))).collect::<Vec<_>>().join(",")
+            x.iter()
+                .map(|(n, val)| format!("{}={}", q(n), q(val)))
+                .collect::<Vec<_>>()
+                .join(",")
         };
-        d.push(format!("xattrs [{}] / [{}]", show(&w.xattrs), show(&v.xattrs)));
+        d.push(format!(
+            "xattrs [{}] / [{}]",
+            show(&w.xattrs),
+            show(&v.xattrs)
+        ));
     }
     if w.mtime != v.mtime {
-        d.push(format!("mtime set by utimensat {:?} / {:?}", w.mtime, v.mtime));
+        d.push(format!(
+            "mtime set by utimensat {:?} / {:?}",
+            w.mtime, v.mtime
+        ));
     }
     format!("(mount / reference) {}", d.join("; "))
 }
@@ -634,8 +770,15 @@ fn compare_trees(a: &Path, b: &Path) -> Result<usize, String> {
     walk(b, b"", &mut tb).map_err(|e| format!("reference tree: {e}"))?;
     for (k, v) in &tb {
         match ta.get(k) {
-            None => return Err(format!("tree: {} missing on the mount (reference: {v:?})", q(k))),
-            Some(w) if w != v => return Err(format!("tree: {} differs: {}", q(k), entry_diff(w, v))),
+            None => {
+                return Err(format!(
+                    "tree: {} missing on the mount (reference: {v:?})",
+                    q(k)
+                ))
+            }
+            Some(w) if w != v => {
+                return Err(format!("tree: {} differs: {}", q(k), entry_diff(w, v)))
+            }
             _ => {}
         }
     }
@@ -690,14 +833,19 @@ pub fn run(o: &Opts) -> i32 {
     .to_string();
     let mut log = OpLog::new(o.log.as_deref(), &header);
     let mut counts = Counts::default();
-    let mut g = Gen { rng: StdRng::seed_from_u64(o.seed), pool: pool() };
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(o.seed),
+        pool: pool(),
+    };
     let mut allowed: BTreeMap<String, u64> = BTreeMap::new();
     let start = std::time::Instant::now();
     let mut trees = 0u64;
     let mut entries = 0usize;
     let mut result: R<()> = Ok(());
     loop {
-        if o.ops.is_some_and(|n| log.n >= n) || o.seconds.is_some_and(|s| start.elapsed().as_secs() >= s) {
+        if o.ops.is_some_and(|n| log.n >= n)
+            || o.seconds.is_some_and(|s| start.elapsed().as_secs() >= s)
+        {
             break;
         }
         let op = g.op();
@@ -708,11 +856,20 @@ pub fn run(o: &Opts) -> i32 {
             let k = op.kind();
             let base = k.split('_').next().unwrap();
             let ok = a.data == b.data
-                && ALLOW.iter().any(|&(ak, ea, eb, _)| ak == base && ea == a.err && eb == b.err);
+                && ALLOW
+                    .iter()
+                    .any(|&(ak, ea, eb, _)| ak == base && ea == a.err && eb == b.err);
             if ok {
-                *allowed.entry(format!("{k}:{}/{}", ename(a.err), ename(b.err))).or_default() += 1;
+                *allowed
+                    .entry(format!("{k}:{}/{}", ename(a.err), ename(b.err)))
+                    .or_default() += 1;
             } else {
-                result = Err(format!("{}: mount answered {}, reference answered {}", op.describe(), a.show(), b.show()));
+                result = Err(format!(
+                    "{}: mount answered {}, reference answered {}",
+                    op.describe(),
+                    a.show(),
+                    b.show()
+                ));
                 break;
             }
         }
@@ -746,12 +903,20 @@ pub fn run(o: &Opts) -> i32 {
     let ops = log.n;
     let extra = format!(
         " | tree comparisons={trees} max entries={entries}{}",
-        if allowed.is_empty() { String::new() } else { format!(" allowed differences: {allowed:?}") }
+        if allowed.is_empty() {
+            String::new()
+        } else {
+            format!(" allowed differences: {allowed:?}")
+        }
     );
     match result {
         Ok(()) => {
             log.finish(&format!("end ops={ops}"));
-            println!("qfs-exercise ns: PASS seed={} ops={ops} in {secs:.1}s:{}{extra}", o.seed, counts.summary());
+            println!(
+                "qfs-exercise ns: PASS seed={} ops={ops} in {secs:.1}s:{}{extra}",
+                o.seed,
+                counts.summary()
+            );
             0
         }
         Err(msg) => {
@@ -761,7 +926,11 @@ pub fn run(o: &Opts) -> i32 {
                 "qfs-exercise ns: FAIL seed={} at op {ops}: {msg}\nreplay: qfs-exercise ns --seed {} --ops {ops} --tree-every {} --ref REFDIR DIR",
                 o.seed, o.seed, o.tree_every
             );
-            println!("qfs-exercise ns: FAIL seed={} ops={ops} in {secs:.1}s:{}{extra}", o.seed, counts.summary());
+            println!(
+                "qfs-exercise ns: FAIL seed={} ops={ops} in {secs:.1}s:{}{extra}",
+                o.seed,
+                counts.summary()
+            );
             1
         }
     }

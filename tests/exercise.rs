@@ -28,7 +28,10 @@ fn clock_seed() -> u64 {
 fn exercise(args: &[&str]) -> (bool, String) {
     println!("$ qfs-exercise {}", args.join(" "));
     let t = Instant::now();
-    let o = Command::new(exe()).args(args).output().expect("running qfs-exercise");
+    let o = Command::new(exe())
+        .args(args)
+        .output()
+        .expect("running qfs-exercise");
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     println!("{out}");
@@ -51,8 +54,18 @@ fn exercise_data_mode() {
         let dir = m.path(&format!("data-{s}"));
         std::fs::create_dir(&dir).unwrap();
         let seed = s.to_string();
-        let (ok, _) = exercise(&["data", "--seed", &seed, "--ops", "25000", dir.to_str().unwrap()]);
-        assert!(ok, "qfs-exercise data failed with seed {s} (replay command above)");
+        let (ok, _) = exercise(&[
+            "data",
+            "--seed",
+            &seed,
+            "--ops",
+            "25000",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(
+            ok,
+            "qfs-exercise data failed with seed {s} (replay command above)"
+        );
     }
 }
 
@@ -105,10 +118,16 @@ fn exercise_namespace_mode_against_tmpfs() {
             rdir.to_str().unwrap(),
             dir.to_str().unwrap(),
         ]);
-        assert!(ok, "qfs-exercise ns failed with seed {s} (replay command above)");
+        assert!(
+            ok,
+            "qfs-exercise ns failed with seed {s} (replay command above)"
+        );
     }
     drop(reference);
-    assert!(!is_mounted(&t.path().join("ref")), "the reference tmpfs is still mounted");
+    assert!(
+        !is_mounted(&t.path().join("ref")),
+        "the reference tmpfs is still mounted"
+    );
 }
 
 #[test]
@@ -135,10 +154,13 @@ fn exercise_eight_processes_then_fsck_and_remount() {
     // test fails with everything that went wrong.
     let mut failures = Vec::new();
     if !ok {
-        failures.push(format!("qfs-exercise multi failed with seed {seed} (report above)"));
+        failures.push(format!(
+            "qfs-exercise multi failed with seed {seed} (report above)"
+        ));
     }
     // A mount whose serving process died answers ENOTCONN / ECONNABORTED.
-    let alive = std::fs::read_dir(&m.mp).is_ok() && m.child.as_mut().unwrap().try_wait().unwrap().is_none();
+    let alive =
+        std::fs::read_dir(&m.mp).is_ok() && m.child.as_mut().unwrap().try_wait().unwrap().is_none();
     if !alive {
         failures.push("the mount died during the multi-process run".to_string());
         if let Some(mut c) = m.child.take() {
@@ -153,7 +175,11 @@ fn exercise_eight_processes_then_fsck_and_remount() {
     // blob contents included.
     m.stop();
     let o = qfs(&m.store, &["fsck", "--verify"]);
-    println!("fsck --verify: {:?}\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout));
+    println!(
+        "fsck --verify: {:?}\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout)
+    );
     if !o.status.success() {
         failures.push(format!(
             "fsck --verify after the multi-process run: {:?}\n{}\n{}",
@@ -180,7 +206,9 @@ fn exercise_eight_processes_then_fsck_and_remount() {
             match std::fs::read(dir.join(rel)) {
                 Ok(data) => {
                     let h = blake3::hash(&data).to_hex().to_string();
-                    if data.len() as u64 != f["size"].as_u64().unwrap() || h != f["blake3"].as_str().unwrap() {
+                    if data.len() as u64 != f["size"].as_u64().unwrap()
+                        || h != f["blake3"].as_str().unwrap()
+                    {
                         failures.push(format!(
                             "{rel} after remount: {} bytes {h}, manifest {} bytes {}",
                             data.len(),
@@ -197,9 +225,15 @@ fn exercise_eight_processes_then_fsck_and_remount() {
             }
         }
         let mut have = std::collections::BTreeSet::new();
-        for sub in (0..8).map(|i| format!("p{i}")).chain(["shared".to_string()]) {
+        for sub in (0..8)
+            .map(|i| format!("p{i}"))
+            .chain(["shared".to_string()])
+        {
             for e in std::fs::read_dir(dir.join(&sub)).unwrap() {
-                have.insert(format!("{sub}/{}", e.unwrap().file_name().to_string_lossy()));
+                have.insert(format!(
+                    "{sub}/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                ));
             }
         }
         if have != want {
@@ -210,7 +244,12 @@ fn exercise_eight_processes_then_fsck_and_remount() {
             ));
         }
         // The binary's own verify agrees.
-        let (vok, _) = exercise(&["verify", "--manifest", manifest.to_str().unwrap(), dir.to_str().unwrap()]);
+        let (vok, _) = exercise(&[
+            "verify",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            dir.to_str().unwrap(),
+        ]);
         if !vok {
             failures.push("qfs-exercise verify after remount failed".to_string());
         }
