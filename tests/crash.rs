@@ -1,117 +1,317 @@
-//! Kill the mount in the middle of a write-heavy workload, many times, and
-//! check that the store recovers and that every fsync'd file survived.
+//! One store, many SIGKILLs: three writer processes (sh + coreutils) create,
+//! fsync, rename across folders, replace by rename and delete files on a
+//! `--threads 2` mount; the mount is killed at a random (seeded, printed)
+//! moment, 60 times, always on the same, growing store. After every kill:
+//! the dead mount is cleared, a new mount runs recovery, every file a writer
+//! had reported durable (only ever after its `sync FILE`, i.e. fsync,
+//! returned) must read back exactly, every file present must be readable,
+//! then a clean unmount and `queryfs fsck --verify` must exit 0.
 
-use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// Writes files of random sizes, fsyncing most, until told to stop or the
-/// mount dies. Records each file only after its fsync returned.
-fn workload(
-    root: std::path::PathBuf,
-    round: u64,
-    durable: Arc<Mutex<BTreeMap<String, u64>>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let seed = round * 1_000_000 + i;
-        let len = match i % 4 {
-            0 => 100,
-            1 => 70_000,
-            2 => 1_500_000,
-            _ => (seed * 7919 % 3_000_000) as usize,
-        };
-        let name = format!("r{round}-f{i}");
-        let path = root.join(&name);
-        let data = pattern(seed, len);
-        let Ok(mut f) = File::create(&path) else {
-            return;
-        };
-        // Odd-sized writes.
-        for piece in data.chunks(50_001) {
-            if f.write_all(piece).is_err() {
-                return;
-            }
-        }
-        if i % 5 != 4 {
-            if f.sync_all().is_err() {
-                return;
-            }
-            durable.lock().unwrap().insert(name.clone(), seed);
-        }
-        drop(f);
-        // Delete some older durable files (forget them first).
-        if i % 7 == 6 {
-            let victim = durable.lock().unwrap().keys().next().cloned();
-            if let Some(v) = victim {
-                durable.lock().unwrap().remove(&v);
-                if fs::remove_file(root.join(&v)).is_err() {
-                    return;
-                }
-            }
-        }
-        i += 1;
+/// Sizes of the pool files the writers copy from: empty, tiny, around the
+/// 16 KiB inline limit, around the 64 KiB chunk, and several chunks.
+const POOL_SIZES: [usize; 12] = [
+    0, 1, 100, 4096, 16_383, 16_385, 65_536, 65_537, 200_000, 700_000, 1_500_000, 2_500_000,
+];
+
+/// One writer (sh, coreutils only). Arguments: writer number, round, seed,
+/// its folder in the mount, the pool folder, the pool size, the cap on files
+/// per folder. Every file NAME holds "NAME\n" + pool file P, where P is the
+/// number after NAME's last "p". It prints, on stdout (a pipe to the test):
+/// - `D PATH` after PATH's content and name were made durable by an fsync
+///   (`sync FILE`) that returned;
+/// - `U PATH` before PATH is renamed, replaced or removed (PATH is no longer
+///   promised from then on);
+/// - `M FROM TO` after FROM was renamed to TO and TO fsync'd (TO holds what
+///   FROM held: durable if FROM was).
+///
+/// It exits at its first failing file-system call (the mount was killed).
+const WRITER: &str = r#"
+W=$1; R=$2; r=$3; D=$4; P=$5; NP=$6; CAP=$7; i=0
+rnd() { r=$(( (r * 1103515245 + 12345) % 2147483648 )); }
+# Sets f to a random entry of folder $1 (empty if none) and c to the count.
+pick() {
+  l=$(ls "$1") || exit 1
+  set -- $l
+  c=$#; f=
+  [ $# -gt 0 ] || return 0
+  rnd; n=$(( r / 16 % $# + 1 ))
+  eval f=\${$n}
+}
+while :; do
+  i=$((i + 1)); rnd; op=$(( r / 65536 % 12 ))
+  case $op in
+  0|1|2|3|4)   # create, fsync most
+    rnd; p=$(( r / 256 % NP )); n=r${R}w${W}i${i}p$p
+    { echo $n; cat "$P/$p"; } > "$D/new/$n" || exit 1
+    if [ $(( r % 5 )) -ne 0 ]; then sync "$D/new/$n" || exit 1; echo "D new/$n"; fi ;;
+  5|6)         # rename into the other folder
+    pick "$D/new"; [ -n "$f" ] || continue
+    echo "U new/$f"
+    mv "$D/new/$f" "$D/old/$f" || exit 1
+    sync "$D/old/$f" || exit 1
+    echo "M new/$f old/$f" ;;
+  7|8)         # replace by rename (an editor's save): write, fsync, rename over
+    pick "$D/old"; [ -n "$f" ] || continue
+    p=${f##*p}
+    { echo $f; cat "$P/$p"; } > "$D/tmp/$f" || exit 1
+    sync "$D/tmp/$f" || exit 1
+    echo "U old/$f"
+    mv "$D/tmp/$f" "$D/old/$f" || exit 1
+    sync "$D/old/$f" || exit 1
+    echo "D old/$f" ;;
+  9|10)        # delete old files beyond the cap
+    pick "$D/old"; [ -n "$f" ] && [ $c -gt $CAP ] || continue
+    echo "U old/$f"
+    rm "$D/old/$f" || exit 1 ;;
+  11)          # delete a fresh file
+    pick "$D/new"; [ -n "$f" ] && [ $c -gt $CAP ] || continue
+    echo "U new/$f"
+    rm "$D/new/$f" || exit 1 ;;
+  esac
+done
+"#;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
     }
 }
 
-fn len_for(seed: u64) -> usize {
-    let i = seed % 1_000_000;
-    match i % 4 {
-        0 => 100,
-        1 => 70_000,
-        2 => 1_500_000,
-        _ => (seed * 7919 % 3_000_000) as usize,
+/// What a file at `rel` (`wK/new/NAME` or `wK/old/NAME`) must hold.
+fn expected(pool: &[Vec<u8>], rel: &str) -> Vec<u8> {
+    let name = rel.rsplit('/').next().unwrap();
+    let p: usize = name.rsplit('p').next().unwrap().parse().unwrap();
+    let mut v = format!("{name}\n").into_bytes();
+    v.extend_from_slice(&pool[p]);
+    v
+}
+
+/// The writers' promises, per writer (their paths never overlap).
+#[derive(Default)]
+struct Model {
+    durable: BTreeSet<String>,
+    /// Paths given up with `U` that were durable then (for `M`).
+    was_durable: BTreeSet<String>,
+    reported: u64,
+}
+
+impl Model {
+    fn apply(&mut self, prefix: &str, out: &str) {
+        for line in out.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let p = |i: usize| format!("{prefix}/{}", f[i]);
+            match f[0] {
+                "D" => {
+                    self.durable.insert(p(1));
+                    self.reported += 1;
+                }
+                "U" => {
+                    if self.durable.remove(&p(1)) {
+                        self.was_durable.insert(p(1));
+                    }
+                }
+                "M" => {
+                    if self.was_durable.remove(&p(1)) {
+                        self.durable.insert(p(2));
+                        self.reported += 1;
+                    }
+                }
+                _ => panic!("writer {prefix} printed {line:?}"),
+            }
+        }
     }
+}
+
+fn spawn_writer(
+    w: usize,
+    round: u64,
+    seed: u64,
+    dir: &Path,
+    pool_dir: &Path,
+    cap: usize,
+) -> (Child, std::thread::JoinHandle<String>) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(WRITER)
+        .arg("writer")
+        .arg(w.to_string())
+        .arg(round.to_string())
+        .arg((seed % 2_147_483_648).to_string())
+        .arg(dir)
+        .arg(pool_dir)
+        .arg(POOL_SIZES.len().to_string())
+        .arg(cap.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning a writer");
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    (child, reader)
+}
+
+fn fsck_verify(store: &Path, round: u64, seed: u64) {
+    let o = qfs(store, &["fsck", "--verify"]);
+    assert!(
+        o.status.success(),
+        "seed {seed} round {round}: fsck --verify exited {:?}:\n{}\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
-fn sigkill_during_writes_loses_nothing_fsynced() {
+fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
+    let started = Instant::now();
+    let seed: u64 = std::env::var("QUERYFS_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("crash test seed {seed} (rerun with QUERYFS_CRASH_SEED={seed})");
+    let mut rng = Rng(seed | 1);
     let t = tempfile::tempdir().unwrap();
-    let mut m = Mount::new(t.path());
-    let durable: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let rounds = 24u64;
-    for round in 0..rounds {
-        let stop = Arc::new(AtomicBool::new(false));
-        let w = {
-            let (root, d, s) = (m.mp.clone(), durable.clone(), stop.clone());
-            std::thread::spawn(move || workload(root, round, d, s))
-        };
-        // A random moment: 30..600 ms into the workload.
-        let delay = 30 + (pattern(round + 777, 8)[0] as u64 * 570 / 255);
-        std::thread::sleep(Duration::from_millis(delay));
-        m.kill();
-        stop.store(true, Ordering::Relaxed);
-        w.join().unwrap();
-        m.clear_dead();
+    let pool_dir = t.path().join("pool");
+    fs::create_dir(&pool_dir).unwrap();
+    let pool: Vec<Vec<u8>> = POOL_SIZES
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| pattern(1000 + k as u64, n))
+        .collect();
+    for (k, data) in pool.iter().enumerate() {
+        fs::write(pool_dir.join(k.to_string()), data).unwrap();
+    }
 
-        // The store opens; gc reclaims leftovers; fsck is then clean.
-        qfs_ok(&m.store, &["gc"]);
-        let o = qfs(&m.store, &["fsck", "--verify"]);
-        assert!(
-            o.status.success(),
-            "round {round}: fsck after gc: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
-        // Every fsync'd file reads back exactly.
-        m.start();
-        for (name, &seed) in durable.lock().unwrap().iter() {
-            let got =
-                fs::read(m.path(name)).unwrap_or_else(|e| panic!("round {round}: {name}: {e}"));
-            assert!(
-                got == pattern(seed, len_for(seed)),
-                "round {round}: {name} differs"
-            );
+    let writers = 3usize;
+    let rounds = 60u64;
+    let mut m = Mount::with_args(t.path(), &["--threads", "2"]);
+    for w in 0..writers {
+        for sub in ["new", "old", "tmp"] {
+            fs::create_dir_all(m.path(&format!("w{w}/{sub}"))).unwrap();
         }
     }
-    assert!(
-        durable.lock().unwrap().len() > 10,
-        "the workload made too few durable files"
-    );
+    let mut models: Vec<Model> = (0..writers).map(|_| Model::default()).collect();
+    let mut most_live = 0usize;
+    for round in 0..rounds {
+        let cap = 8 + round as usize;
+        let mut running = Vec::new();
+        for w in 0..writers {
+            let dir = m.path(&format!("w{w}"));
+            running.push(spawn_writer(w, round, rng.next(), &dir, &pool_dir, cap));
+        }
+        // A random moment: 150..1650 ms into the round.
+        let delay = 150 + rng.next() % 1500;
+        std::thread::sleep(Duration::from_millis(delay));
+        m.kill();
+        for (w, (mut child, reader)) in running.into_iter().enumerate() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while child.try_wait().unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "seed {seed} round {round}: writer {w} still running a minute after the kill"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            models[w].apply(&format!("w{w}"), &reader.join().unwrap());
+        }
+        m.clear_dead();
+
+        // Recovery runs in the new mount.
+        m.start();
+        let mut live = 0usize;
+        for (w, model) in models.iter().enumerate() {
+            for rel in &model.durable {
+                let got = fs::read(m.path(rel)).unwrap_or_else(|e| {
+                    panic!("seed {seed} round {round} (delay {delay} ms): durable {rel}: {e}")
+                });
+                let want = expected(&pool, rel);
+                assert!(
+                    got == want,
+                    "seed {seed} round {round} (delay {delay} ms): durable {rel} differs: \
+                     {} bytes, want {}",
+                    got.len(),
+                    want.len()
+                );
+            }
+            // Every file present reads without error, and every durable
+            // file is listed by its folder.
+            for sub in ["new", "old", "tmp"] {
+                let dir = m.path(&format!("w{w}/{sub}"));
+                let listed: BTreeSet<String> = fs::read_dir(&dir)
+                    .unwrap_or_else(|e| panic!("seed {seed} round {round}: {}: {e}", dir.display()))
+                    .map(|e| format!("w{w}/{sub}/{}", e.unwrap().file_name().to_str().unwrap()))
+                    .collect();
+                for rel in &listed {
+                    let p: PathBuf = m.path(rel);
+                    let md = fs::metadata(&p)
+                        .unwrap_or_else(|e| panic!("seed {seed} round {round}: stat {rel}: {e}"));
+                    let data = fs::read(&p)
+                        .unwrap_or_else(|e| panic!("seed {seed} round {round}: read {rel}: {e}"));
+                    assert_eq!(
+                        data.len() as u64,
+                        md.len(),
+                        "seed {seed} round {round}: {rel}: st_size vs bytes read"
+                    );
+                }
+                for rel in model.durable.iter().filter(|r| {
+                    r.starts_with(&format!("w{w}/{sub}/"))
+                }) {
+                    assert!(
+                        listed.contains(rel),
+                        "seed {seed} round {round}: durable {rel} reads but is not listed"
+                    );
+                }
+                live += listed.len();
+            }
+        }
+        most_live = most_live.max(live);
+        m.stop();
+        fsck_verify(&m.store, round, seed);
+        if round % 10 == 9 {
+            qfs_ok(&m.store, &["gc"]);
+            fsck_verify(&m.store, round, seed);
+        }
+        let durable: usize = models.iter().map(|m| m.durable.len()).sum();
+        eprintln!(
+            "round {round}: killed after {delay} ms; {durable} durable of {live} files; {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        m.start();
+    }
     m.stop();
+    fsck_verify(&m.store, rounds, seed);
+    let reported: u64 = models.iter().map(|m| m.reported).sum();
+    let durable: usize = models.iter().map(|m| m.durable.len()).sum();
+    let info = info_json(&m.store);
+    eprintln!(
+        "crash test: {rounds} kills, {reported} durable reports, {durable} durable files at the end, \
+         at most {most_live} files, {:.0} s; info: {info}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(reported > 500, "the writers made too few durable files: {reported}");
+    assert!(durable > 100, "too few durable files at the end: {durable}");
 }
