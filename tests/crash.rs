@@ -24,8 +24,8 @@ const POOL_SIZES: [usize; 12] = [
 
 /// One writer (sh, coreutils only). Arguments: writer number, round, seed,
 /// its folder in the mount, the pool folder, the pool size, the cap on files
-/// per folder. Every file NAME holds "NAME\n" + pool file P, where P is the
-/// number after NAME's last "p". It prints, on stdout (a pipe to the test):
+/// per folder. Every file NAME = `rRwWiI-P-K` holds "NAME\n" and then pool
+/// file P from byte K on (so nearly every file has chunks of its own). It prints, on stdout (a pipe to the test):
 /// - `D PATH` after PATH's content and name were made durable by an fsync
 ///   (`sync FILE`) that returned;
 /// - `U PATH` before PATH is renamed, replaced or removed (PATH is no longer
@@ -49,30 +49,30 @@ pick() {
 while :; do
   i=$((i + 1)); rnd; op=$(( r / 65536 % 12 ))
   case $op in
-  0|1|2|3|4)   # create, fsync most
-    rnd; p=$(( r / 256 % NP )); n=r${R}w${W}i${i}p$p
-    { echo $n; cat "$P/$p"; } > "$D/new/$n" || exit 1
+  0|1|2|3)     # create (from a random offset of a pool file), fsync most
+    rnd; p=$(( r / 256 % NP )); rnd; k=$(( r / 64 % 8192 )); n=r${R}w${W}i${i}-$p-$k
+    { echo $n; tail -c +$((k + 1)) "$P/$p"; } > "$D/new/$n" || exit 1
     if [ $(( r % 5 )) -ne 0 ]; then sync "$D/new/$n" || exit 1; echo "D new/$n"; fi ;;
-  5|6)         # rename into the other folder
+  4|5)         # rename into the other folder
     pick "$D/new"; [ -n "$f" ] || continue
     echo "U new/$f"
     mv "$D/new/$f" "$D/old/$f" || exit 1
     sync "$D/old/$f" || exit 1
     echo "M new/$f old/$f" ;;
-  7|8)         # replace by rename (an editor's save): write, fsync, rename over
+  6)           # replace by rename (an editor's save): write, fsync, rename over
     pick "$D/old"; [ -n "$f" ] || continue
-    p=${f##*p}
-    { echo $f; cat "$P/$p"; } > "$D/tmp/$f" || exit 1
+    p=${f#*-}; k=${p#*-}; p=${p%-*}
+    { echo $f; tail -c +$((k + 1)) "$P/$p"; } > "$D/tmp/$f" || exit 1
     sync "$D/tmp/$f" || exit 1
     echo "U old/$f"
     mv "$D/tmp/$f" "$D/old/$f" || exit 1
     sync "$D/old/$f" || exit 1
     echo "D old/$f" ;;
-  9|10)        # delete old files beyond the cap
+  7|8)         # delete old files beyond the cap
     pick "$D/old"; [ -n "$f" ] && [ $c -gt $CAP ] || continue
     echo "U old/$f"
     rm "$D/old/$f" || exit 1 ;;
-  11)          # delete a fresh file
+  9|10|11)     # delete fresh files beyond the cap
     pick "$D/new"; [ -n "$f" ] && [ $c -gt $CAP ] || continue
     echo "U new/$f"
     rm "$D/new/$f" || exit 1 ;;
@@ -91,12 +91,13 @@ impl Rng {
     }
 }
 
-/// What a file at `rel` (`wK/new/NAME` or `wK/old/NAME`) must hold.
+/// What a file at `rel` (`wW/new/NAME` or `wW/old/NAME`) must hold.
 fn expected(pool: &[Vec<u8>], rel: &str) -> Vec<u8> {
     let name = rel.rsplit('/').next().unwrap();
-    let p: usize = name.rsplit('p').next().unwrap().parse().unwrap();
+    let f: Vec<&str> = name.split('-').collect();
+    let (p, k): (usize, usize) = (f[1].parse().unwrap(), f[2].parse().unwrap());
     let mut v = format!("{name}\n").into_bytes();
-    v.extend_from_slice(&pool[p]);
+    v.extend_from_slice(&pool[p][k.min(pool[p].len())..]);
     v
 }
 
@@ -217,7 +218,7 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
     let mut models: Vec<Model> = (0..writers).map(|_| Model::default()).collect();
     let mut most_live = 0usize;
     for round in 0..rounds {
-        let cap = 8 + round as usize;
+        let cap = 10 + round as usize / 2;
         let mut running = Vec::new();
         for w in 0..writers {
             let dir = m.path(&format!("w{w}"));
