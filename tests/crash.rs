@@ -12,6 +12,8 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -170,6 +172,84 @@ fn spawn_writer(
     (child, reader)
 }
 
+fn row_len(n: i64) -> usize {
+    [10, 500, 3000, 5000, 20_000, 100, 9000][n as usize % 7]
+}
+
+/// A thread in the test process: one SQLite database in WAL mode with
+/// synchronous=FULL in the mount, one row per transaction; `last` holds the
+/// highest row whose COMMIT returned. Old rows are deleted so at most 2000
+/// stay. Stops at the first error (the mount was killed).
+fn sqlite_writer(path: PathBuf, last: Arc<AtomicI64>) {
+    let Ok(mut db) = rusqlite::Connection::open(&path) else {
+        return;
+    };
+    let setup = db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE IF NOT EXISTS c (n INTEGER PRIMARY KEY, data BLOB NOT NULL);",
+    );
+    if setup.is_err() {
+        return;
+    }
+    let mut n = last.load(Ordering::SeqCst);
+    loop {
+        n += 1;
+        let Ok(tx) = db.transaction() else { return };
+        if tx
+            .execute(
+                "INSERT INTO c (n, data) VALUES (?1, ?2)",
+                rusqlite::params![n, pattern(n as u64, row_len(n))],
+            )
+            .is_err()
+        {
+            return;
+        }
+        if n % 50 == 0 && tx.execute("DELETE FROM c WHERE n <= ?1", [n - 2000]).is_err() {
+            return;
+        }
+        if tx.commit().is_err() {
+            return;
+        }
+        last.store(n, Ordering::SeqCst);
+    }
+}
+
+/// After recovery: the database is sound and holds every committed row,
+/// a contiguous run of rows ending at or after `committed`, each exact.
+/// Returns the highest row.
+fn check_sqlite(path: &Path, committed: i64, what: &str) -> i64 {
+    if committed == 0 && !path.exists() {
+        return 0;
+    }
+    let db = rusqlite::Connection::open(path).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{what}: integrity_check: {e}"));
+    assert_eq!(ok, "ok", "{what}: integrity_check");
+    let (lo, hi, count): (Option<i64>, Option<i64>, i64) = db
+        .query_row("SELECT min(n), max(n), count(*) FROM c", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap_or_else(|e| panic!("{what}: select: {e}"));
+    let hi = hi.unwrap_or(0);
+    assert!(
+        hi >= committed,
+        "{what}: rows up to {hi}, but row {committed} had committed (synchronous=FULL)"
+    );
+    if let Some(lo) = lo {
+        assert_eq!(count, hi - lo + 1, "{what}: rows {lo}..={hi} have gaps");
+        let mut st = db.prepare("SELECT n, data FROM c ORDER BY n").unwrap();
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .unwrap();
+        for row in rows {
+            let (n, data) = row.unwrap();
+            assert!(data == pattern(n as u64, row_len(n)), "{what}: row {n} differs");
+        }
+    }
+    hi
+}
+
 fn fsck_verify(store: &Path, round: u64, seed: u64) {
     let o = qfs(store, &["fsck", "--verify"]);
     assert!(
@@ -215,19 +295,28 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
             fs::create_dir_all(m.path(&format!("w{w}/{sub}"))).unwrap();
         }
     }
+    fs::create_dir(m.path("db")).unwrap();
     let mut models: Vec<Model> = (0..writers).map(|_| Model::default()).collect();
+    let sql_last = Arc::new(AtomicI64::new(0));
+    let mut sql_commits = 0i64;
     let mut most_live = 0usize;
     for round in 0..rounds {
         let cap = 10 + round as usize / 2;
+        let sql_round_start = sql_last.load(Ordering::SeqCst);
         let mut running = Vec::new();
         for w in 0..writers {
             let dir = m.path(&format!("w{w}"));
             running.push(spawn_writer(w, round, rng.next(), &dir, &pool_dir, cap));
         }
+        let sql = {
+            let (p, l) = (m.path("db/c.sqlite"), sql_last.clone());
+            std::thread::spawn(move || sqlite_writer(p, l))
+        };
         // A random moment: 150..1650 ms into the round.
         let delay = 150 + rng.next() % 1500;
         std::thread::sleep(Duration::from_millis(delay));
         m.kill();
+        sql.join().unwrap();
         for (w, (mut child, reader)) in running.into_iter().enumerate() {
             let deadline = Instant::now() + Duration::from_secs(60);
             while child.try_wait().unwrap().is_none() {
@@ -243,6 +332,14 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
 
         // Recovery runs in the new mount.
         m.start();
+        let committed = sql_last.load(Ordering::SeqCst);
+        let hi = check_sqlite(
+            &m.path("db/c.sqlite"),
+            committed,
+            &format!("seed {seed} round {round} (delay {delay} ms): sqlite"),
+        );
+        sql_commits += hi - sql_round_start;
+        sql_last.store(hi, Ordering::SeqCst);
         let mut live = 0usize;
         for (w, model) in models.iter().enumerate() {
             for rel in &model.durable {
@@ -298,7 +395,8 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
         }
         let durable: usize = models.iter().map(|m| m.durable.len()).sum();
         eprintln!(
-            "round {round}: killed after {delay} ms; {durable} durable of {live} files; {:.0} s",
+            "round {round}: killed after {delay} ms; {durable} durable of {live} files; \
+             sqlite rows up to {hi}; {:.0} s",
             started.elapsed().as_secs_f64()
         );
         m.start();
@@ -313,6 +411,8 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
          at most {most_live} files, {:.0} s; info: {info}",
         started.elapsed().as_secs_f64()
     );
+    eprintln!("sqlite: {sql_commits} commits over all rounds");
+    assert!(sql_commits > 1000, "too few sqlite commits: {sql_commits}");
     assert!(reported > 500, "the writers made too few durable files: {reported}");
     assert!(durable > 100, "too few durable files at the end: {durable}");
 }
