@@ -7,7 +7,7 @@
 //! returned) must read back exactly, every file present must be readable,
 //! then a clean unmount and `queryfs fsck --verify` must exit 0.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -204,7 +204,11 @@ fn sqlite_writer(path: PathBuf, last: Arc<AtomicI64>) {
         {
             return;
         }
-        if n % 50 == 0 && tx.execute("DELETE FROM c WHERE n <= ?1", [n - 2000]).is_err() {
+        if n % 50 == 0
+            && tx
+                .execute("DELETE FROM c WHERE n <= ?1", [n - 2000])
+                .is_err()
+        {
             return;
         }
         if tx.commit().is_err() {
@@ -244,7 +248,10 @@ fn check_sqlite(path: &Path, committed: i64, what: &str) -> i64 {
             .unwrap();
         for row in rows {
             let (n, data) = row.unwrap();
-            assert!(data == pattern(n as u64, row_len(n)), "{what}: row {n} differs");
+            assert!(
+                data == pattern(n as u64, row_len(n)),
+                "{what}: row {n} differs"
+            );
         }
     }
     hi
@@ -375,9 +382,11 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
                         "seed {seed} round {round}: {rel}: st_size vs bytes read"
                     );
                 }
-                for rel in model.durable.iter().filter(|r| {
-                    r.starts_with(&format!("w{w}/{sub}/"))
-                }) {
+                for rel in model
+                    .durable
+                    .iter()
+                    .filter(|r| r.starts_with(&format!("w{w}/{sub}/")))
+                {
                     assert!(
                         listed.contains(rel),
                         "seed {seed} round {round}: durable {rel} reads but is not listed"
@@ -413,6 +422,9 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
     );
     eprintln!("sqlite: {sql_commits} commits over all rounds");
     assert!(sql_commits > 1000, "too few sqlite commits: {sql_commits}");
-    assert!(reported > 500, "the writers made too few durable files: {reported}");
+    assert!(
+        reported > 500,
+        "the writers made too few durable files: {reported}"
+    );
     assert!(durable > 100, "too few durable files at the end: {durable}");
 }

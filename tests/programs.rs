@@ -372,13 +372,31 @@ fn make_tree(root: &Path) {
     lchown(&root.join("links/rel"), 4321, 8765);
     lchown(&root.join("deep/a/b"), 42, 43);
     // xattrs: text, binary (every byte value, NULs included), empty.
-    setxattr(&root.join("small.txt"), "user.comment", b"a plain comment", 0).unwrap();
+    setxattr(
+        &root.join("small.txt"),
+        "user.comment",
+        b"a plain comment",
+        0,
+    )
+    .unwrap();
     let all_bytes: Vec<u8> = (0..=255u8).collect();
     setxattr(&root.join("big.bin"), "user.binary", &all_bytes, 0).unwrap();
-    setxattr(&root.join("big.bin"), "user.mime_type", b"application/octet-stream", 0).unwrap();
+    setxattr(
+        &root.join("big.bin"),
+        "user.mime_type",
+        b"application/octet-stream",
+        0,
+    )
+    .unwrap();
     setxattr(&root.join("empty"), "user.empty-value", b"", 0).unwrap();
     setxattr(&root.join("deep/a"), "user.on-a-dir", b"folder", 0).unwrap();
-    setxattr(&root.join("links/hard-b"), "user.shared", &pattern(8, 3000), 0).unwrap();
+    setxattr(
+        &root.join("links/hard-b"),
+        "user.shared",
+        &pattern(8, 3000),
+        0,
+    )
+    .unwrap();
     // Odd folder modes last (a 0555 folder takes no new entries as non-root).
     fs::create_dir(root.join("sticky")).unwrap();
     w("sticky/inside", b"in a sticky dir\n", 0o666);
@@ -397,22 +415,21 @@ fn make_tree(root: &Path) {
             2 => 4_102_444_800 + k as i64,          // 2100
             _ => 1_000_000_000 + k as i64 * 12_345, // 2001
         };
-        set_times(&root.join(rel), secs, (k as i64 * 123_456_789) % 1_000_000_000);
+        set_times(
+            &root.join(rel),
+            secs,
+            (k as i64 * 123_456_789) % 1_000_000_000,
+        );
     }
 }
 
 // ----- git -----
 
-#[test]
-fn git_clone_fsck_gc_commit_and_clone_back() {
-    let started = Instant::now();
-    let t = tempfile::tempdir().unwrap();
-    let (mut m, work) = mounted(&t);
-
+fn git_in(outside: &Path, work: &Path, remount: &mut dyn FnMut()) {
     // The source repository, outside the mount: 40 commits of text and
     // binary files (adds, edits, deletes, renames), a branch merged back
     // with a merge commit, an annotated and a lightweight tag.
-    let src = t.path().join("src");
+    let src = outside.join("src");
     fs::create_dir(&src).unwrap();
     git(&src, &["init", "-q"]);
     for i in 0..40u64 {
@@ -448,7 +465,10 @@ fn git_clone_fsck_gc_commit_and_clone_back() {
             git(&src, &["checkout", "-q", "main"]);
         }
     }
-    git(&src, &["merge", "-q", "--no-ff", "feature", "-m", "merge feature"]);
+    git(
+        &src,
+        &["merge", "-q", "--no-ff", "feature", "-m", "merge feature"],
+    );
     git(&src, &["tag", "light"]);
     let src_count: u64 = git(&src, &["rev-list", "--count", "HEAD"])
         .trim()
@@ -462,7 +482,13 @@ fn git_clone_fsck_gc_commit_and_clone_back() {
     let clone = work.join("clone");
     git(
         &work,
-        &["clone", "-q", "--no-local", &format!("file://{}", s(&src)), "clone"],
+        &[
+            "clone",
+            "-q",
+            "--no-local",
+            &format!("file://{}", s(&src)),
+            "clone",
+        ],
     );
     assert_eq!(git(&clone, &["status", "--porcelain"]), "");
     git(&clone, &["fsck", "--full", "--strict"]);
@@ -509,16 +535,16 @@ fn git_clone_fsck_gc_commit_and_clone_back() {
     git(&clone, &["fsck", "--full", "--strict"]);
 
     // The same after a remount (everything re-read from the store).
-    m.remount();
+    remount();
     assert_eq!(git(&clone, &["rev-parse", "HEAD"]), head);
     assert_eq!(git(&clone, &["status", "--porcelain"]), "");
     git(&clone, &["fsck", "--full", "--strict"]);
 
     // Clone the mounted repository back out (local clone, objects copied),
     // and compare.
-    let back = t.path().join("back");
+    let back = outside.join("back");
     git(
-        t.path(),
+        outside,
         &["clone", "-q", "--no-hardlinks", s(&clone), s(&back)],
     );
     git(&back, &["fsck", "--full", "--strict"]);
@@ -533,6 +559,14 @@ fn git_clone_fsck_gc_commit_and_clone_back() {
         &snapshot(&clone, worktree, &not_git, &any_xattr),
         &snapshot(&back, worktree, &not_git, &any_xattr),
     );
+}
+
+#[test]
+fn git_clone_fsck_gc_commit_and_clone_back() {
+    let started = Instant::now();
+    let t = tempfile::tempdir().unwrap();
+    let (mut m, work) = mounted(&t);
+    git_in(t.path(), &work, &mut || m.remount());
     m.stop();
     let o = qfs(&m.store, &["fsck", "--verify"]);
     assert!(
@@ -617,11 +651,7 @@ fn touch(p: &Path) {
     ok(Path::new("/"), "touch", &[s(p)]);
 }
 
-#[test]
-fn make_builds_runs_and_rebuilds_only_what_changed() {
-    let started = Instant::now();
-    let t = tempfile::tempdir().unwrap();
-    let (mut m, work) = mounted(&t);
+fn make_in(work: &Path, remount: &mut dyn FnMut()) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cproj");
     let proj = work.join("cproj");
     ok(&work, "cp", &["-r", s(&fixture), s(&proj)]);
@@ -641,7 +671,10 @@ fn make_builds_runs_and_rebuilds_only_what_changed() {
     assert_eq!(ok(&proj, "./checksum", &[]), want);
     assert_up_to_date(&proj, "after the first build");
     // Nothing to do.
-    assert_eq!(make_lines(&ok(&proj, "make", &["-j2"])), Vec::<String>::new());
+    assert_eq!(
+        make_lines(&ok(&proj, "make", &["-j2"])),
+        Vec::<String>::new()
+    );
 
     ok(&proj, "make", &["clean"]);
     assert!(!proj.join("checksum").exists() && !proj.join("main.o").exists());
@@ -684,12 +717,20 @@ fn make_builds_runs_and_rebuilds_only_what_changed() {
     );
     // After a remount make still sees everything up to date and the binary
     // still runs.
-    m.remount();
+    remount();
     assert_up_to_date(&proj, "after remount");
     assert_eq!(
         ok(&proj, "./checksum", &[]),
         want.replace("primes<1000000=78498", "primes<1000000=168")
     );
+}
+
+#[test]
+fn make_builds_runs_and_rebuilds_only_what_changed() {
+    let started = Instant::now();
+    let t = tempfile::tempdir().unwrap();
+    let (mut m, work) = mounted(&t);
+    make_in(&work, &mut || m.remount());
     m.stop();
     let o = qfs(&m.store, &["fsck", "--verify"]);
     assert!(
@@ -718,11 +759,8 @@ fn integrity(db: &rusqlite::Connection) -> String {
         .unwrap()
 }
 
-#[test]
-fn sqlite_wal_ten_thousand_transactions_survive_remount() {
+fn sqlite_in(work: &Path, remount: &mut dyn FnMut()) -> BTreeMap<i64, (String, Vec<u8>)> {
     let started = Instant::now();
-    let t = tempfile::tempdir().unwrap();
-    let (mut m, work) = mounted(&t);
     let path = work.join("db/test.sqlite");
     fs::create_dir(work.join("db")).unwrap();
     let mut model: BTreeMap<i64, (String, Vec<u8>)> = BTreeMap::new();
@@ -738,7 +776,9 @@ fn sqlite_wal_ten_thousand_transactions_survive_remount() {
              CREATE INDEX t_name ON t(name);",
         )
         .unwrap();
-        let mut rng = pattern(2026, 8).iter().fold(1u64, |a, &b| a * 31 + b as u64);
+        let mut rng = pattern(2026, 8)
+            .iter()
+            .fold(1u64, |a, &b| a * 31 + b as u64);
         let mut next = || {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -803,9 +843,7 @@ fn sqlite_wal_ten_thousand_transactions_survive_remount() {
                     }
                     _ => {
                         let k = *model.keys().nth((r >> 16) as usize % model.len()).unwrap();
-                        let n = tx
-                            .execute("DELETE FROM t WHERE id = ?1", [k])
-                            .unwrap();
+                        let n = tx.execute("DELETE FROM t WHERE id = ?1", [k]).unwrap();
                         assert_eq!(n, 1);
                         model.remove(&k);
                     }
@@ -814,7 +852,9 @@ fn sqlite_wal_ten_thousand_transactions_survive_remount() {
             tx.commit().unwrap();
         }
         assert_eq!(integrity(&db), "ok");
-        let n: i64 = db.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n as usize, model.len());
         assert!(table(&db) == model, "table differs from the model");
         let by_name: i64 = db
@@ -832,12 +872,24 @@ fn sqlite_wal_ten_thousand_transactions_survive_remount() {
         started.elapsed().as_secs_f64()
     );
     // Close, unmount, remount, open again.
-    m.remount();
+    remount();
     {
         let db = rusqlite::Connection::open(&path).unwrap();
         assert_eq!(integrity(&db), "ok");
-        assert!(table(&db) == model, "table differs from the model after remount");
+        assert!(
+            table(&db) == model,
+            "table differs from the model after remount"
+        );
     }
+    model
+}
+
+#[test]
+fn sqlite_wal_ten_thousand_transactions_survive_remount() {
+    let started = Instant::now();
+    let t = tempfile::tempdir().unwrap();
+    let (mut m, work) = mounted(&t);
+    let model = sqlite_in(&work, &mut || m.remount());
     m.stop();
     let o = qfs(&m.store, &["fsck", "--verify"]);
     assert!(
@@ -870,13 +922,9 @@ fn rsync(from: &Path, to: &Path, extra: &[&str]) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn rsync_round_trip_converges_and_preserves_everything() {
-    assert!(have("rsync"), "rsync is not installed (.ci/run installs it)");
+fn rsync_in(outside: &Path, work: &Path, remount: &mut dyn FnMut()) {
     let started = Instant::now();
-    let t = tempfile::tempdir().unwrap();
-    let (mut m, work) = mounted(&t);
-    let src = t.path().join("src");
+    let src = outside.join("src");
     make_tree(&src);
     let want = snapshot(&src, ALL, &no_skip, &any_xattr);
 
@@ -895,17 +943,21 @@ fn rsync_round_trip_converges_and_preserves_everything() {
         &snapshot(&dst, ALL, &no_skip, &any_xattr),
     );
     // The same after a remount.
-    m.remount();
+    remount();
     assert_same_tree(
         "source vs rsync copy in the mount, after remount",
         &want,
         &snapshot(&dst, ALL, &no_skip, &any_xattr),
     );
     let again = rsync(&src, &dst, &[]);
-    assert!(again.is_empty(), "rsync after remount: {}", again.join("\n"));
+    assert!(
+        again.is_empty(),
+        "rsync after remount: {}",
+        again.join("\n")
+    );
 
     // Back out into a fresh folder, twice.
-    let back = t.path().join("back");
+    let back = outside.join("back");
     assert!(!rsync(&dst, &back, &[]).is_empty());
     let second = rsync(&dst, &back, &[]);
     assert!(
@@ -928,7 +980,7 @@ fn rsync_round_trip_converges_and_preserves_everything() {
     // only reports what it sees (stderr, and the test's findings file); the
     // workaround, excluding `user.tags` with `--filter='-x user.tags'`, is
     // asserted below.
-    let tsrc = t.path().join("tagsrc");
+    let tsrc = outside.join("tagsrc");
     fs::create_dir(&tsrc).unwrap();
     fs::write(tsrc.join("tagged.txt"), b"tagged file\n").unwrap();
     setxattr(&tsrc.join("tagged.txt"), "user.tag.foo", b"", 0).unwrap();
@@ -947,7 +999,8 @@ fn rsync_round_trip_converges_and_preserves_everything() {
         r3,
         r1,
         names,
-        tags.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())
+        tags.as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     );
     // The workaround: leave user.tags out of the transfer; the user.tag.*
     // names carry the tags one by one.
@@ -963,7 +1016,7 @@ fn rsync_round_trip_converges_and_preserves_everything() {
         getxattr(&tdst2.join("tagged.txt"), "user.tags").unwrap(),
         b"foo,year=1959"
     );
-    let tback = t.path().join("tagback");
+    let tback = outside.join("tagback");
     rsync(&tdst2, &tback, &skip_tags);
     let again = rsync(&tdst2, &tback, &skip_tags);
     assert!(again.is_empty(), "tag round trip back out: {again:?}");
@@ -972,7 +1025,18 @@ fn rsync_round_trip_converges_and_preserves_everything() {
         &snapshot(&tsrc, ALL, &no_skip, &any_xattr),
         &snapshot(&tback, ALL, &no_skip, &any_xattr),
     );
+}
 
+#[test]
+fn rsync_round_trip_converges_and_preserves_everything() {
+    assert!(
+        have("rsync"),
+        "rsync is not installed (.ci/run installs it)"
+    );
+    let started = Instant::now();
+    let t = tempfile::tempdir().unwrap();
+    let (mut m, work) = mounted(&t);
+    rsync_in(t.path(), &work, &mut || m.remount());
     m.stop();
     let o = qfs(&m.store, &["fsck", "--verify"]);
     assert!(
@@ -985,11 +1049,7 @@ fn rsync_round_trip_converges_and_preserves_everything() {
 
 // ----- tar -----
 
-#[test]
-fn tar_out_of_and_into_the_mount_keeps_everything() {
-    let started = Instant::now();
-    let t = tempfile::tempdir().unwrap();
-    let (mut m, work) = mounted(&t);
+fn tar_in(outside: &Path, work: &Path, remount: &mut dyn FnMut()) {
     // The tree is made in the mount itself (every call through FUSE).
     let tree = work.join("tree");
     make_tree(&tree);
@@ -1000,17 +1060,32 @@ fn tar_out_of_and_into_the_mount_keeps_everything() {
     set_times(&tree.join("tagged.txt"), 1_234_567_890, 987_654_321);
     let want = snapshot(&tree, ALL, &no_skip, &any_xattr);
     assert_eq!(
-        want["tagged.txt"].xattrs.get("user.tags").map(|v| v.as_slice()),
+        want["tagged.txt"]
+            .xattrs
+            .get("user.tags")
+            .map(|v| v.as_slice()),
         Some(&b"foo,year=1959"[..])
     );
 
     // pax format keeps nanosecond mtimes and xattrs.
-    let archive = t.path().join("tree.tar");
-    let tar_args = ["--xattrs", "--format=posix", "-cpf", s(&archive), "-C", s(&tree), "."];
+    let archive = outside.join("tree.tar");
+    let tar_args = [
+        "--xattrs",
+        "--format=posix",
+        "-cpf",
+        s(&archive),
+        "-C",
+        s(&tree),
+        ".",
+    ];
     ok(&work, "tar", &tar_args);
-    let out = t.path().join("out");
+    let out = outside.join("out");
     fs::create_dir(&out).unwrap();
-    ok(&out, "tar", &["--xattrs", "-xpf", s(&archive), "-C", s(&out)]);
+    ok(
+        &out,
+        "tar",
+        &["--xattrs", "-xpf", s(&archive), "-C", s(&out)],
+    );
     assert_same_tree(
         "tree in the mount vs tar extracted outside",
         &want,
@@ -1020,22 +1095,38 @@ fn tar_out_of_and_into_the_mount_keeps_everything() {
     // Into the mount, from the archive, and from an archive made outside.
     let into = work.join("into");
     fs::create_dir(&into).unwrap();
-    ok(&into, "tar", &["--xattrs", "-xpf", s(&archive), "-C", s(&into)]);
+    ok(
+        &into,
+        "tar",
+        &["--xattrs", "-xpf", s(&archive), "-C", s(&into)],
+    );
     assert_same_tree(
         "tree in the mount vs tar extracted into the mount",
         &want,
         &snapshot(&into, ALL, &no_skip, &any_xattr),
     );
-    let archive2 = t.path().join("out.tar");
+    let archive2 = outside.join("out.tar");
     ok(
         &out,
         "tar",
-        &["--xattrs", "--format=posix", "-cpf", s(&archive2), "-C", s(&out), "."],
+        &[
+            "--xattrs",
+            "--format=posix",
+            "-cpf",
+            s(&archive2),
+            "-C",
+            s(&out),
+            ".",
+        ],
     );
     let into2 = work.join("into2");
     fs::create_dir(&into2).unwrap();
-    ok(&into2, "tar", &["--xattrs", "-xpf", s(&archive2), "-C", s(&into2)]);
-    m.remount();
+    ok(
+        &into2,
+        "tar",
+        &["--xattrs", "-xpf", s(&archive2), "-C", s(&into2)],
+    );
+    remount();
     assert_same_tree(
         "tree in the mount vs outside tree tar'd into the mount, after remount",
         &want,
@@ -1046,6 +1137,14 @@ fn tar_out_of_and_into_the_mount_keeps_everything() {
         getxattr(&into2.join("tagged.txt"), "user.tags").unwrap(),
         b"foo,year=1959"
     );
+}
+
+#[test]
+fn tar_out_of_and_into_the_mount_keeps_everything() {
+    let started = Instant::now();
+    let t = tempfile::tempdir().unwrap();
+    let (mut m, work) = mounted(&t);
+    tar_in(t.path(), &work, &mut || m.remount());
     m.stop();
     let o = qfs(&m.store, &["fsck", "--verify"]);
     assert!(
@@ -1054,4 +1153,58 @@ fn tar_out_of_and_into_the_mount_keeps_everything() {
         String::from_utf8_lossy(&o.stdout)
     );
     eprintln!("tar test: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+// ----- all at once -----
+
+/// The five program workloads at the same time on one `--threads 2` mount,
+/// each in its own folder (no remounts in between); then a clean unmount
+/// and `fsck --verify`.
+#[test]
+fn all_programs_at_once_on_one_mount() {
+    assert!(
+        have("rsync"),
+        "rsync is not installed (.ci/run installs it)"
+    );
+    let started = Instant::now();
+    let t = tempfile::tempdir().unwrap();
+    let (mut m, work) = mounted(&t);
+    type Job = fn(&Path, &Path);
+    let jobs: [(&str, Job); 5] = [
+        ("git", |o, w| git_in(o, w, &mut || ())),
+        ("make", |_, w| make_in(w, &mut || ())),
+        ("sqlite", |_, w| {
+            sqlite_in(w, &mut || ());
+        }),
+        ("rsync", |o, w| rsync_in(o, w, &mut || ())),
+        ("tar", |o, w| tar_in(o, w, &mut || ())),
+    ];
+    let handles: Vec<_> = jobs
+        .into_iter()
+        .map(|(name, job)| {
+            let outside = t.path().join(format!("outside-{name}"));
+            let inside = work.join(name);
+            fs::create_dir(&outside).unwrap();
+            fs::create_dir(&inside).unwrap();
+            (name, std::thread::spawn(move || job(&outside, &inside)))
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for (name, h) in handles {
+        if h.join().is_err() {
+            failed.push(name);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "failed when run together: {failed:?} (see their panics above)"
+    );
+    m.stop();
+    let o = qfs(&m.store, &["fsck", "--verify"]);
+    assert!(
+        o.status.success(),
+        "fsck --verify after all programs at once: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    eprintln!("all at once: {:.1} s", started.elapsed().as_secs_f64());
 }
