@@ -48,17 +48,35 @@ pick() {
   rnd; n=$(( r / 16 % $# + 1 ))
   eval f=\${$n}
 }
+# Live checks, while other processes list and stat the same folders: a name
+# just renamed or removed is gone; a file just written has its size
+# (stat and the bytes read back).
+gone() {
+  if [ -e "$1" ] || [ -L "$1" ]; then
+    [ -d "$D" ] && echo "E $2: the old name still exists right after"
+  fi
+}
+check_size() {
+  ps=$(stat -c %s "$P/$2"); want=$(( ${#4} + 1 + (ps > $3 ? ps - $3 : 0) ))
+  st=$(stat -c %s "$1") || exit 1
+  rd=$(wc -c < "$1") || exit 1
+  if [ "$st" != $want ] || [ "$rd" != $want ]; then
+    [ -d "$D" ] && echo "E $1: st_size $st, bytes read $rd, written $want"
+  fi
+}
 while :; do
   i=$((i + 1)); rnd; op=$(( r / 65536 % 12 ))
   case $op in
   0|1|2|3)     # create (from a random offset of a pool file), fsync most
     rnd; p=$(( r / 256 % NP )); rnd; k=$(( r / 64 % 8192 )); n=r${R}w${W}i${i}-$p-$k
     { echo $n; tail -c +$((k + 1)) "$P/$p"; } > "$D/new/$n" || exit 1
+    check_size "$D/new/$n" $p $k $n
     if [ $(( r % 5 )) -ne 0 ]; then sync "$D/new/$n" || exit 1; echo "D new/$n"; fi ;;
   4|5)         # rename into the other folder
     pick "$D/new"; [ -n "$f" ] || continue
     echo "U new/$f"
     mv "$D/new/$f" "$D/old/$f" || exit 1
+    gone "$D/new/$f" "renamed new/$f"
     sync "$D/old/$f" || exit 1
     echo "M new/$f old/$f" ;;
   6)           # replace by rename (an editor's save): write, fsync, rename over
@@ -68,18 +86,28 @@ while :; do
     sync "$D/tmp/$f" || exit 1
     echo "U old/$f"
     mv "$D/tmp/$f" "$D/old/$f" || exit 1
+    gone "$D/tmp/$f" "renamed tmp/$f"
+    check_size "$D/old/$f" $p $k $f
     sync "$D/old/$f" || exit 1
     echo "D old/$f" ;;
   7|8)         # delete old files beyond the cap
     pick "$D/old"; [ -n "$f" ] && [ $c -gt $CAP ] || continue
     echo "U old/$f"
-    rm "$D/old/$f" || exit 1 ;;
+    rm "$D/old/$f" || exit 1
+    gone "$D/old/$f" "removed old/$f" ;;
   9|10|11)     # delete fresh files beyond the cap
     pick "$D/new"; [ -n "$f" ] && [ $c -gt $CAP ] || continue
     echo "U new/$f"
-    rm "$D/new/$f" || exit 1 ;;
+    rm "$D/new/$f" || exit 1
+    gone "$D/new/$f" "removed new/$f" ;;
   esac
 done
+"#;
+
+/// Lists and stats every writer's folders over and over (readdir, lookups,
+/// getattr of entries that come and go), until the mount dies.
+const LISTER: &str = r#"
+while [ -d "$1/w0" ]; do ls -lR "$1/w0" "$1/w1" "$1/w2" > /dev/null 2>&1; done
 "#;
 
 struct Rng(u64);
@@ -110,6 +138,8 @@ struct Model {
     /// Paths given up with `U` that were durable then (for `M`).
     was_durable: BTreeSet<String>,
     reported: u64,
+    /// What the writer's live checks saw wrong (`E` lines).
+    errors: Vec<String>,
 }
 
 impl Model {
@@ -133,6 +163,7 @@ impl Model {
                         self.reported += 1;
                     }
                 }
+                "E" => self.errors.push(line[2..].to_string()),
                 _ => panic!("writer {prefix} printed {line:?}"),
             }
         }
@@ -305,6 +336,7 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
     fs::create_dir(m.path("db")).unwrap();
     let mut models: Vec<Model> = (0..writers).map(|_| Model::default()).collect();
     let sql_last = Arc::new(AtomicI64::new(0));
+    let mut live_errors: Vec<String> = Vec::new();
     let mut sql_commits = 0i64;
     let mut most_live = 0usize;
     for round in 0..rounds {
@@ -315,6 +347,16 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
             let dir = m.path(&format!("w{w}"));
             running.push(spawn_writer(w, round, rng.next(), &dir, &pool_dir, cap));
         }
+        let mut lister = Command::new("sh")
+            .arg("-c")
+            .arg(LISTER)
+            .arg("lister")
+            .arg(&m.mp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning the lister");
         let sql = {
             let (p, l) = (m.path("db/c.sqlite"), sql_last.clone());
             std::thread::spawn(move || sqlite_writer(p, l))
@@ -324,6 +366,7 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
         std::thread::sleep(Duration::from_millis(delay));
         m.kill();
         sql.join().unwrap();
+        lister.wait().unwrap();
         for (w, (mut child, reader)) in running.into_iter().enumerate() {
             let deadline = Instant::now() + Duration::from_secs(60);
             while child.try_wait().unwrap().is_none() {
@@ -336,6 +379,13 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
             models[w].apply(&format!("w{w}"), &reader.join().unwrap());
         }
         m.clear_dead();
+        // The live checks' failures are reported at the end, so that the
+        // durability checks run every round.
+        for model in models.iter_mut() {
+            for e in std::mem::take(&mut model.errors) {
+                live_errors.push(format!("round {round}: {e}"));
+            }
+        }
 
         // Recovery runs in the new mount.
         m.start();
@@ -421,6 +471,12 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
         started.elapsed().as_secs_f64()
     );
     eprintln!("sqlite: {sql_commits} commits over all rounds");
+    assert!(
+        live_errors.is_empty(),
+        "seed {seed}: the writers' live checks failed {} times (first 20):\n{}",
+        live_errors.len(),
+        live_errors.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
     assert!(sql_commits > 1000, "too few sqlite commits: {sql_commits}");
     assert!(
         reported > 500,
