@@ -1158,8 +1158,9 @@ fn tar_out_of_and_into_the_mount_keeps_everything() {
 // ----- all at once -----
 
 /// The five program workloads at the same time on one `--threads 2` mount,
-/// each in its own folder (no remounts in between); then a clean unmount
-/// and `fsck --verify`.
+/// each in its own folder (no remounts in between), while a sixth process
+/// lists the whole tree with `ls -lR` over and over, as a file manager or
+/// an indexer would; then a clean unmount and `fsck --verify`.
 #[test]
 fn all_programs_at_once_on_one_mount() {
     assert!(
@@ -1179,6 +1180,14 @@ fn all_programs_at_once_on_one_mount() {
         ("rsync", |o, w| rsync_in(o, w, &mut || ())),
         ("tar", |o, w| tar_in(o, w, &mut || ())),
     ];
+    fs::write(work.join("lister-running"), b"").unwrap();
+    let mut lister = Command::new("sh")
+        .arg("-c")
+        .arg(r#"while [ -e "$1/lister-running" ]; do ls -lR "$1" > /dev/null 2>&1; done"#)
+        .arg("lister")
+        .arg(&work)
+        .spawn()
+        .unwrap();
     let handles: Vec<_> = jobs
         .into_iter()
         .map(|(name, job)| {
@@ -1195,6 +1204,8 @@ fn all_programs_at_once_on_one_mount() {
             failed.push(name);
         }
     }
+    fs::remove_file(work.join("lister-running")).unwrap();
+    lister.wait().unwrap();
     assert!(
         failed.is_empty(),
         "failed when run together: {failed:?} (see their panics above)"
