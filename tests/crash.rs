@@ -1,11 +1,18 @@
 //! One store, many SIGKILLs: three writer processes (sh + coreutils) create,
 //! fsync, rename across folders, replace by rename and delete files on a
-//! `--threads 2` mount; the mount is killed at a random (seeded, printed)
-//! moment, 60 times, always on the same, growing store. After every kill:
-//! the dead mount is cleared, a new mount runs recovery, every file a writer
-//! had reported durable (only ever after its `sync FILE`, i.e. fsync,
-//! returned) must read back exactly, every file present must be readable,
-//! then a clean unmount and `queryfs fsck --verify` must exit 0.
+//! `--threads 2` mount, a thread of the test commits SQLite transactions
+//! (WAL, synchronous=FULL) and a lister process loops `ls -lR` over the
+//! writers' folders; the mount is killed at a random (seeded, printed; set
+//! QUERYFS_CRASH_SEED to repeat) moment, 60 times, always on the same store,
+//! which grows to a few hundred files. After every kill: the dead mount is
+//! cleared, a new mount runs recovery, every file a writer had reported
+//! durable (only ever after its `sync FILE`, i.e. fsync, returned) must read
+//! back exactly and be listed, every file present must be readable with its
+//! st_size, the database must pass integrity_check and hold every committed
+//! row; then a clean unmount and `queryfs fsck --verify` must exit 0 (and
+//! `gc` + `fsck --verify` every tenth round). The writers' live checks (a
+//! renamed or removed name is gone at once, a file just written has its
+//! size) are asserted after the last round.
 
 use std::collections::BTreeSet;
 use std::fs;
