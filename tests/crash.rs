@@ -1,6 +1,6 @@
 //! One store, many SIGKILLs: three writer processes (sh + coreutils) create,
-//! fsync, rename across folders, replace by rename and delete files on a
-//! `--threads 2` mount, a thread of the test commits SQLite transactions
+//! fsync, rename across folders, replace by rename, hard-link and delete
+//! files on a `--threads 2` mount, a thread of the test commits SQLite transactions
 //! (WAL, synchronous=FULL) and a lister process loops `ls -lR` over the
 //! writers' folders; the mount is killed at a random (seeded, printed; set
 //! QUERYFS_CRASH_SEED to repeat) moment, 60 times, always on the same store,
@@ -34,13 +34,17 @@ const POOL_SIZES: [usize; 12] = [
 /// One writer (sh, coreutils only). Arguments: writer number, round, seed,
 /// its folder in the mount, the pool folder, the pool size, the cap on files
 /// per folder. Every file NAME = `rRwWiI-P-K` holds "NAME\n" and then pool
-/// file P from byte K on (so nearly every file has chunks of its own). It prints, on stdout (a pipe to the test):
+/// file P from byte K on (so nearly every file has chunks of its own). It
+/// prints, on stdout (a pipe to the test):
 /// - `D PATH` after PATH's content and name were made durable by an fsync
 ///   (`sync FILE`) that returned;
 /// - `U PATH` before PATH is renamed, replaced or removed (PATH is no longer
 ///   promised from then on);
 /// - `M FROM TO` after FROM was renamed to TO and TO fsync'd (TO holds what
-///   FROM held: durable if FROM was).
+///   FROM held: durable if FROM was);
+/// - `L FROM TO` after TO was made a hard link of FROM and fsync'd (durable
+///   if FROM is; it stays when FROM is later removed or replaced);
+/// - `E WHAT` when a live check failed.
 ///
 /// It exits at its first failing file-system call (the mount was killed).
 const WRITER: &str = r#"
@@ -72,7 +76,7 @@ check_size() {
   fi
 }
 while :; do
-  i=$((i + 1)); rnd; op=$(( r / 65536 % 12 ))
+  i=$((i + 1)); rnd; op=$(( r / 65536 % 14 ))
   case $op in
   0|1|2|3)     # create (from a random offset of a pool file), fsync most
     rnd; p=$(( r / 256 % NP )); rnd; k=$(( r / 64 % 8192 )); n=r${R}w${W}i${i}-$p-$k
@@ -107,6 +111,17 @@ while :; do
     echo "U new/$f"
     rm "$D/new/$f" || exit 1
     gone "$D/new/$f" "removed new/$f" ;;
+  12)          # a second name (hard link) in another folder, fsync'd
+    pick "$D/old"; [ -n "$f" ] || continue
+    [ -e "$D/links/$f" ] && continue
+    ln "$D/old/$f" "$D/links/$f" 2>/dev/null || { [ -d "$D" ] || exit 1; continue; }
+    sync "$D/links/$f" || exit 1
+    echo "L old/$f links/$f" ;;
+  13)          # remove links beyond the cap (the other name stays)
+    pick "$D/links"; [ -n "$f" ] && [ $c -gt $CAP ] || continue
+    echo "U links/$f"
+    rm "$D/links/$f" || exit 1
+    gone "$D/links/$f" "removed links/$f" ;;
   esac
 done
 "#;
@@ -166,6 +181,12 @@ impl Model {
                 }
                 "M" => {
                     if self.was_durable.remove(&p(1)) {
+                        self.durable.insert(p(2));
+                        self.reported += 1;
+                    }
+                }
+                "L" => {
+                    if self.durable.contains(&p(1)) {
                         self.durable.insert(p(2));
                         self.reported += 1;
                     }
@@ -336,7 +357,7 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
     let rounds = 60u64;
     let mut m = Mount::with_args(t.path(), &["--threads", "2"]);
     for w in 0..writers {
-        for sub in ["new", "old", "tmp"] {
+        for sub in ["new", "old", "tmp", "links"] {
             fs::create_dir_all(m.path(&format!("w{w}/{sub}"))).unwrap();
         }
     }
@@ -421,7 +442,7 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
             }
             // Every file present reads without error, and every durable
             // file is listed by its folder.
-            for sub in ["new", "old", "tmp"] {
+            for sub in ["new", "old", "tmp", "links"] {
                 let dir = m.path(&format!("w{w}/{sub}"));
                 let listed: BTreeSet<String> = fs::read_dir(&dir)
                     .unwrap_or_else(|e| panic!("seed {seed} round {round}: {}: {e}", dir.display()))
@@ -482,7 +503,12 @@ fn sigkill_with_concurrent_writers_loses_nothing_fsynced() {
         live_errors.is_empty(),
         "seed {seed}: the writers' live checks failed {} times (first 20):\n{}",
         live_errors.len(),
-        live_errors.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        live_errors
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(sql_commits > 1000, "too few sqlite commits: {sql_commits}");
     assert!(
