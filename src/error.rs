@@ -49,6 +49,8 @@ pub enum FsError {
     Busy,
     #[error("no space left on the store's disk")]
     NoSpace,
+    #[error("no data or hole at or after this offset")]
+    NoSuchOffset,
     #[error("{0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -80,6 +82,7 @@ impl FsError {
             FsError::TooBig => EFBIG,
             FsError::TooManyLinks => EMLINK,
             FsError::NoSpace => ENOSPC,
+            FsError::NoSuchOffset => ENXIO,
             FsError::CrossDevice => EXDEV,
             FsError::Busy => EBUSY,
             FsError::Corrupt(_) => EIO,

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, CopyFileRangeFlags, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::FsError;
@@ -32,6 +32,30 @@ fn ttl(parent: u64, ino: u64) -> &'static Duration {
         &NO_TTL
     } else {
         &TTL
+    }
+}
+
+/// Feeds directory entries from `offset` to `add` (which returns true once
+/// the reply is full), a page of fresh entries at a time.
+fn pages(
+    fs: &Fs,
+    fh: u64,
+    offset: u64,
+    mut add: impl FnMut(u64, &crate::vfs::DirEntry) -> bool,
+) -> crate::error::Result<()> {
+    let mut from = offset as usize;
+    loop {
+        let page = fs.dir_page(fh, from, 64)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(());
+        };
+        let next = *last as usize;
+        for (cookie, e) in &page {
+            if add(*cookie, e) {
+                return Ok(());
+            }
+        }
+        from = next;
     }
 }
 
@@ -85,7 +109,7 @@ fn attr(i: &Inode) -> FileAttr {
     FileAttr {
         ino: INodeNo(i.ino),
         size: i.size,
-        blocks: i.size.div_ceil(512),
+        blocks: i.blocks,
         atime: time(i.atime),
         mtime: time(i.mtime),
         ctime: time(i.ctime),
@@ -138,6 +162,22 @@ fn reply_xattr(r: crate::error::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
     }
 }
 
+/// Runs one request. A panic in it is contained: the request answers EIO
+/// (fuser replies EIO for a reply dropped unsent), the panic is logged with
+/// its operation and inode, and every other request goes on being served.
+/// Locks of the core do not poison (parking_lot), and a panic inside a
+/// metadata transaction rolls that transaction back (`Meta::write`).
+fn guard(op: &str, ino: u64, f: impl FnOnce()) {
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let what = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!("{op} on inode {ino} panicked ({what}); answered EIO");
+    }
+}
+
 impl Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
@@ -155,14 +195,16 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(parent.0, self.fs.lookup(parent.0, name.as_bytes()), reply)
+        guard("lookup", parent.0, || {
+            reply_entry(parent.0, self.fs.lookup(parent.0, name.as_bytes()), reply)
+        })
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+        guard("getattr", ino.0, || match self.fs.getattr(ino.0) {
             Ok(i) => reply.attr(ttl(i.ino, i.ino), &attr(&i)),
             Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn setattr(
@@ -183,27 +225,29 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: atime.map(set_time),
-            mtime: mtime.map(set_time),
-            ctime: ctime.map(ns),
-            btime: crtime.map(ns),
-        };
-        match self.fs.setattr(ino.0, &set) {
-            Ok(i) => reply.attr(ttl(i.ino, i.ino), &attr(&i)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guard("setattr", ino.0, || {
+            let set = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                atime: atime.map(set_time),
+                mtime: mtime.map(set_time),
+                ctime: ctime.map(ns),
+                btime: crtime.map(ns),
+            };
+            match self.fs.setattr(ino.0, &set) {
+                Ok(i) => reply.attr(ttl(i.ino, i.ino), &attr(&i)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+        guard("readlink", ino.0, || match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn mknod(
@@ -216,13 +260,15 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mode = mode & !(umask & 0o777);
-        reply_entry(
-            parent.0,
-            self.fs
-                .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req)),
-            reply,
-        )
+        guard("mknod", parent.0, || {
+            let mode = mode & !(umask & 0o777);
+            reply_entry(
+                parent.0,
+                self.fs
+                    .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req)),
+                reply,
+            )
+        })
     }
 
     fn mkdir(
@@ -234,20 +280,26 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mode = mode & !(umask & 0o777);
-        reply_entry(
-            parent.0,
-            self.fs.mkdir(parent.0, name.as_bytes(), mode, caller(req)),
-            reply,
-        )
+        guard("mkdir", parent.0, || {
+            let mode = mode & !(umask & 0o777);
+            reply_entry(
+                parent.0,
+                self.fs.mkdir(parent.0, name.as_bytes(), mode, caller(req)),
+                reply,
+            )
+        })
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.fs.unlink(parent.0, name.as_bytes()), reply)
+        guard("unlink", parent.0, || {
+            reply_empty(self.fs.unlink(parent.0, name.as_bytes()), reply)
+        })
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.fs.rmdir(parent.0, name.as_bytes()), reply)
+        guard("rmdir", parent.0, || {
+            reply_empty(self.fs.rmdir(parent.0, name.as_bytes()), reply)
+        })
     }
 
     fn symlink(
@@ -258,16 +310,18 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        reply_entry(
-            parent.0,
-            self.fs.symlink(
+        guard("symlink", parent.0, || {
+            reply_entry(
                 parent.0,
-                link_name.as_bytes(),
-                target.as_os_str().as_bytes(),
-                caller(req),
-            ),
-            reply,
-        )
+                self.fs.symlink(
+                    parent.0,
+                    link_name.as_bytes(),
+                    target.as_os_str().as_bytes(),
+                    caller(req),
+                ),
+                reply,
+            )
+        })
     }
 
     fn rename(
@@ -280,16 +334,18 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            self.fs.rename(
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags.bits(),
-            ),
-            reply,
-        )
+        guard("rename", parent.0, || {
+            reply_empty(
+                self.fs.rename(
+                    parent.0,
+                    name.as_bytes(),
+                    newparent.0,
+                    newname.as_bytes(),
+                    flags.bits(),
+                ),
+                reply,
+            )
+        })
     }
 
     fn link(
@@ -300,29 +356,33 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply_entry(
-            newparent.0,
-            self.fs.link(ino.0, newparent.0, newname.as_bytes()),
-            reply,
-        )
+        guard("link", ino.0, || {
+            reply_entry(
+                newparent.0,
+                self.fs.link(ino.0, newparent.0, newname.as_bytes()),
+                reply,
+            )
+        })
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0) {
-            // Every change goes through this mount, so the page cache stays
-            // right across opens.
-            Ok(fh) if is_virtual(ino.0) => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+        guard("open", ino.0, || {
+            match self.fs.open(ino.0) {
+                // Every change goes through this mount, so the page cache stays
+                // right across opens.
+                Ok(fh) if is_virtual(ino.0) => {
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(errno(&e)),
             }
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -330,16 +390,16 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        guard("read", ino.0, || match self.fs.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -348,79 +408,76 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        guard("write", ino.0, || match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.fs.flush(fh.0), reply)
+        guard("flush", ino.0, || reply_empty(self.fs.flush(fh.0), reply))
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.fs.release(fh.0), reply)
+        guard("release", ino.0, || reply_empty(self.fs.release(fh.0), reply))
     }
 
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.fs.fsync(fh.0), reply)
+        guard("fsync", ino.0, || reply_empty(self.fs.fsync(fh.0), reply))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+        guard("opendir", ino.0, || match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.dir_entries(fh.0) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let name = OsStr::from_bytes(&e.name);
-                    if reply.add(
-                        INodeNo(e.attr.ino),
-                        i as u64 + 1,
-                        file_type(e.attr.kind),
-                        name,
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok()
+        guard("readdir", ino.0, || {
+            let r = pages(&self.fs, fh.0, offset, |cookie, e| {
+                reply.add(
+                    INodeNo(e.attr.ino),
+                    cookie,
+                    file_type(e.attr.kind),
+                    OsStr::from_bytes(&e.name),
+                )
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn readdirplus(
@@ -431,56 +488,55 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.dir_entries(fh.0) {
-            Ok(entries) => {
-                for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-                    let name = OsStr::from_bytes(&e.name);
-                    if reply.add(
-                        INodeNo(e.attr.ino),
-                        i as u64 + 1,
-                        name,
-                        ttl(ino.0, e.attr.ino),
-                        &attr(&e.attr),
-                        Generation(0),
-                    ) {
-                        break;
-                    }
-                }
-                reply.ok()
+        guard("readdirplus", ino.0, || {
+            let r = pages(&self.fs, fh.0, offset, |cookie, e| {
+                reply.add(
+                    INodeNo(e.attr.ino),
+                    cookie,
+                    OsStr::from_bytes(&e.name),
+                    ttl(ino.0, e.attr.ino),
+                    &attr(&e.attr),
+                    Generation(0),
+                )
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.fs.releasedir(fh.0), reply)
+        guard("releasedir", ino.0, || {
+            reply_empty(self.fs.releasedir(fh.0), reply)
+        })
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(self.fs.sync_all(), reply)
+        guard("fsyncdir", ino.0, || reply_empty(self.fs.sync_all(), reply))
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        guard("statfs", ino.0, || match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
             ),
             Err(e) => reply.error(errno(&e)),
-        }
+        })
     }
 
     fn setxattr(
@@ -493,26 +549,36 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(
-            self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
-            reply,
-        )
+        guard("setxattr", ino.0, || {
+            reply_empty(
+                self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
+                reply,
+            )
+        })
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.fs.getxattr(ino.0, name.as_bytes()), size, reply)
+        guard("getxattr", ino.0, || {
+            reply_xattr(self.fs.getxattr(ino.0, name.as_bytes()), size, reply)
+        })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.fs.listxattr(ino.0), size, reply)
+        guard("listxattr", ino.0, || {
+            reply_xattr(self.fs.listxattr(ino.0), size, reply)
+        })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(self.fs.removexattr(ino.0, name.as_bytes()), reply)
+        guard("removexattr", ino.0, || {
+            reply_empty(self.fs.removexattr(ino.0, name.as_bytes()), reply)
+        })
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        reply_empty(self.fs.access(ino.0, mask.bits(), caller(req)), reply)
+        guard("access", ino.0, || {
+            reply_empty(self.fs.access(ino.0, mask.bits(), caller(req)), reply)
+        })
     }
 
     fn create(
@@ -525,17 +591,84 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mode = mode & !(umask & 0o777);
-        match self.fs.create(parent.0, name.as_bytes(), mode, caller(req)) {
-            Ok((i, fh)) => reply.created(
-                ttl(parent.0, i.ino),
-                &attr(&i),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(errno(&e)),
-        }
+        guard("create", parent.0, || {
+            let mode = mode & !(umask & 0o777);
+            match self.fs.create(parent.0, name.as_bytes(), mode, caller(req)) {
+                Ok((i, fh)) => reply.created(
+                    ttl(parent.0, i.ino),
+                    &attr(&i),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guard("fallocate", ino.0, || {
+            reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply)
+        })
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        guard("lseek", ino.0, || {
+            // The kernel answers SEEK_SET/CUR/END itself.
+            let r = match whence {
+                libc::SEEK_DATA | libc::SEEK_HOLE if offset >= 0 => {
+                    self.fs
+                        .seek_data(fh.0, offset as u64, whence == libc::SEEK_HOLE)
+                }
+                libc::SEEK_DATA | libc::SEEK_HOLE => Err(FsError::NoSuchOffset),
+                _ => Err(FsError::Invalid("lseek whence".into())),
+            };
+            match r {
+                Ok(o) => reply.offset(o as i64),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        guard("copy_file_range", ino_in.0, || {
+            match self
+                .fs
+                .copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
     }
 }
 

@@ -1,2 +1,2 @@
-INSERT INTO inodes (kind, perm, uid, gid, size, nlink, rdev, atime, mtime, ctime, btime, target, chash)
-VALUES (:kind, :perm, :uid, :gid, :size, :nlink, :rdev, :atime, :mtime, :ctime, :btime, :target, :chash)
+INSERT INTO inodes (ino, kind, perm, uid, gid, size, nlink, rdev, atime, mtime, ctime, btime, target, chash)
+VALUES (:ino, :kind, :perm, :uid, :gid, :size, :nlink, :rdev, :atime, :mtime, :ctime, :btime, :target, :chash)

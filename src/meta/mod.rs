@@ -44,6 +44,7 @@ pub type Result<T> = std::result::Result<T, MetaError>;
 static MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0001_initial.sql")),
     M::up(include_str!("../../migrations/0002_tags_and_queries.sql")),
+    M::up(include_str!("../../migrations/0003_blocks.sql")),
 ];
 
 /// The migration list, for opening and for `validate()` in tests.
@@ -80,6 +81,8 @@ pub struct Inode {
     pub mtime: i64,
     pub ctime: i64,
     pub btime: i64,
+    /// Stored content in 512-byte units (st_blocks): holes hold nothing.
+    pub blocks: u64,
 }
 
 impl Inode {
@@ -97,6 +100,7 @@ impl Inode {
             mtime: r.get(at + 9)?,
             ctime: r.get(at + 10)?,
             btime: r.get(at + 11)?,
+            blocks: r.get::<_, i64>(at + 12)? as u64,
         })
     }
 
@@ -176,6 +180,8 @@ fn blob_data(loc: Option<i64>, data: Option<Vec<u8>>) -> BlobData {
 pub struct Meta {
     conn: Connection,
     batch: RefCell<Batch>,
+    /// The next inode number to hand out (0: not read yet).
+    next_ino: std::cell::Cell<u64>,
 }
 
 /// A second connection that copies committed WAL frames into the database
@@ -225,6 +231,8 @@ struct Batch {
     writes: u32,
     /// Cluster chains dropped by writes in the batch, released at commit.
     frees: Vec<u32>,
+    /// Batches rolled back so far (their writes are lost).
+    rollbacks: u64,
 }
 
 impl Batch {
@@ -238,6 +246,7 @@ impl Batch {
     /// chains stay referenced).
     fn abandon(&mut self) -> u32 {
         self.frees.clear();
+        self.rollbacks += 1;
         self.end()
     }
 }
@@ -267,6 +276,7 @@ impl Meta {
         Meta {
             conn,
             batch: RefCell::default(),
+            next_ino: std::cell::Cell::new(0),
         }
     }
 
@@ -311,6 +321,12 @@ impl Meta {
         let pages = if on { 1000 } else { 0 };
         self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
         Ok(())
+    }
+
+    /// How many batches have been rolled back on this connection: state
+    /// derived from their writes (open files' chunk maps) is stale.
+    pub fn rollbacks(&self) -> u64 {
+        self.batch.borrow().rollbacks
     }
 
     /// Whether a batch is open (writes not committed yet).
@@ -380,7 +396,7 @@ impl Meta {
             return self.write_in_batch(f);
         }
         self.exec("BEGIN IMMEDIATE")?;
-        match f(self) {
+        match self.contain(f) {
             Ok(v) => {
                 if let Err(e) = self.conn.execute_batch("COMMIT") {
                     let _ = self.conn.execute_batch("ROLLBACK");
@@ -395,6 +411,27 @@ impl Meta {
         }
     }
 
+    /// Runs `f`; if it panics, rolls back what it changed (the transaction,
+    /// or its savepoint in a batch) before the panic goes on, so that a
+    /// half-done change can never be committed with the batch.
+    fn contain<T, E>(
+        &self,
+        f: impl FnOnce(&Meta) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            Ok(r) => r,
+            Err(panic) => {
+                if self.batch.borrow().since.is_some() && !self.conn.is_autocommit() {
+                    let _ = self.exec("ROLLBACK TO qfs_write");
+                    let _ = self.exec("RELEASE qfs_write");
+                } else {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
     fn write_in_batch<T, E: From<MetaError>>(
         &self,
         f: impl FnOnce(&Meta) -> std::result::Result<T, E>,
@@ -404,7 +441,7 @@ impl Meta {
             self.batch.borrow_mut().since = Some(Instant::now());
         }
         self.exec("SAVEPOINT qfs_write")?;
-        match f(self) {
+        match self.contain(f) {
             Ok(v) => {
                 self.exec("RELEASE qfs_write")?;
                 self.batch.borrow_mut().writes += 1;
@@ -499,13 +536,15 @@ impl Meta {
     /// Inserts a new inode and returns it.
     pub fn insert_inode(&self, n: &NewInode<'_>) -> Result<Inode> {
         let size = n.target.map(|t| t.len() as u64).unwrap_or(0);
+        let ino = self.next_ino()?;
         self.conn.prepare_cached(q::INODE_INSERT)?.execute(named_params! {
+            ":ino": ino as i64,
             ":kind": n.kind, ":perm": n.perm, ":uid": n.uid, ":gid": n.gid, ":size": size as i64,
             ":nlink": n.nlink, ":rdev": n.rdev, ":atime": n.now, ":mtime": n.now, ":ctime": n.now,
             ":btime": n.now, ":target": n.target, ":chash": n.chash.as_ref().map(|h| &h[..]),
         })?;
         Ok(Inode {
-            ino: self.conn.last_insert_rowid() as u64,
+            ino,
             kind: n.kind,
             perm: n.perm,
             uid: n.uid,
@@ -517,7 +556,26 @@ impl Meta {
             mtime: n.now,
             ctime: n.now,
             btime: n.now,
+            blocks: 0,
         })
+    }
+
+    /// The number for a new inode. Numbers are never handed out twice by
+    /// one connection (a mount), even when the inode with the highest
+    /// number is deleted or its insert is rolled back: the kernel may still
+    /// hold a deleted inode's number with its cached attributes and pages,
+    /// and would take a new file with that number for the old one.
+    fn next_ino(&self) -> Result<u64> {
+        let mut next = self.next_ino.get();
+        if next == 0 {
+            let max: i64 = self
+                .conn
+                .prepare_cached(q::INODE_MAX)?
+                .query_row([], |r| r.get(0))?;
+            next = max as u64 + 1;
+        }
+        self.next_ino.set(next + 1);
+        Ok(next)
     }
 
     /// Writes back every mutable column of `i`.
@@ -530,7 +588,7 @@ impl Meta {
     pub fn update_inode_with(&self, i: &Inode, chash: Option<&[u8; 32]>) -> Result<()> {
         self.conn.prepare_cached(q::INODE_UPDATE)?.execute(named_params! {
             ":ino": i.ino as i64, ":perm": i.perm, ":uid": i.uid, ":gid": i.gid, ":size": i.size as i64,
-            ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime, ":btime": i.btime,
+            ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime, ":btime": i.btime, ":blocks": i.blocks as i64,
             ":chash": chash.map(|h| &h[..]),
         })?;
         Ok(())
@@ -841,6 +899,13 @@ impl Meta {
         self.conn
             .prepare_cached(q::CHUNK_DELETE_FROM)?
             .execute(named_params! {":ino": ino as i64, ":from": from as i64})?;
+        Ok(())
+    }
+
+    pub fn delete_chunk(&self, ino: u64, idx: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::CHUNK_DELETE)?
+            .execute(named_params! {":ino": ino as i64, ":idx": idx as i64})?;
         Ok(())
     }
 

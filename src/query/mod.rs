@@ -279,7 +279,7 @@ pub fn files_sql(terms: &[Term]) -> (String, Vec<Value>) {
     let sql = format!(
         "WITH m(ino) AS ({m}) \
          SELECT (SELECT d.name FROM dentries d WHERE d.ino = i.ino ORDER BY d.parent, d.name LIMIT 1), \
-         i.ino, i.kind, i.perm, i.uid, i.gid, i.size, i.nlink, i.rdev, i.atime, i.mtime, i.ctime, i.btime \
+         i.ino, i.kind, i.perm, i.uid, i.gid, i.size, i.nlink, i.rdev, i.atime, i.mtime, i.ctime, i.btime, i.blocks \
          FROM m JOIN inodes i ON i.ino = m.ino WHERE i.nlink > 0 AND i.ino <> 1 ORDER BY i.ino"
     );
     (sql, params)

@@ -41,10 +41,12 @@
 //! their file's data lock shared for the whole read, so a concurrent flush of
 //! that file cannot free the clusters under them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{FsError, Result};
@@ -70,6 +72,23 @@ const CHECKPOINT_EVERY: u32 = 8;
 
 /// The WAL is restarted once it holds this many frames (16 MiB).
 const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// The message of a commit that found a blob gone that it had seen before
+/// its transaction (it then retries, writing the bytes itself).
+const VANISHED: &str = "a blob vanished during commit";
+
+/// Test-only fault hook: a lookup of the name in `QUERYFS_TEST_PANIC_LOOKUP`
+/// panics while holding the metadata lock (the mount test that proves a
+/// panic costs one request, not the mount, sets it).
+fn test_panic_name() -> Option<&'static [u8]> {
+    static NAME: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::var_os("QUERYFS_TEST_PANIC_LOOKUP")
+            .map(|v| v.into_encoded_bytes())
+            .filter(|v| !v.is_empty())
+    })
+    .as_deref()
+}
 
 /// The root directory's inode number.
 pub const ROOT: u64 = 1;
@@ -187,18 +206,38 @@ pub fn check_name(name: &[u8]) -> Result<()> {
 #[derive(Default)]
 struct FileData {
     /// Committed chunks, by index.
-    chunks: HashMap<u64, ChunkRef>,
+    chunks: BTreeMap<u64, ChunkRef>,
     /// Chunks written but not committed, by index. A buffer may be shorter
     /// than the chunk; the rest reads as zeros.
     dirty: BTreeMap<u64, Vec<u8>>,
     dirty_bytes: usize,
     /// Committed chunks from this index on were cut off by a truncate.
     drop_from: Option<u64>,
+    /// Single committed chunks removed by a hole punch (their rows go at
+    /// the next commit).
+    holes: BTreeSet<u64>,
+    /// Hashes of committed chunks removed (truncate, punch): one reference
+    /// each is dropped at the next commit.
     dropped: Vec<[u8; 32]>,
     /// Size or times changed and not committed.
     meta_dirty: bool,
     size: u64,
     mtime: i64,
+    /// `Fs::rollbacks` when `chunks` was last known to match the store.
+    epoch: u64,
+}
+
+/// st_blocks (512-byte units) of a chunk holding `len` bytes.
+fn blocks_of(len: usize) -> u64 {
+    (len as u64).div_ceil(512)
+}
+
+/// The length of `buf` without its trailing zeros: chunks are stored in
+/// this canonical form (the rest reads as zeros), so equal content is one
+/// blob and one content id however it was written, and a chunk of zeros is
+/// a hole that holds nothing.
+fn trimmed_len(buf: &[u8]) -> usize {
+    buf.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
 }
 
 impl FileData {
@@ -207,7 +246,7 @@ impl FileData {
         self.mtime = now;
         self.meta_dirty = true;
         of.mtime.store(now, Ordering::Release);
-        let mut a = of.attrs.lock().unwrap();
+        let mut a = of.attrs.lock();
         a.mtime = None;
         a.ctime = None;
     }
@@ -218,7 +257,21 @@ impl FileData {
         !self.dirty.is_empty()
             || self.meta_dirty
             || self.drop_from.is_some()
-            || !of.attrs.lock().unwrap().is_empty()
+            || !self.holes.is_empty()
+            || !of.attrs.lock().is_empty()
+    }
+
+    /// The file's st_blocks as it stands (committed and dirty chunks).
+    /// O(chunks held): called at commit, and for getattr of a dirty file
+    /// through the `blocks` mirror.
+    fn blocks(&self) -> u64 {
+        let committed: u64 = self
+            .chunks
+            .iter()
+            .filter(|(i, _)| !self.dirty.contains_key(i))
+            .map(|(_, c)| blocks_of(c.size as usize))
+            .sum();
+        committed + self.dirty.values().map(|b| blocks_of(b.len())).sum::<u64>()
     }
 }
 
@@ -270,6 +323,8 @@ struct OpenFile {
     /// Mirrors of `data.size` / `data.mtime`, readable without the data lock.
     size: AtomicU64,
     mtime: AtomicI64,
+    /// st_blocks as the file stands, dirty chunks included.
+    blocks: AtomicU64,
     /// Attribute changes not yet committed (changed only under the data
     /// lock; read by `overlay` without it).
     attrs: Mutex<AttrChange>,
@@ -284,19 +339,28 @@ impl OpenFile {
     /// attributes applied.
     fn overlay(&self, mut attr: Inode) -> Inode {
         attr.size = self.size.load(Ordering::Acquire);
+        attr.blocks = self.blocks.load(Ordering::Acquire);
         let m = self.mtime.load(Ordering::Acquire);
         if m > attr.mtime {
             attr.mtime = m;
             attr.ctime = attr.ctime.max(m);
         }
-        self.attrs.lock().unwrap().apply(&mut attr);
+        self.attrs.lock().apply(&mut attr);
         attr
     }
 }
 
+/// An open directory: the snapshot its offsets index.
+struct DirSnap {
+    ino: u64,
+    /// The store generation when it was taken.
+    generation: u64,
+    entries: Vec<DirEntry>,
+}
+
 enum Handle {
     File(Arc<OpenFile>),
-    Dir(Arc<Vec<DirEntry>>),
+    Dir(Arc<DirSnap>),
     /// A query result file (read-only bytes).
     Virtual(Arc<Vec<u8>>),
 }
@@ -355,31 +419,18 @@ fn hash_chunks(dirty: &BTreeMap<u64, Vec<u8>>) -> Vec<(u64, [u8; 32])> {
     })
 }
 
-/// Content id of a file: BLAKE3 over its size and, for every chunk index,
-/// the chunk's hash (a hole counts as the hash of zeros of its length).
-/// Files with equal ids have equal content.
-pub fn content_id(chunks: &[(u64, [u8; 32])], size: u64, chunk_size: u64) -> [u8; 32] {
+/// Content id of a file: BLAKE3 over its size and the (index, hash) of
+/// every chunk it holds, in index order. Chunks are canonical (trailing
+/// zeros trimmed, zero chunks are holes, see [`trimmed_len`]), so files with
+/// equal content have equal ids, and the work is proportional to the chunks
+/// held, not to the size (a 1 PB sparse file costs nothing).
+pub fn content_id(chunks: &[(u64, [u8; 32])], size: u64) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
+    h.update(b"queryfs content id 2\0");
     h.update(&size.to_le_bytes());
-    let n = size.div_ceil(chunk_size);
-    let mut it = chunks.iter().peekable();
-    let mut zero: Option<(u64, [u8; 32])> = None;
-    for idx in 0..n {
-        while it.peek().is_some_and(|(i, _)| *i < idx) {
-            it.next();
-        }
-        match it.peek() {
-            Some((i, hash)) if *i == idx => {
-                h.update(hash);
-            }
-            _ => {
-                let len = chunk_size.min(size - idx * chunk_size);
-                if zero.map(|(l, _)| l) != Some(len) {
-                    zero = Some((len, *blake3::hash(&vec![0u8; len as usize]).as_bytes()));
-                }
-                h.update(&zero.unwrap().1);
-            }
-        }
+    for (idx, hash) in chunks {
+        h.update(&idx.to_le_bytes());
+        h.update(hash);
     }
     *h.finalize().as_bytes()
 }
@@ -399,6 +450,10 @@ pub struct Fs {
     query_db: Option<PathBuf>,
     /// Bumped by every metadata commit; query-folder listings cache on it.
     generation: AtomicU64,
+    /// Batches rolled back so far (mirror of `Meta::rollbacks`, readable
+    /// without the metadata lock): open files loaded before the last one
+    /// reload their chunk maps ([`Fs::refresh`]).
+    rollbacks: AtomicU64,
     /// When this core started (the times of virtual folders).
     started: i64,
     virt: virt::Virt,
@@ -427,6 +482,7 @@ impl Fs {
             statfs_dir,
             query_db: None,
             generation: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
             started: now_ns(),
             virt: virt::Virt::default(),
             ticker: Mutex::new(None),
@@ -442,7 +498,7 @@ impl Fs {
 
     /// The metadata connection (for the store's own checks and statistics).
     pub fn meta(&self) -> MutexGuard<'_, Meta> {
-        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+        self.meta.lock()
     }
 
     /// The blob container.
@@ -465,6 +521,7 @@ impl Fs {
         // remembered as current for `generation_after_tx` stays current.
         let bumps = if v.is_ok() { 1 } else { 2 };
         self.generation.fetch_add(bumps, Ordering::AcqRel);
+        self.rollbacks.store(m.rollbacks(), Ordering::Release);
         let v = v?;
         let mut free_now = m.after_commit(frees);
         if m.batch_due() {
@@ -487,6 +544,12 @@ impl Fs {
     /// outside the lock). If a container sync failed, the batch is rolled
     /// back instead: its blobs may not be on disk.
     fn commit_batch(&self, m: &Meta) -> Result<Vec<u32>> {
+        let r = self.commit_batch_inner(m);
+        self.rollbacks.store(m.rollbacks(), Ordering::Release);
+        r
+    }
+
+    fn commit_batch_inner(&self, m: &Meta) -> Result<Vec<u32>> {
         if let Err(e) = self.blobs.sync() {
             let lost = m.rollback_batch();
             self.blobs.clear_sync_failure();
@@ -562,7 +625,7 @@ impl Fs {
                 }
             })
             .map_err(FsError::Io)?;
-        *self.ticker.lock().unwrap() = Some(h);
+        *self.ticker.lock() = Some(h);
         Ok(())
     }
 
@@ -585,7 +648,7 @@ impl Fs {
     pub fn stop_group_commit(&self) -> Result<()> {
         let committed = self.commit_all();
         self.ticker_stop.store(true, Ordering::Release);
-        let h = self.ticker.lock().unwrap().take();
+        let h = self.ticker.lock().take();
         if let Some(h) = h {
             h.thread().unpark();
             if h.thread().id() != std::thread::current().id() {
@@ -616,7 +679,7 @@ impl Fs {
 
     fn new_fh(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, h);
+        self.handles.lock().insert(fh, h);
         fh
     }
 
@@ -625,7 +688,7 @@ impl Fs {
         if attr.kind != kind::FILE {
             return attr;
         }
-        match self.open.lock().unwrap().get(&attr.ino) {
+        match self.open.lock().get(&attr.ino) {
             Some(of) => of.overlay(attr),
             None => attr,
         }
@@ -655,11 +718,14 @@ impl Fs {
         if virt::is_reserved(parent, name) {
             return self.v_root_lookup(name);
         }
-        let attr = {
-            let m = self.meta();
-            self.dir(&m, parent)?;
-            m.lookup(parent, name)?.ok_or(FsError::NotFound)?
-        };
+        let m = self.meta();
+        if test_panic_name() == Some(name) {
+            panic!("test fault hook: lookup of {:?}", String::from_utf8_lossy(name));
+        }
+        self.dir(&m, parent)?;
+        let attr = m.lookup(parent, name)?.ok_or(FsError::NotFound)?;
+        // Under the metadata lock: a commit of the file cannot slip between
+        // reading its row and applying its open state.
         Ok(self.overlay(attr))
     }
 
@@ -667,22 +733,23 @@ impl Fs {
         if is_virtual(ino) {
             return self.v_getattr(ino);
         }
-        let of = self.open.lock().unwrap().get(&ino).cloned();
+        let of = self.open.lock().get(&ino).cloned();
         if let Some(of) = of {
-            let hit = of.cached.lock().unwrap().clone();
+            let hit = of.cached.lock().clone();
             let attr = match hit {
                 Some((g, a)) if g == self.generation.load(Ordering::Acquire) => a,
                 _ => {
                     let m = self.meta();
                     let g = self.generation.load(Ordering::Acquire);
                     let a = self.inode(&m, ino)?;
-                    *of.cached.lock().unwrap() = Some((g, a.clone()));
+                    *of.cached.lock() = Some((g, a.clone()));
                     a
                 }
             };
             return Ok(of.overlay(attr));
         }
-        let attr = self.inode(&self.meta(), ino)?;
+        let m = self.meta();
+        let attr = self.inode(&m, ino)?;
         Ok(self.overlay(attr))
     }
 
@@ -784,7 +851,7 @@ impl Fs {
                 nlink: if k == kind::DIR { 2 } else { 1 },
                 now,
                 target,
-                chash: (k == kind::FILE).then(|| content_id(&[], 0, self.chunk_size)),
+                chash: (k == kind::FILE).then(|| content_id(&[], 0)),
             })?;
             m.insert_dentry(parent, name, node.ino)?;
             if k == kind::DIR {
@@ -875,7 +942,7 @@ impl Fs {
             self.new_node_at(parent, name, kind::FILE | (perm & 0o7777), 0, None, caller)?;
         // A new file has no content to load.
         let of = self.install(&attr, Vec::new());
-        *of.cached.lock().unwrap() = Some((g, attr.clone()));
+        *of.cached.lock() = Some((g, attr.clone()));
         let fh = self.new_fh(Handle::File(of));
         Ok((attr, fh))
     }
@@ -938,7 +1005,7 @@ impl Fs {
     fn drop_link(&self, m: &Meta, mut i: Inode, now: i64, frees: &mut Vec<u32>) -> Result<()> {
         i.nlink = i.nlink.saturating_sub(1);
         i.ctime = now;
-        if i.nlink == 0 && !self.open.lock().unwrap().contains_key(&i.ino) {
+        if i.nlink == 0 && !self.open.lock().contains_key(&i.ino) {
             self.purge(m, i.ino, frees)
         } else {
             // Still named elsewhere, or open: the last release deletes it.
@@ -1172,7 +1239,7 @@ impl Fs {
         // needs it, and the change must not race the file's own commits.
         let of = match set.size {
             Some(_) => Some(self.acquire(ino)?),
-            None => self.open.lock().unwrap().get(&ino).cloned().inspect(|o| {
+            None => self.open.lock().get(&ino).cloned().inspect(|o| {
                 o.opens.fetch_add(1, Ordering::AcqRel);
             }),
         };
@@ -1190,14 +1257,14 @@ impl Fs {
         // fsync or close); otherwise it is committed now, in one transaction
         // with anything pending.
         let result = (|| -> Result<()> {
-            let mut st = of.data.write().unwrap();
+            let mut st = self.data_mut(&of)?;
             let others = of.opens.load(Ordering::Acquire) > 1;
             let defer = others && st.unsaved(&of);
             if let Some(size) = set.size {
                 self.truncate_locked(&of, &mut st, size, now);
             }
             {
-                let mut a = of.attrs.lock().unwrap();
+                let mut a = of.attrs.lock();
                 a.merge(&change);
                 if let Some(m) = change.mtime {
                     st.mtime = m;
@@ -1410,8 +1477,9 @@ impl Fs {
 
     // ----- directories -----
 
-    /// Opens a directory: the listing is a snapshot taken now, with `.` and
-    /// `..` first, so offsets stay valid whatever changes meanwhile.
+    /// Opens a directory: the listing (names, with `.` and `..` first) is
+    /// a snapshot taken now, so offsets stay valid whatever changes
+    /// meanwhile. Attributes are served fresh by [`Fs::dir_page`].
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         if is_virtual(ino) {
             return self.v_opendir(ino);
@@ -1434,30 +1502,75 @@ impl Fs {
                 },
             ];
             for (name, attr) in m.list_dir(ino)? {
-                v.push(DirEntry { name, attr });
+                v.push(DirEntry {
+                    name,
+                    attr: self.overlay(attr),
+                });
             }
             v
         };
         if ino == ROOT {
             entries.extend(self.v_root_entries()?);
         }
-        let entries = entries.into_iter().map(|mut e| {
-            e.attr = self.overlay(e.attr);
-            e
-        });
-        Ok(self.new_fh(Handle::Dir(Arc::new(entries.collect()))))
+        let generation = self.generation.load(Ordering::Acquire);
+        Ok(self.new_fh(Handle::Dir(Arc::new(DirSnap {
+            ino,
+            generation,
+            entries,
+        }))))
     }
 
-    /// The snapshot of an open directory.
-    pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
-        match self.handles.lock().unwrap().get(&fh) {
-            Some(Handle::Dir(v)) => Ok(v.clone()),
-            _ => Err(FsError::BadHandle),
+    /// Up to `max` entries of an open directory from position `from`, each
+    /// with its position + 1 (the offset to continue from). Attributes are
+    /// current as of this call, not of `opendir`: readdirplus hands them to
+    /// the kernel, which caches them (and the names) as fresh. An entry
+    /// removed or replaced since the snapshot is left out or shows its
+    /// current inode; names created since may not appear (POSIX allows
+    /// either).
+    pub fn dir_page(&self, fh: u64, from: usize, max: usize) -> Result<Vec<(u64, DirEntry)>> {
+        let snap = match self.handles.lock().get(&fh) {
+            Some(Handle::Dir(v)) => v.clone(),
+            _ => return Err(FsError::BadHandle),
+        };
+        let mut out = Vec::new();
+        let virtual_dir = is_virtual(snap.ino);
+        let m = self.meta();
+        // Nothing committed or changed in the tree since the snapshot: its
+        // rows are current (open files get their state applied below).
+        let unchanged = virtual_dir || self.generation.load(Ordering::Acquire) == snap.generation;
+        // Entries left out do not count against `max`: an empty page means
+        // the end of the directory.
+        for (k, e) in snap.entries.iter().enumerate().skip(from) {
+            if out.len() >= max {
+                break;
+            }
+            let cookie = (k + 1) as u64;
+            let attr = if unchanged || is_virtual(e.attr.ino) {
+                e.attr.clone()
+            } else if e.name == b"." || e.name == b".." {
+                match m.inode(e.attr.ino)? {
+                    Some(a) => a,
+                    None => continue,
+                }
+            } else {
+                match m.lookup(snap.ino, &e.name)? {
+                    Some(a) => a,
+                    None => continue,
+                }
+            };
+            out.push((
+                cookie,
+                DirEntry {
+                    name: e.name.clone(),
+                    attr: self.overlay(attr),
+                },
+            ));
         }
+        Ok(out)
     }
 
     pub fn releasedir(&self, fh: u64) -> Result<()> {
-        self.handles.lock().unwrap().remove(&fh);
+        self.handles.lock().remove(&fh);
         Ok(())
     }
 
@@ -1466,12 +1579,13 @@ impl Fs {
     /// file once; they are still reachable by name.
     pub fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let fh = self.opendir(ino)?;
-        let v = self.dir_entries(fh)?;
+        let v = self.dir_page(fh, 0, usize::MAX);
         self.releasedir(fh)?;
-        Ok(v.iter()
+        Ok(v?
+            .into_iter()
             .skip(2)
+            .map(|(_, e)| e)
             .filter(|e| ino != ROOT || !is_virtual(e.attr.ino))
-            .cloned()
             .collect())
     }
 
@@ -1479,39 +1593,52 @@ impl Fs {
 
     /// Gets the open state of `ino`, loading it on first open; counts one open.
     fn acquire(&self, ino: u64) -> Result<Arc<OpenFile>> {
-        if let Some(of) = self.open.lock().unwrap().get(&ino) {
+        if let Some(of) = self.open.lock().get(&ino) {
             of.opens.fetch_add(1, Ordering::AcqRel);
             return Ok(of.clone());
         }
-        // Load outside the table lock, then insert unless someone beat us.
-        let (attr, chunks) = {
-            let m = self.meta();
-            let a = self.inode(&m, ino)?;
-            if a.is_dir() {
-                return Err(FsError::IsDir);
-            }
-            if a.kind != kind::FILE {
-                return Err(FsError::Invalid("only regular files hold data".into()));
-            }
-            let c = m.chunks(ino)?;
-            (a, c)
-        };
-        Ok(self.install(&attr, chunks))
+        // Load and install under the metadata lock (order: metadata, then
+        // the table): no commit or unlink of the file can fall between
+        // reading its rows and publishing its open state. Loading outside
+        // it let a reader install chunks that a close had just replaced, or
+        // that an unlink had just freed.
+        let m = self.meta();
+        if let Some(of) = self.open.lock().get(&ino) {
+            of.opens.fetch_add(1, Ordering::AcqRel);
+            return Ok(of.clone());
+        }
+        let a = self.inode(&m, ino)?;
+        if a.is_dir() {
+            return Err(FsError::IsDir);
+        }
+        if a.kind != kind::FILE {
+            return Err(FsError::Invalid("only regular files hold data".into()));
+        }
+        if a.nlink == 0 {
+            // Unlinked and not open: it is being deleted.
+            return Err(FsError::NotFound);
+        }
+        let c = m.chunks(ino)?;
+        let of = self.install(&a, c);
+        drop(m);
+        Ok(of)
     }
 
     /// Counts one open of `attr`'s file, installing its open state (with
     /// the committed `chunks`) unless another open beat us to it.
     fn install(&self, attr: &Inode, chunks: Vec<(u64, ChunkRef)>) -> Arc<OpenFile> {
-        let mut table = self.open.lock().unwrap();
+        let mut table = self.open.lock();
         let of = table.entry(attr.ino).or_insert_with(|| {
             Arc::new(OpenFile {
                 ino: attr.ino,
                 opens: AtomicU32::new(0),
                 size: AtomicU64::new(attr.size),
                 mtime: AtomicI64::new(attr.mtime),
+                blocks: AtomicU64::new(attr.blocks),
                 attrs: Mutex::new(AttrChange::default()),
                 cached: Mutex::new(None),
                 data: RwLock::new(FileData {
+                    epoch: self.rollbacks.load(Ordering::Acquire),
                     chunks: chunks.into_iter().collect(),
                     size: attr.size,
                     mtime: attr.mtime,
@@ -1527,13 +1654,13 @@ impl Fs {
     /// forgets the state and deletes the file if it has no name left.
     fn release_file(&self, of: Arc<OpenFile>, commit: bool) -> Result<()> {
         let r = if commit {
-            let mut st = of.data.write().unwrap();
-            self.commit_locked(&of, &mut st)
+            self.data_mut(&of)
+                .and_then(|mut st| self.commit_locked(&of, &mut st))
         } else {
             Ok(())
         };
         let last = {
-            let mut table = self.open.lock().unwrap();
+            let mut table = self.open.lock();
             if of.opens.fetch_sub(1, Ordering::AcqRel) == 1 {
                 table.remove(&of.ino);
                 true
@@ -1566,7 +1693,7 @@ impl Fs {
     }
 
     fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
-        match self.handles.lock().unwrap().get(&fh) {
+        match self.handles.lock().get(&fh) {
             Some(Handle::File(of)) => Ok(of.clone()),
             _ => Err(FsError::BadHandle),
         }
@@ -1577,8 +1704,10 @@ impl Fs {
         let have = (c.size as usize).saturating_sub(from).min(out.len());
         match &c.data {
             BlobData::Inline(d) => {
-                let avail = d.len().saturating_sub(from).min(have);
-                out[..avail].copy_from_slice(&d[from..from + avail]);
+                // `from` may lie past the bytes a short chunk holds.
+                let src = d.get(from..).unwrap_or(&[]);
+                let avail = src.len().min(have);
+                out[..avail].copy_from_slice(&src[..avail]);
                 out[avail..].fill(0);
             }
             BlobData::Cluster(loc) if self.tuning.read_only => {
@@ -1590,7 +1719,9 @@ impl Fs {
                         crate::meta::hex(&c.hash[..8])
                     )));
                 }
-                out[..have].copy_from_slice(&whole[from..from + have]);
+                if have > 0 {
+                    out[..have].copy_from_slice(&whole[from..from + have]);
+                }
                 out[have..].fill(0);
             }
             BlobData::Cluster(loc) => {
@@ -1604,13 +1735,13 @@ impl Fs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        if let Some(Handle::Virtual(d)) = self.handles.lock().unwrap().get(&fh) {
+        if let Some(Handle::Virtual(d)) = self.handles.lock().get(&fh) {
             let from = (offset as usize).min(d.len());
             let to = from.saturating_add(size as usize).min(d.len());
             return Ok(d[from..to].to_vec());
         }
         let of = self.file(fh)?;
-        let st = of.data.read().unwrap();
+        let st = self.data_ref(&of)?;
         if offset >= st.size {
             return Ok(Vec::new());
         }
@@ -1624,8 +1755,10 @@ impl Fs {
             let n = ((cs - within as u64).min(end - pos)) as usize;
             let dst = &mut out[(pos - offset) as usize..(pos - offset) as usize + n];
             if let Some(buf) = st.dirty.get(&idx) {
-                let avail = buf.len().saturating_sub(within).min(n);
-                dst[..avail].copy_from_slice(&buf[within..within + avail]);
+                // A dirty buffer may end before `within` (a short chunk).
+                let src = buf.get(within..).unwrap_or(&[]);
+                let avail = src.len().min(n);
+                dst[..avail].copy_from_slice(&src[..avail]);
                 dst[avail..].fill(0);
             } else if let Some(c) = st.chunks.get(&idx) {
                 self.read_chunk(c, within, dst)?;
@@ -1643,14 +1776,105 @@ impl Fs {
         if end > FILE_MAX {
             return Err(FsError::TooBig);
         }
-        let mut st = of.data.write().unwrap();
+        let mut st = self.data_mut(&of)?;
+        self.write_locked(&of, &mut st, offset, data)?;
+        let now = now_ns();
+        st.size = st.size.max(end);
+        st.set_mtime(&of, now);
+        of.size.store(st.size, Ordering::Release);
+        if st.dirty_bytes >= self.tuning.dirty_limit {
+            self.commit_locked(&of, &mut st)?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// The file's data, write-locked and current: after a group commit
+    /// was rolled back, the committed chunk map it had may name chunks the
+    /// store no longer holds (and miss ones it holds again), and a commit
+    /// from it would drop references it does not own. Reload it from the
+    /// store first; writes not yet committed are kept.
+    fn data_mut<'a>(
+        &self,
+        of: &'a OpenFile,
+    ) -> Result<parking_lot::RwLockWriteGuard<'a, FileData>> {
+        let mut st = of.data.write();
+        if st.epoch != self.rollbacks.load(Ordering::Acquire) {
+            self.refresh(of, &mut st)?;
+        }
+        Ok(st)
+    }
+
+    /// The file's data, read-locked and current (see [`Fs::data_mut`]).
+    fn data_ref<'a>(
+        &self,
+        of: &'a OpenFile,
+    ) -> Result<parking_lot::RwLockReadGuard<'a, FileData>> {
+        let st = of.data.read();
+        if st.epoch == self.rollbacks.load(Ordering::Acquire) {
+            return Ok(st);
+        }
+        drop(st);
+        Ok(parking_lot::RwLockWriteGuard::downgrade(self.data_mut(of)?))
+    }
+
+    fn refresh(&self, of: &OpenFile, st: &mut FileData) -> Result<()> {
+        let m = self.meta();
+        let epoch = m.rollbacks();
+        let chunks = m.chunks(of.ino)?;
+        let row = m.inode(of.ino)?;
+        drop(m);
+        tracing::warn!(
+            "inode {}: a group commit was rolled back; its open state is reloaded from the store (unsaved writes are kept)",
+            of.ino
+        );
+        st.chunks = chunks.into_iter().collect();
+        st.dropped.clear();
+        st.holes.clear();
+        st.drop_from = None;
         let cs = self.chunk_size;
+        let dirty_end = st
+            .dirty
+            .iter()
+            .next_back()
+            .map_or(0, |(&i, b)| i * cs + b.len() as u64);
+        if let Some(row) = row {
+            st.size = row.size.max(dirty_end);
+        }
+        st.meta_dirty = true;
+        st.epoch = epoch;
+        of.size.store(st.size, Ordering::Release);
+        of.blocks.store(st.blocks(), Ordering::Release);
+        *of.cached.lock() = None;
+        Ok(())
+    }
+
+    /// What chunk `idx` contributes to st_blocks as things stand.
+    fn chunk_blocks(st: &FileData, idx: u64) -> u64 {
+        match (st.dirty.get(&idx), st.chunks.get(&idx)) {
+            (Some(b), _) => blocks_of(b.len()),
+            (None, Some(c)) => blocks_of(c.size as usize),
+            _ => 0,
+        }
+    }
+
+    /// Puts `data` at `offset` into the dirty buffers (size and times are
+    /// the caller's).
+    fn write_locked(
+        &self,
+        of: &OpenFile,
+        st: &mut FileData,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let cs = self.chunk_size;
+        let end = offset + data.len() as u64;
         let mut pos = offset;
         while pos < end {
             let idx = pos / cs;
             let within = (pos % cs) as usize;
             let n = ((cs - within as u64).min(end - pos)) as usize;
             let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
+            let before = Self::chunk_blocks(st, idx);
             if !st.dirty.contains_key(&idx) {
                 // Start from the committed chunk unless the write covers it all.
                 let mut buf = Vec::with_capacity(cs as usize);
@@ -1672,23 +1896,20 @@ impl Fs {
             let over = (buf.len() - within).min(n);
             buf[within..within + over].copy_from_slice(&src[..over]);
             buf.extend_from_slice(&src[over..]);
+            let after = Self::chunk_blocks(st, idx);
+            let b = of.blocks.load(Ordering::Acquire);
+            of.blocks
+                .store((b + after).saturating_sub(before), Ordering::Release);
             pos += n as u64;
         }
-        let now = now_ns();
-        st.size = st.size.max(end);
-        st.set_mtime(&of, now);
-        of.size.store(st.size, Ordering::Release);
-        if st.dirty_bytes >= self.tuning.dirty_limit {
-            self.commit_locked(&of, &mut st)?;
-        }
-        Ok(data.len() as u32)
+        Ok(())
     }
 
     fn truncate_locked(&self, of: &OpenFile, st: &mut FileData, size: u64, now: i64) {
         let cs = self.chunk_size;
         if size < st.size {
             let keep = size.div_ceil(cs);
-            let cut: Vec<u64> = st.chunks.keys().copied().filter(|&i| i >= keep).collect();
+            let cut: Vec<u64> = st.chunks.range(keep..).map(|(&i, _)| i).collect();
             for i in cut {
                 let c = st.chunks.remove(&i).unwrap();
                 st.dropped.push(c.hash);
@@ -1720,6 +1941,157 @@ impl Fs {
         st.size = size;
         st.set_mtime(of, now);
         of.size.store(size, Ordering::Release);
+        of.blocks.store(st.blocks(), Ordering::Release);
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros and hold nothing:
+    /// whole chunks in it are dropped (their references go at the next
+    /// commit), partial ones get zeros written. Work is proportional to the
+    /// chunks the range holds, not to its length. The size is unchanged.
+    fn punch_locked(
+        &self,
+        of: &OpenFile,
+        st: &mut FileData,
+        offset: u64,
+        len: u64,
+        now: i64,
+    ) -> Result<()> {
+        let end = offset.saturating_add(len).min(st.size);
+        if offset >= end {
+            return Ok(());
+        }
+        let cs = self.chunk_size;
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let mut held: BTreeSet<u64> = st.chunks.range(first..=last).map(|(&i, _)| i).collect();
+        held.extend(st.dirty.range(first..=last).map(|(&i, _)| i));
+        for idx in held {
+            let (cstart, cend) = (idx * cs, ((idx + 1) * cs).min(st.size));
+            if offset <= cstart && end >= cend {
+                if st.dirty.remove(&idx).is_some() {
+                    st.dirty_bytes = st.dirty_bytes.saturating_sub(cs as usize);
+                }
+                if let Some(c) = st.chunks.remove(&idx) {
+                    st.dropped.push(c.hash);
+                    st.holes.insert(idx);
+                }
+            } else {
+                let (from, to) = (offset.max(cstart), end.min(cend));
+                let zeros = vec![0u8; (to - from) as usize];
+                self.write_locked(of, st, from, &zeros)?;
+            }
+        }
+        st.set_mtime(of, now);
+        of.blocks.store(st.blocks(), Ordering::Release);
+        Ok(())
+    }
+
+    /// fallocate(2): mode 0 and `KEEP_SIZE` (nothing to reserve in a
+    /// content-addressed store: the size grows unless `KEEP_SIZE`),
+    /// `PUNCH_HOLE | KEEP_SIZE`, and `ZERO_RANGE` (with or without
+    /// `KEEP_SIZE`). Collapse, insert and unshare are not supported.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        const KEEP: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        const ZERO: i32 = libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !(KEEP | PUNCH | ZERO) != 0 || (mode & PUNCH != 0 && mode & ZERO != 0) {
+            return Err(FsError::NotSupported);
+        }
+        if mode & PUNCH != 0 && mode & KEEP == 0 {
+            return Err(FsError::NotSupported);
+        }
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero bytes".into()));
+        }
+        let end = offset.checked_add(len).ok_or(FsError::TooBig)?;
+        if end > FILE_MAX {
+            return Err(FsError::TooBig);
+        }
+        let of = self.file(fh)?;
+        let mut st = self.data_mut(&of)?;
+        let now = now_ns();
+        if mode & (PUNCH | ZERO) != 0 {
+            self.punch_locked(&of, &mut st, offset, len, now)?;
+        }
+        if mode & KEEP == 0 && end > st.size {
+            st.size = end;
+            st.set_mtime(&of, now);
+            of.size.store(end, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// lseek(2) with `SEEK_DATA` / `SEEK_HOLE`, at chunk granularity:
+    /// a chunk that holds nothing is a hole; the end of the file is one.
+    pub fn seek_data(&self, fh: u64, offset: u64, hole: bool) -> Result<u64> {
+        let of = self.file(fh)?;
+        let st = self.data_ref(&of)?;
+        if offset >= st.size {
+            return Err(FsError::NoSuchOffset);
+        }
+        let cs = self.chunk_size;
+        let held = |idx: u64| st.dirty.contains_key(&idx) || st.chunks.contains_key(&idx);
+        let start = offset / cs;
+        if hole {
+            // The first index at or after `start` that holds nothing.
+            let mut idx = start;
+            let mut it = st
+                .chunks
+                .range(start..)
+                .map(|(&i, _)| i)
+                .chain(st.dirty.range(start..).map(|(&i, _)| i))
+                .collect::<BTreeSet<u64>>()
+                .into_iter();
+            loop {
+                match it.next() {
+                    Some(i) if i == idx => idx += 1,
+                    _ => break,
+                }
+            }
+            Ok((idx * cs).max(offset).min(st.size))
+        } else {
+            if held(start) {
+                return Ok(offset);
+            }
+            let next = st
+                .chunks
+                .range(start..)
+                .map(|(&i, _)| i)
+                .next()
+                .into_iter()
+                .chain(st.dirty.range(start..).map(|(&i, _)| i).next())
+                .min();
+            match next {
+                Some(i) if i * cs < st.size => Ok(i * cs),
+                _ => Err(FsError::NoSuchOffset),
+            }
+        }
+    }
+
+    /// copy_file_range(2): a read and a write through the core (chunks that
+    /// come out equal are stored once anyway).
+    pub fn copy_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let len = len.min(1 << 30) as usize;
+        let mut done = 0usize;
+        while done < len {
+            let n = (len - done).min(4 << 20);
+            let data = self.read(fh_in, off_in + done as u64, n as u32)?;
+            if data.is_empty() {
+                break;
+            }
+            self.write(fh_out, off_out + done as u64, &data)?;
+            done += data.len();
+            if data.len() < n {
+                break;
+            }
+        }
+        Ok(done as u32)
     }
 
     /// Commits a file's buffers: hash, store new blobs, one transaction.
@@ -1727,18 +2099,55 @@ impl Fs {
         if !st.unsaved(of) {
             return Ok(());
         }
-        let attrs = *of.attrs.lock().unwrap();
         if self.tuning.read_only {
             return Err(FsError::Invalid("the store is open read-only".into()));
         }
+        // Canonical chunks (the same content reads the same either way):
+        // trailing zeros trimmed, and a chunk of zeros is a hole.
+        let mut zero = Vec::new();
+        for (&idx, buf) in st.dirty.iter_mut() {
+            buf.truncate(trimmed_len(buf));
+            if buf.is_empty() {
+                zero.push(idx);
+            }
+        }
+        for idx in zero {
+            st.dirty.remove(&idx);
+            st.dirty_bytes = st.dirty_bytes.saturating_sub(self.chunk_size as usize);
+            if let Some(c) = st.chunks.remove(&idx) {
+                st.dropped.push(c.hash);
+                st.holes.insert(idx);
+            }
+        }
+        let attrs = *of.attrs.lock();
         let items = hash_chunks(&st.dirty);
+        match self.commit_items(of, st, &attrs, &items, false) {
+            // A blob known before the transaction was dropped by another
+            // file's commit meanwhile: store every new chunk's bytes.
+            Err(FsError::Corrupt(m)) if m == VANISHED => {
+                self.commit_items(of, st, &attrs, &items, true)
+            }
+            r => r,
+        }
+    }
+
+    /// One attempt of [`Fs::commit_locked`]; with `write_all`, every chunk
+    /// that goes to the container is written first, known or not.
+    fn commit_items(
+        &self,
+        of: &OpenFile,
+        st: &mut FileData,
+        attrs: &AttrChange,
+        items: &[(u64, [u8; 32])],
+        write_all: bool,
+    ) -> Result<()> {
         // Which blobs that go to the container are new? Store those before
         // the transaction (inline ones are stored by it).
         let known: HashSet<[u8; 32]> = {
             let mut k = HashSet::new();
             let big: Vec<&[u8; 32]> = items
                 .iter()
-                .filter(|(idx, _)| st.dirty[idx].len() > self.tuning.inline_max)
+                .filter(|(idx, _)| !write_all && st.dirty[idx].len() > self.tuning.inline_max)
                 .map(|(_, h)| h)
                 .collect();
             if !big.is_empty() {
@@ -1755,7 +2164,7 @@ impl Fs {
         let mut written = Vec::new();
         let failures = self.blobs.sync_failures();
         let store = (|| -> Result<()> {
-            for (idx, h) in &items {
+            for (idx, h) in items {
                 if known.contains(h) || fresh.contains_key(h) {
                     continue;
                 }
@@ -1776,18 +2185,16 @@ impl Fs {
             return Err(e);
         }
         let ino = of.ino;
-        // The content id after this commit, from the file's chunk map in
-        // memory (truncation already applied to it) plus the new chunks.
+        // The content id and st_blocks after this commit, from the file's
+        // chunk map in memory (truncation and holes already applied to it)
+        // plus the new chunks.
         let chash = {
             let mut all: BTreeMap<u64, [u8; 32]> =
                 st.chunks.iter().map(|(&i, c)| (i, c.hash)).collect();
             all.extend(items.iter().copied());
-            content_id(
-                &all.into_iter().collect::<Vec<_>>(),
-                st.size,
-                self.chunk_size,
-            )
+            content_id(&all.into_iter().collect::<Vec<_>>(), st.size)
         };
+        let blocks = st.blocks();
         let mut used: HashSet<[u8; 32]> = HashSet::new();
         let result = self.tx(|m, frees| {
             if !written.is_empty() {
@@ -1805,18 +2212,21 @@ impl Fs {
                     }
                 }
             }
-            if st.drop_from.is_some() || !st.dropped.is_empty() {
-                for h in &st.dropped {
-                    if let Some(Some(loc)) = m.decref(h)? {
-                        frees.push(loc);
-                    }
+            for h in &st.dropped {
+                if let Some(Some(loc)) = m.decref(h)? {
+                    frees.push(loc);
                 }
-                if let Some(from) = st.drop_from {
-                    m.delete_chunks_from(ino, from)?;
+            }
+            if let Some(from) = st.drop_from {
+                m.delete_chunks_from(ino, from)?;
+            }
+            for &idx in &st.holes {
+                if st.drop_from.is_none_or(|f| idx < f) {
+                    m.delete_chunk(ino, idx)?;
                 }
             }
             let mut resolved = Vec::with_capacity(items.len());
-            for (idx, h) in &items {
+            for (idx, h) in items {
                 let old = st.chunks.get(idx).map(|c| c.hash);
                 if old == Some(*h) {
                     continue;
@@ -1828,9 +2238,10 @@ impl Fs {
                         d
                     }
                     None => {
-                        let d = fresh.get(h).cloned().ok_or_else(|| {
-                            FsError::Corrupt("a blob vanished during commit".into())
-                        })?;
+                        let d = fresh
+                            .get(h)
+                            .cloned()
+                            .ok_or_else(|| FsError::Corrupt(VANISHED.into()))?;
                         m.insert_blob(h, size as u64, &d)?;
                         used.insert(*h);
                         d
@@ -1853,11 +2264,12 @@ impl Fs {
             }
             if let Some(mut i) = m.inode(ino)? {
                 i.size = st.size;
+                i.blocks = blocks;
                 i.mtime = i.mtime.max(st.mtime);
                 i.ctime = i.ctime.max(st.mtime);
                 attrs.apply(&mut i);
                 m.update_inode_with(&i, Some(&chash))?;
-                *of.cached.lock().unwrap() = Some((self.generation_after_tx(), i));
+                *of.cached.lock() = Some((self.generation_after_tx(), i));
             }
             Ok(resolved)
         });
@@ -1879,9 +2291,11 @@ impl Fs {
                 st.dirty.clear();
                 st.dirty_bytes = 0;
                 st.dropped.clear();
+                st.holes.clear();
                 st.drop_from = None;
                 st.meta_dirty = false;
-                *of.attrs.lock().unwrap() = AttrChange::default();
+                of.blocks.store(blocks, Ordering::Release);
+                *of.attrs.lock() = AttrChange::default();
                 Ok(())
             }
             Err(e) => {
@@ -1893,17 +2307,17 @@ impl Fs {
 
     /// Commits the handle's file (what `close` promises).
     pub fn flush(&self, fh: u64) -> Result<()> {
-        if let Some(Handle::Virtual(_)) = self.handles.lock().unwrap().get(&fh) {
+        if let Some(Handle::Virtual(_)) = self.handles.lock().get(&fh) {
             return Ok(());
         }
         let of = self.file(fh)?;
         {
-            let mut st = of.data.write().unwrap();
+            let mut st = self.data_mut(&of)?;
             self.commit_locked(&of, &mut st)?;
         }
         // A file copied into a tag folder settles at close (flush is
         // synchronous with close(2); release is not).
-        if self.virt.staged.lock().unwrap().contains_key(&of.ino) {
+        if self.virt.staged.lock().contains_key(&of.ino) {
             self.settle_staged(of.ino)?;
         }
         Ok(())
@@ -1933,7 +2347,7 @@ impl Fs {
     }
 
     pub fn release(&self, fh: u64) -> Result<()> {
-        let h = self.handles.lock().unwrap().remove(&fh);
+        let h = self.handles.lock().remove(&fh);
         match h {
             Some(Handle::File(of)) => self.release_file(of, true),
             Some(Handle::Dir(_)) | Some(Handle::Virtual(_)) => Ok(()),
@@ -1943,11 +2357,13 @@ impl Fs {
 
     /// Commits every open file (unmount, shutdown).
     pub fn commit_all(&self) -> Result<()> {
-        let files: Vec<Arc<OpenFile>> = self.open.lock().unwrap().values().cloned().collect();
+        let files: Vec<Arc<OpenFile>> = self.open.lock().values().cloned().collect();
         let mut first_err = None;
         for of in files {
-            let mut st = of.data.write().unwrap();
-            if let Err(e) = self.commit_locked(&of, &mut st) {
+            let r = self
+                .data_mut(&of)
+                .and_then(|mut st| self.commit_locked(&of, &mut st));
+            if let Err(e) = r {
                 tracing::error!("could not commit inode {}: {e}", of.ino);
                 first_err.get_or_insert(e);
             }
@@ -1963,11 +2379,14 @@ impl Fs {
             let s = self.meta().stats()?;
             (s.files + s.dirs, s.blobs)
         };
+        // Inodes are rows: as many are free as the disk could hold rows
+        // for; report the disk's own free inode count when it has one, and
+        // keep total = used + free.
         let mut out = StatFs {
             bsize: 4096,
             namelen: NAME_MAX as u32,
             files,
-            ffree: u32::MAX as u64,
+            ffree: 1 << 32,
             ..Default::default()
         };
         if let Some(dir) = &self.statfs_dir {
@@ -1981,8 +2400,12 @@ impl Fs {
                 out.blocks = v.f_blocks as u64 * scale;
                 out.bfree = v.f_bfree as u64 * scale;
                 out.bavail = v.f_bavail as u64 * scale;
+                if v.f_favail > 0 {
+                    out.ffree = v.f_favail as u64;
+                }
             }
         }
+        out.files += out.ffree;
         Ok(out)
     }
 }

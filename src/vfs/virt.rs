@@ -72,12 +72,12 @@ struct VNode {
 /// The virtual inode table and the listing cache.
 #[derive(Default)]
 pub(super) struct Virt {
-    table: std::sync::Mutex<Table>,
-    cache: std::sync::Mutex<HashMap<u64, Arc<Listing>>>,
-    sandbox: std::sync::Mutex<Option<Sandbox>>,
+    table: parking_lot::Mutex<Table>,
+    cache: parking_lot::Mutex<HashMap<u64, Arc<Listing>>>,
+    sandbox: parking_lot::Mutex<Option<Sandbox>>,
     /// Files created in a tag folder: ino -> the folder's terms and the
     /// name the file was created with.
-    pub(super) staged: std::sync::Mutex<HashMap<u64, Staged>>,
+    pub(super) staged: parking_lot::Mutex<HashMap<u64, Staged>>,
 }
 
 /// A file created in a tag folder: the folder's terms and the name it was
@@ -105,7 +105,7 @@ struct Listing {
 
 impl Fs {
     fn vnode(&self, key: VKey, data: Option<(Arc<Vec<u8>>, bool)>) -> u64 {
-        let mut t = self.virt.table.lock().unwrap();
+        let mut t = self.virt.table.lock();
         let fixed = match &key {
             VKey::ByTag(v) if v.is_empty() => Some(BY_TAG),
             VKey::SqlRoot => Some(SQL),
@@ -146,7 +146,7 @@ impl Fs {
             QUERIES => return Ok(VKey::QueriesRoot),
             _ => {}
         }
-        let t = self.virt.table.lock().unwrap();
+        let t = self.virt.table.lock();
         t.nodes
             .get(&ino)
             .map(|n| n.key.clone())
@@ -159,7 +159,7 @@ impl Fs {
             BY_TAG => (kind::DIR, 0o755, 0),
             SQL | QUERIES => (kind::DIR, 0o555, 0),
             _ => {
-                let t = self.virt.table.lock().unwrap();
+                let t = self.virt.table.lock();
                 let n = t.nodes.get(&ino).ok_or(FsError::NotFound)?;
                 match n.key {
                     VKey::ByTag(_) => (kind::DIR, 0o755, 0),
@@ -183,6 +183,7 @@ impl Fs {
             mtime: self.started,
             ctime: self.started,
             btime: self.started,
+            blocks: 0,
         })
     }
 
@@ -229,7 +230,7 @@ impl Fs {
             .ok_or("queries need a store on disk")?;
         // The sandbox has its own connection: it sees committed changes only.
         self.settle().map_err(|e| e.to_string())?;
-        let mut sb = self.virt.sandbox.lock().unwrap();
+        let mut sb = self.virt.sandbox.lock();
         if sb.is_none() {
             *sb = Some(Sandbox::open(db).map_err(|e| e.to_string())?);
         }
@@ -449,7 +450,7 @@ impl Fs {
 
     fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(l) = self.virt.cache.lock().unwrap().get(&ino) {
+        if let Some(l) = self.virt.cache.lock().get(&ino) {
             if l.generation == generation {
                 return Ok(l.clone());
             }
@@ -466,7 +467,7 @@ impl Fs {
             entries,
             index,
         });
-        let mut c = self.virt.cache.lock().unwrap();
+        let mut c = self.virt.cache.lock();
         if c.len() > 256 {
             c.clear();
         }
@@ -563,11 +564,15 @@ impl Fs {
                 attr: self.target_attr(t)?,
             });
         }
-        Ok(self.new_fh(Handle::Dir(Arc::new(v))))
+        Ok(self.new_fh(Handle::Dir(Arc::new(super::DirSnap {
+            ino,
+            generation: 0,
+            entries: v,
+        }))))
     }
 
     pub(super) fn v_readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        let t = self.virt.table.lock().unwrap();
+        let t = self.virt.table.lock();
         match t.nodes.get(&ino) {
             Some(n) if n.link => Ok(n.data.to_vec()),
             _ => Err(FsError::Invalid("not a symbolic link".into())),
@@ -575,7 +580,7 @@ impl Fs {
     }
 
     pub(super) fn v_open(&self, ino: u64) -> Result<u64> {
-        let t = self.virt.table.lock().unwrap();
+        let t = self.virt.table.lock();
         match t.nodes.get(&ino) {
             Some(n) if matches!(n.key, VKey::Leaf(..)) && !n.link => {
                 let d = n.data.clone();
@@ -802,14 +807,13 @@ impl Fs {
         self.virt
             .staged
             .lock()
-            .unwrap()
             .insert(attr.ino, (terms, name.to_vec()));
         Ok((attr, fh))
     }
 
     /// At the close (flush) of a file created in a tag folder.
     pub(super) fn settle_staged(&self, ino: u64) -> Result<()> {
-        let Some((terms, original)) = self.virt.staged.lock().unwrap().remove(&ino) else {
+        let Some((terms, original)) = self.virt.staged.lock().remove(&ino) else {
             return Ok(());
         };
         let (twin, place) = {

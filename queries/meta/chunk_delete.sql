@@ -1,0 +1,1 @@
+DELETE FROM chunks WHERE ino = :ino AND idx = :idx

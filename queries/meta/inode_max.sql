@@ -1,0 +1,1 @@
+SELECT coalesce(max(ino), 1) FROM inodes
