@@ -1623,3 +1623,177 @@ db.close()
         started.elapsed().as_secs_f64()
     );
 }
+
+// ----- sparse files through cp, fallocate, tar and rsync -----
+
+fn blocks(p: &Path) -> u64 {
+    fs::metadata(p).unwrap().blocks()
+}
+
+/// Sparse files made and moved by the ordinary tools: `truncate`,
+/// `fallocate` (allocate, punch a hole, zero a range, dig holes), `cp`
+/// (copy_file_range and SEEK_DATA/SEEK_HOLE), `cp --sparse=always`, `tar -S`
+/// and `rsync -S`, into, inside and out of the mount. Content is compared
+/// byte for byte everywhere; a file that is mostly hole must take far fewer
+/// blocks than its size once written by a sparse-aware tool.
+#[test]
+fn sparse_files_through_cp_fallocate_tar_and_rsync() {
+    assert!(
+        have("rsync"),
+        "rsync is not installed (.ci/run installs it)"
+    );
+    let started = Instant::now();
+    let t = tempfile::tempdir().unwrap();
+    let (mut m, work) = mounted(&t);
+    let sp = work.join("sparse");
+    fs::create_dir(&sp).unwrap();
+    // The model: what every copy must hold.
+    let size = 9 << 20;
+    let mut model = vec![0u8; size];
+    let put = |model: &mut Vec<u8>, off: usize, data: &[u8]| {
+        model[off..off + data.len()].copy_from_slice(data)
+    };
+    let f = sp.join("holes.img");
+    ok(&sp, "truncate", &["-s", &size.to_string(), s(&f)]);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut h = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        for (off, seed, len) in [
+            (0usize, 1u64, 4096usize),
+            (1 << 20, 2, 70_000),
+            (5 << 20, 3, 200_000),
+            ((9 << 20) - 100, 4, 100),
+        ] {
+            let data = pattern(seed, len);
+            h.seek(SeekFrom::Start(off as u64)).unwrap();
+            h.write_all(&data).unwrap();
+            put(&mut model, off, &data);
+        }
+    }
+    // Punch 64 KiB out of the middle of the 200 000 bytes, zero 10 000 at
+    // the 1 MiB island, then allocate (no change of content) at 7 MiB.
+    let off = (5 << 20) + 65_536;
+    ok(
+        &sp,
+        "fallocate",
+        &["-p", "-o", &off.to_string(), "-l", "65536", s(&f)],
+    );
+    model[off..off + 65_536].fill(0);
+    let off = (1 << 20) + 1000;
+    ok(
+        &sp,
+        "fallocate",
+        &["-z", "-o", &off.to_string(), "-l", "10000", s(&f)],
+    );
+    model[off..off + 10_000].fill(0);
+    ok(
+        &sp,
+        "fallocate",
+        &["-n", "-o", &(7 << 20).to_string(), "-l", "65536", s(&f)],
+    );
+    let check = |p: &Path, what: &str| {
+        let got = fs::read(p).unwrap_or_else(|e| panic!("{what}: read {}: {e}", p.display()));
+        assert_eq!(got.len(), model.len(), "{what}: length");
+        if got != model {
+            let first = got.iter().zip(&model).position(|(a, b)| a != b).unwrap();
+            panic!("{what}: differs from the model first at byte {first}");
+        }
+    };
+    check(&f, "after truncate/write/fallocate in the mount");
+    let used = blocks(&f) * 512;
+    assert!(
+        used < 2 << 20,
+        "holes.img: {used} bytes of blocks for {} bytes of data in 9 MiB",
+        4096 + 70_000 + 200_000 + 100
+    );
+
+    // A file of zeros written the ordinary way, then holes dug in it.
+    let z = sp.join("zeros.bin");
+    fs::write(&z, vec![0u8; 3 << 20]).unwrap();
+    ok(&sp, "fallocate", &["-d", s(&z)]);
+    assert_eq!(
+        fs::read(&z).unwrap(),
+        vec![0u8; 3 << 20],
+        "zeros.bin after dig-holes"
+    );
+
+    // cp inside the mount, out of it and back in; sparse and not.
+    let copies = [
+        (sp.join("cp-auto.img"), vec![]),
+        (sp.join("cp-sparse.img"), vec!["--sparse=always"]),
+    ];
+    for (dst, extra) in &copies {
+        let mut args: Vec<&str> = extra.clone();
+        args.extend([s(&f), s(dst)]);
+        ok(&sp, "cp", &args);
+        check(dst, &format!("cp {extra:?} in the mount"));
+    }
+    assert!(
+        blocks(&sp.join("cp-sparse.img")) * 512 < 2 << 20,
+        "cp --sparse=always made {} bytes of blocks",
+        blocks(&sp.join("cp-sparse.img")) * 512
+    );
+    let out = t.path().join("out.img");
+    ok(&sp, "cp", &["--sparse=always", s(&f), s(&out)]);
+    check(&out, "cp --sparse=always out of the mount");
+    let back = sp.join("back.img");
+    ok(&sp, "cp", &["--sparse=always", s(&out), s(&back)]);
+    check(&back, "cp --sparse=always from outside into the mount");
+
+    // tar -S and rsync -S, out and in.
+    let archive = t.path().join("sparse.tar");
+    ok(
+        &sp,
+        "tar",
+        &["-S", "-cf", s(&archive), "-C", s(&sp), "holes.img"],
+    );
+    let tout = t.path().join("tar-out");
+    fs::create_dir(&tout).unwrap();
+    ok(&tout, "tar", &["-S", "-xf", s(&archive), "-C", s(&tout)]);
+    check(&tout.join("holes.img"), "tar -S out of the mount");
+    let tin = sp.join("tar-in");
+    fs::create_dir(&tin).unwrap();
+    ok(&tin, "tar", &["-S", "-xf", s(&archive), "-C", s(&tin)]);
+    check(&tin.join("holes.img"), "tar -S into the mount");
+    let rin = sp.join("rsync-in");
+    ok(
+        &sp,
+        "rsync",
+        &["-aS", &format!("{}/", s(&tout)), &format!("{}/", s(&rin))],
+    );
+    check(&rin.join("holes.img"), "rsync -S into the mount");
+    let rout = t.path().join("rsync-out");
+    ok(
+        &sp,
+        "rsync",
+        &["-aS", &format!("{}/", s(&rin)), &format!("{}/", s(&rout))],
+    );
+    check(&rout.join("holes.img"), "rsync -S out of the mount");
+
+    // Everything again from the store.
+    remount_and_check(
+        &mut m,
+        &[&f, &back, &tin.join("holes.img"), &rin.join("holes.img")],
+        &check,
+    );
+    assert_eq!(
+        fs::read(&z).unwrap(),
+        vec![0u8; 3 << 20],
+        "zeros.bin after remount"
+    );
+    m.stop();
+    let o = qfs(&m.store, &["fsck", "--verify"]);
+    assert!(
+        o.status.success(),
+        "fsck --verify after sparse files: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    eprintln!("sparse test: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+fn remount_and_check(m: &mut Mount, files: &[&Path], check: &dyn Fn(&Path, &str)) {
+    m.remount();
+    for f in files {
+        check(f, &format!("{} after remount", f.display()));
+    }
+}
