@@ -5,6 +5,7 @@
 //! STORE/blobs.qfi         container FAT
 //! STORE/blobs.qfd         container clusters; cluster 0 = header
 //! STORE/lock              flock'ed by the one process that may write
+//! STORE/reserve           disk space held back for a full disk (see below)
 //! ```
 //!
 //! The container header (cluster 0) starts with `0x00`, so a plain QVFS
@@ -16,7 +17,31 @@
 //! changes the store) holds an exclusive `flock` on `STORE/lock` and writes
 //! its pid and purpose there; a second writer is refused with that text.
 //! Readers need no lock: SQLite's WAL gives them a snapshot, and blob bytes
-//! they read are checked against their BLAKE3 name.
+//! they read are checked against their BLAKE3 name. `fsck` takes the lock
+//! (a check beside a running mount would see the database and the FAT at
+//! different moments and report damage that is not there) but opens
+//! everything read-only: without `--repair` it never writes to the store.
+//!
+//! Opening never creates or migrates an existing store's database from
+//! nothing: a `queryfs.db` that is empty (0 bytes) or has no queryfs schema
+//! is refused before SQLite touches it.
+//!
+//! Damaged chains: every open for writing first walks every committed blob
+//! chain ([`crate::qvfs::container::check_chains`]). If one is damaged, no
+//! cluster is reclaimed (an allocated cluster that no chain reaches may be
+//! the lost rest of a damaged one), the container is put in append-only
+//! mode (nothing allocated now is ever reused, nothing is freed), the
+//! damage is logged with the files that hold it, and `gc` refuses; `fsck
+//! --repair` quarantines the damaged blobs (see `meta::quarantine`), after
+//! which reclaim works again.
+//!
+//! Full disk: `STORE/reserve` ([`RESERVE_BYTES`], allocated with
+//! `posix_fallocate` at init and at any writing open with room for it) is
+//! deleted at open when the disk has less free space than its size, or when
+//! opening fails for lack of space, and the open retried: opening needs a
+//! little space even to read (SQLite creates and sizes `queryfs.db-shm`, and
+//! a writer appends to the WAL), so a store on a 100% full disk can still
+//! be mounted and files deleted to make room.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -28,13 +53,17 @@ use serde::Serialize;
 
 use crate::error::FsError;
 use crate::meta::{self, BlobData, Meta, MetaError};
-use crate::qvfs::{clusters_for, walk_chain, Container, CLUSTER_SIZE, FAT_FREE};
+use crate::qvfs::container::{check_chains, ChainRef, Reclaim, QUARANTINED};
+use crate::qvfs::{Container, CLUSTER_SIZE};
 use crate::vfs::{Fs, Tuning};
 
 pub const DB_FILE: &str = "queryfs.db";
 pub const QFI_FILE: &str = "blobs.qfi";
 pub const QFD_FILE: &str = "blobs.qfd";
 pub const LOCK_FILE: &str = "lock";
+pub const RESERVE_FILE: &str = "reserve";
+/// Size of `STORE/reserve`.
+pub const RESERVE_BYTES: u64 = 16 << 20;
 const MAGIC: &[u8] = b"\0QUERYFS CONTAINER 1\n";
 /// Default chunk size (see BENCHMARKS.md for the measurements behind it).
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 * 1024;
@@ -58,6 +87,8 @@ pub enum StoreError {
     Mismatch(String),
     #[error("store {0}: {1}")]
     Corrupt(String, String),
+    #[error("store {dir}: {summary}; nothing was reclaimed. Unmount it and run `queryfs --store {dir} fsck --repair`")]
+    Damaged { dir: String, summary: String },
     #[error("store {0}: {1}")]
     Io(String, std::io::Error),
     #[error("store {0}: {1}")]
@@ -74,6 +105,9 @@ pub enum Access {
     /// Exclusive writer; `purpose` is shown to anyone refused. With `recover`,
     /// crash leftovers (orphan clusters, unlinked inodes) are reclaimed.
     Write { purpose: String, recover: bool },
+    /// Holds the lock like a writer (no mount beside it) but opens the
+    /// database and the container read-only: writes nothing (`fsck`).
+    Check { purpose: String },
     /// Reader beside whatever else runs.
     Read,
 }
@@ -97,8 +131,82 @@ pub struct Store {
     pub fs: Arc<Fs>,
     pub id: String,
     pub read_only: bool,
+    /// Blobs with damaged chains found at open (writing opens only); the
+    /// container is append-only while this is not empty.
+    pub damage: Vec<DamagedBlob>,
+    /// The reserve file was deleted at this open to make room.
+    pub reserve_released: bool,
     /// Held for the life of the store when writing.
     _lock: Option<File>,
+}
+
+/// A committed blob whose container chain is damaged.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedBlob {
+    /// BLAKE3 name, hex.
+    pub blob: String,
+    pub size: u64,
+    pub start_cluster: u32,
+    pub reason: String,
+    /// Paths of the files that hold it (one name per file).
+    pub files: Vec<String>,
+    #[serde(skip)]
+    hash: [u8; 32],
+    /// Clusters its chain reaches, and the free cluster it points to.
+    #[serde(skip)]
+    clusters: Vec<u32>,
+    #[serde(skip)]
+    dangling: Option<u32>,
+}
+
+impl DamagedBlob {
+    fn line(&self) -> String {
+        format!(
+            "blob {} ({} bytes, chain at cluster {}): {}; held by {}",
+            &self.blob[..16],
+            self.size,
+            self.start_cluster,
+            self.reason,
+            if self.files.is_empty() {
+                "no file".to_string()
+            } else {
+                self.files.join(", ")
+            }
+        )
+    }
+}
+
+/// The files holding damaged blobs, each once.
+pub fn damaged_files(d: &[DamagedBlob]) -> Vec<&str> {
+    let mut files: Vec<&str> = d
+        .iter()
+        .flat_map(|b| b.files.iter().map(String::as_str))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    files
+}
+
+fn damage_summary(d: &[DamagedBlob]) -> String {
+    let files = damaged_files(d);
+    let mut why: Vec<String> = d
+        .iter()
+        .take(5)
+        .map(|b| format!("{}: {}", &b.blob[..16], b.reason))
+        .collect();
+    if d.len() > 5 {
+        why.push(format!("and {} more", d.len() - 5));
+    }
+    format!(
+        "{} blob(s) have damaged cluster chains ({}), held by {}",
+        d.len(),
+        why.join("; "),
+        if files.is_empty() {
+            "no file".to_string()
+        } else {
+            files.join(", ")
+        }
+    )
 }
 
 fn disp(p: &Path) -> String {
@@ -170,6 +278,7 @@ pub fn init(dir: &Path) -> Result<()> {
         let _ = fs::remove_file(dir.join(format!("{DB_FILE}.init{ext}")));
     }
     fs::rename(&tmp, dir.join(DB_FILE)).map_err(|e| StoreError::Io(d.clone(), e))?;
+    ensure_reserve(dir);
     drop(lock);
     Ok(())
 }
@@ -203,7 +312,115 @@ fn lock_exclusive(dir: &Path, purpose: &str) -> Result<File> {
     Ok(f)
 }
 
+/// Refuses a `queryfs.db` that is empty or carries no queryfs schema, by
+/// reading its header only (SQLite is not opened, nothing is written).
+fn check_db_header(dir: &Path) -> Result<()> {
+    let d = disp(dir);
+    let path = dir.join(DB_FILE);
+    let mut f = File::open(&path).map_err(|e| StoreError::Io(disp(&path), e))?;
+    let mut h = [0u8; 100];
+    let mut n = 0;
+    while n < h.len() {
+        match f.read(&mut h[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(StoreError::Io(disp(&path), e)),
+        }
+    }
+    let bad = |why: String| {
+        Err(StoreError::Corrupt(
+            d.clone(),
+            format!("{DB_FILE} is empty or damaged ({why}); nothing was written to it. Restore it from a backup"),
+        ))
+    };
+    if n == 0 {
+        return bad("0 bytes".into());
+    }
+    if n < h.len() || &h[..16] != b"SQLite format 3\0" {
+        return bad("not a SQLite database".into());
+    }
+    let user_version = u32::from_be_bytes([h[60], h[61], h[62], h[63]]);
+    if user_version == 0 {
+        return bad("no queryfs schema".into());
+    }
+    Ok(())
+}
+
+/// Free bytes for unprivileged users on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: valid C string and an out-pointer to a zeroed struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Path of the reserve file of the store in `dir`.
+pub fn reserve_path(dir: &Path) -> PathBuf {
+    dir.join(RESERVE_FILE)
+}
+
+/// Deletes the reserve file; true if there was one.
+pub fn release_reserve(dir: &Path) -> bool {
+    let p = reserve_path(dir);
+    match fs::remove_file(&p) {
+        Ok(()) => {
+            tracing::warn!(
+                "the disk of store {} is (nearly) full: deleted its {} MiB reserve file to make room; delete files to free space",
+                dir.display(),
+                RESERVE_BYTES >> 20
+            );
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Creates the reserve file when it is missing and the disk has room for it
+/// twice over. Best effort: a store works without it.
+fn ensure_reserve(dir: &Path) {
+    let p = reserve_path(dir);
+    if p.exists() || free_bytes(dir).is_none_or(|f| f < 2 * RESERVE_BYTES) {
+        return;
+    }
+    let Ok(f) = OpenOptions::new().write(true).create_new(true).open(&p) else {
+        return;
+    };
+    // SAFETY: a valid open fd.
+    let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, RESERVE_BYTES as libc::off_t) };
+    if r != 0 {
+        drop(f);
+        let _ = fs::remove_file(&p);
+        tracing::debug!("could not allocate {}: errno {r}", p.display());
+    }
+}
+
+/// True when `e` says the disk is full (SQLite reports a failed -shm
+/// extension as a plain I/O error, so that counts too when space is short).
+fn is_full(e: &StoreError, dir: &Path) -> bool {
+    let full_msg = |m: &MetaError| {
+        matches!(m, MetaError::Sql(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::DiskFull || f.code == rusqlite::ErrorCode::SystemIoFailure)
+    };
+    let low = free_bytes(dir).is_some_and(|f| f < RESERVE_BYTES);
+    match e {
+        StoreError::Meta(_, m) => full_msg(m) && low,
+        StoreError::Io(_, io) => io.raw_os_error() == Some(libc::ENOSPC),
+        StoreError::Corrupt(_, msg) => msg.contains("No space left") || msg.contains("full"),
+        StoreError::Fs(FsError::NoSpace) => true,
+        StoreError::Fs(FsError::Meta(m)) => full_msg(m) && low,
+        StoreError::Fs(FsError::Io(io)) => io.raw_os_error() == Some(libc::ENOSPC),
+        _ => false,
+    }
+}
+
 /// Opens a store. With `create`, a missing store is created first.
+///
+/// When the disk is short of space (less free than [`RESERVE_BYTES`]), or
+/// the open fails for lack of it, the reserve file is deleted and the open
+/// retried once.
 pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
     let d = disp(dir);
     if !exists(dir) {
@@ -213,11 +430,86 @@ pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
             return Err(StoreError::NotAStore(d));
         }
     }
-    let (lock, read_only) = match &access {
+    check_db_header(dir)?;
+    let mut released = false;
+    if free_bytes(dir).is_some_and(|f| f < RESERVE_BYTES) {
+        released = release_reserve(dir);
+    }
+    let mut s = match open_once(dir, &access, false) {
+        Err(e) if !released && is_full(&e, dir) && release_reserve(dir) => {
+            released = true;
+            open_once(dir, &access, false)
+        }
+        r => r,
+    };
+    // Reading needs no space at all when nothing writes the store and its
+    // WAL is empty: then the database is opened as an immutable file.
+    if let Err(e) = &s {
+        if is_full(e, dir) && !matches!(access, Access::Write { .. }) {
+            if let Ok(ro) = open_once(dir, &access, true) {
+                tracing::warn!(
+                    "the disk of store {d} is full: reading it as an immutable file (no writer runs)"
+                );
+                s = Ok(ro);
+            }
+        }
+    }
+    let mut s = s.map_err(|e| {
+        if is_full(&e, dir) {
+            let cause = match &e {
+                StoreError::Meta(_, m) => m.to_string(),
+                StoreError::Io(_, io) => io.to_string(),
+                StoreError::Corrupt(_, m) => m.clone(),
+                other => other.to_string(),
+            };
+            StoreError::Corrupt(
+                d.clone(),
+                format!("{cause}: the store's disk is full and no reserve file is left; free some space on it"),
+            )
+        } else {
+            e
+        }
+    })?;
+    s.reserve_released = released;
+    if matches!(access, Access::Write { .. }) && !released {
+        ensure_reserve(dir);
+    }
+    Ok(s)
+}
+
+/// A shared lock on `STORE/lock` (no writer can start while it is held),
+/// taken without writing anything.
+fn lock_shared_quiet(dir: &Path) -> Result<File> {
+    let d = disp(dir);
+    let f = File::open(dir.join(LOCK_FILE)).map_err(|e| StoreError::Io(d.clone(), e))?;
+    // SAFETY: a valid open fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        return Err(StoreError::Io(d, std::io::Error::last_os_error()));
+    }
+    Ok(f)
+}
+
+/// One open attempt. With `immutable` (readers only, on a full disk), the
+/// store lock is held so that no writer runs, and the database is opened as
+/// an immutable file when its WAL is empty.
+fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
+    let d = disp(dir);
+    let (lock, read_only) = match access {
         Access::Write { purpose, .. } => (Some(lock_exclusive(dir, purpose)?), false),
+        Access::Check { purpose } => (Some(lock_exclusive(dir, purpose)?), true),
+        Access::Read if immutable => (Some(lock_shared_quiet(dir)?), true),
         Access::Read => (None, true),
     };
-    let meta = if read_only {
+    let meta = if immutable {
+        let wal = fs::metadata(dir.join(format!("{DB_FILE}-wal"))).map_or(0, |m| m.len());
+        if !read_only || wal != 0 {
+            return Err(StoreError::Corrupt(
+                d,
+                "the write-ahead log is not empty".into(),
+            ));
+        }
+        Meta::open_immutable(&dir.join(DB_FILE))
+    } else if read_only {
         Meta::open_read_only(&dir.join(DB_FILE))
     } else {
         Meta::open(&dir.join(DB_FILE), false)
@@ -257,9 +549,29 @@ pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
         return Err(StoreError::Mismatch(d));
     }
     let container = Arc::new(container);
-    if let Access::Write { recover: true, .. } = access {
-        recover(&meta, &container)
-            .map_err(|e| StoreError::Corrupt(d.clone(), format!("recovery: {e}")))?;
+    let mut damage = Vec::new();
+    if let Access::Write { recover: want, .. } = access {
+        let r = if *want {
+            recover(&meta, &container)
+        } else {
+            damage_of(&meta, &container).map(|damage| Recovery {
+                damage,
+                ..Default::default()
+            })
+        }
+        .map_err(|e| StoreError::Corrupt(d.clone(), format!("recovery: {e}")))?;
+        damage = r.damage;
+        if !damage.is_empty() {
+            container.set_append_only(true);
+        }
+        // Without recovery the caller reports the damage (gc refuses,
+        // repair repairs).
+        if !damage.is_empty() && *want {
+            tracing::warn!(
+                "store {d}: {}; serving it append-only (no cluster is reused or freed) and reclaiming nothing. Run `queryfs --store {d} fsck --repair` while it is not mounted",
+                damage_summary(&damage)
+            );
+        }
     }
     let tuning = Tuning {
         read_only,
@@ -274,6 +586,8 @@ pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
         fs,
         id,
         read_only,
+        damage,
+        reserve_released: false,
         _lock: lock,
     })
 }
@@ -286,8 +600,117 @@ pub struct Reclaimed {
     pub unlinked_inodes: u64,
 }
 
-/// Reclaims crash leftovers. Only safe while no other process uses the store.
-fn recover(m: &Meta, c: &Container) -> std::result::Result<Reclaimed, FsError> {
+/// What recovery did, or the damage that stopped it.
+#[derive(Debug, Default, Clone)]
+struct Recovery {
+    reclaimed: Reclaimed,
+    damage: Vec<DamagedBlob>,
+}
+
+/// One path of `ino` (a name of it and of each parent), for messages.
+fn path_of(m: &Meta, ino: u64) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = ino;
+    while cur != crate::vfs::ROOT {
+        match m.parent_of(cur) {
+            Ok(Some((p, name))) if parts.len() < 4096 => {
+                parts.push(String::from_utf8_lossy(&name).into_owned());
+                cur = p;
+            }
+            _ => return format!("<inode {ino}, no name>"),
+        }
+    }
+    parts.reverse();
+    format!("/{}", parts.join("/"))
+}
+
+fn paths_holding(m: &Meta, hash: &[u8; 32]) -> std::result::Result<Vec<String>, MetaError> {
+    Ok(m.inodes_holding(hash)?
+        .into_iter()
+        .map(|ino| path_of(m, ino))
+        .collect())
+}
+
+/// The committed container chains (quarantined ones excluded) and the
+/// clusters kept for quarantined blobs that files still hold.
+#[allow(clippy::type_complexity)]
+fn chains_and_keep(
+    m: &Meta,
+) -> std::result::Result<(Vec<([u8; 32], ChainRef)>, Vec<u32>), MetaError> {
+    let chains = m
+        .blob_chains()?
+        .into_iter()
+        .filter(|&(_, _, loc)| loc != QUARANTINED)
+        .map(|(hash, len, start)| (hash, ChainRef { start, len }))
+        .collect();
+    let mut keep: Vec<u32> = m
+        .quarantined()?
+        .into_iter()
+        .filter(|q| q.refcount.is_some())
+        .flat_map(|q| q.clusters)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    Ok((chains, keep))
+}
+
+fn damaged_blobs(
+    m: &Meta,
+    chains: &[([u8; 32], ChainRef)],
+    found: Vec<crate::qvfs::container::DamagedChain>,
+) -> std::result::Result<Vec<DamagedBlob>, MetaError> {
+    found
+        .into_iter()
+        .map(|dc| {
+            let (hash, r) = chains[dc.index];
+            Ok(DamagedBlob {
+                blob: meta::hex(&hash),
+                size: r.len,
+                start_cluster: r.start,
+                reason: dc.reason,
+                files: paths_holding(m, &hash)?,
+                hash,
+                clusters: dc.clusters,
+                dangling: dc.dangling,
+            })
+        })
+        .collect()
+}
+
+/// The damaged blobs of the store (reads only).
+fn damage_of(m: &Meta, c: &Container) -> std::result::Result<Vec<DamagedBlob>, FsError> {
+    let (chains, keep) = chains_and_keep(m)?;
+    let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
+    let found = c.check(&refs, &keep)?.damaged;
+    Ok(damaged_blobs(m, &chains, found)?)
+}
+
+/// Reclaims crash leftovers. Only safe while no other process uses the
+/// store. Checks every chain first: on any damage it changes nothing and
+/// returns the damage.
+fn recover(m: &Meta, c: &Container) -> std::result::Result<Recovery, FsError> {
+    // Quarantined blobs no file holds any more: their clusters go back.
+    let resolved: Vec<[u8; 32]> = m
+        .quarantined()?
+        .into_iter()
+        .filter(|q| q.refcount.is_none())
+        .map(|q| q.hash)
+        .collect();
+    if !resolved.is_empty() {
+        m.write(|m| -> std::result::Result<(), FsError> {
+            for h in &resolved {
+                m.drop_quarantine(h)?;
+            }
+            Ok(())
+        })?;
+    }
+    let damage = damage_of(m, c)?;
+    if !damage.is_empty() {
+        return Ok(Recovery {
+            damage,
+            ..Default::default()
+        });
+    }
     let mut r = Reclaimed::default();
     let mut frees = Vec::new();
     m.write(|m| -> std::result::Result<(), FsError> {
@@ -308,21 +731,115 @@ fn recover(m: &Meta, c: &Container) -> std::result::Result<Reclaimed, FsError> {
         Ok(())
     })?;
     for loc in frees {
+        // Sound, unshared chains (checked above); QUARANTINED frees nothing.
         let _ = c.free_chain(loc);
     }
-    r.orphan_clusters = c.reclaim(m.blob_locations()?)?;
+    let (chains, keep) = chains_and_keep(m)?;
+    let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
+    match c.reclaim(&refs, &keep)? {
+        Reclaim::Freed(n) => r.orphan_clusters = n,
+        Reclaim::Damaged(found) => {
+            c.sync()?;
+            return Ok(Recovery {
+                reclaimed: r,
+                damage: damaged_blobs(m, &chains, found)?,
+            });
+        }
+    }
     c.sync()?;
     if r.orphan_clusters + r.unreferenced_blobs + r.unlinked_inodes > 0 {
         tracing::info!(?r, "reclaimed crash leftovers");
     }
-    Ok(r)
+    Ok(Recovery {
+        reclaimed: r,
+        damage: Vec::new(),
+    })
+}
+
+/// What `fsck --repair` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repair {
+    /// The blobs quarantined now, with the files that held them.
+    pub quarantined: Vec<DamagedBlob>,
+    /// What the reclaim after the quarantine freed.
+    pub reclaimed: Reclaimed,
 }
 
 impl Store {
     /// Reclaims unreferenced blobs, orphan clusters and unlinked inodes.
+    /// Refuses (and reclaims nothing) when a chain is damaged.
     pub fn gc(&self) -> Result<Reclaimed> {
         let m = self.fs.meta();
-        recover(&m, self.fs.container()).map_err(StoreError::from)
+        let r = recover(&m, self.fs.container())?;
+        if !r.damage.is_empty() {
+            return Err(StoreError::Damaged {
+                dir: disp(&self.dir),
+                summary: damage_summary(&r.damage),
+            });
+        }
+        Ok(r.reclaimed)
+    }
+
+    /// Deletes the reserve file (see the module doc); true if there was one.
+    pub fn release_reserve(&self) -> bool {
+        release_reserve(&self.dir)
+    }
+
+    /// Quarantines every blob whose chain is damaged (see
+    /// `meta::quarantine`): their clusters, and every cluster that no chain
+    /// reaches now (it may be the lost part of one), stay allocated while a
+    /// file holds them; the files read EIO where the damage is. Healthy
+    /// blobs are not touched. Then reclaims as `gc` does.
+    pub fn repair(&self) -> Result<Repair> {
+        let d = disp(&self.dir);
+        if self.read_only {
+            return Err(StoreError::Corrupt(d, "repair needs a writing open".into()));
+        }
+        let m = self.fs.meta();
+        let me = |e| StoreError::Meta(d.clone(), e);
+        let c = self.fs.container();
+        let (chains, keep) = chains_and_keep(&m).map_err(me)?;
+        let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
+        let check = c
+            .check(&refs, &keep)
+            .map_err(|e| StoreError::Io(d.clone(), e))?;
+        let orphans = check.orphans(&c.fat_snapshot());
+        let damaged = damaged_blobs(&m, &chains, check.damaged).map_err(me)?;
+        let now = crate::vfs::now_ns();
+        // A free cluster a damaged chain points to lost only its own FAT
+        // entry: it holds the blob's bytes, so it is taken out of the free
+        // list before anything else can be written.
+        let dangling: Vec<u32> = damaged.iter().filter_map(|b| b.dangling).collect();
+        c.hold(&dangling)
+            .and_then(|_| c.sync())
+            .map_err(|e| StoreError::Io(d.clone(), e))?;
+        m.write(|m| -> std::result::Result<(), MetaError> {
+            for b in &damaged {
+                let mut kept = b.clusters.clone();
+                kept.extend(b.dangling);
+                kept.extend(&orphans);
+                kept.sort_unstable();
+                kept.dedup();
+                m.quarantine_blob(&b.hash, &kept, &b.reason, now)?;
+            }
+            Ok(())
+        })
+        .map_err(me)?;
+        for b in &damaged {
+            tracing::warn!("quarantined {}", b.line());
+        }
+        let r = recover(&m, c)?;
+        if !r.damage.is_empty() {
+            return Err(StoreError::Damaged {
+                dir: d,
+                summary: format!("still damaged after repair: {}", damage_summary(&r.damage)),
+            });
+        }
+        c.set_append_only(false);
+        Ok(Repair {
+            quarantined: damaged,
+            reclaimed: r.reclaimed,
+        })
     }
 
     /// Store statistics.
@@ -366,7 +883,7 @@ impl Store {
         })
     }
 
-    /// Checks everything; `verify` also re-hashes every blob.
+    /// Checks everything; `verify` also re-hashes every blob. Reads only.
     pub fn fsck(&self, verify: bool) -> Result<FsckReport> {
         let d = disp(&self.dir);
         let m = self.fs.meta();
@@ -380,77 +897,102 @@ impl Store {
             ));
         }
         let blobs = m.all_blobs().map_err(me)?;
-        drop(m);
         let c = self.fs.container();
         let fat = c.fat_snapshot();
-        let mut owner: Vec<bool> = vec![false; fat.len()];
-        owner[0] = true;
+        let (_, data_len) = c.file_sizes().map_err(|e| StoreError::Io(d.clone(), e))?;
+        let (chains, keep) = chains_and_keep(&m).map_err(me)?;
+        let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
+        let check = check_chains(&fat, &refs, &keep, data_len);
+        let damaged_idx: std::collections::HashSet<usize> =
+            check.damaged.iter().map(|x| x.index).collect();
+        let damaged = damaged_blobs(&m, &chains, check.damaged.clone()).map_err(me)?;
+        for b in &damaged {
+            problems.push(format!(
+                "{}; `queryfs fsck --repair` quarantines it",
+                b.line()
+            ));
+        }
         let mut verified = 0u64;
         for b in &blobs {
             let hx = meta::hex(&b.hash[..8]);
-            match &b.data {
-                BlobData::Inline(data) => {
-                    if data.len() as u64 != b.size {
-                        problems.push(format!(
-                            "inline blob {hx}: {} bytes stored, {} recorded",
-                            data.len(),
-                            b.size
-                        ));
-                    } else if verify && blake3::hash(data).as_bytes() != &b.hash {
-                        problems.push(format!("inline blob {hx}: content does not match its hash"));
-                    }
+            if let BlobData::Inline(data) = &b.data {
+                if data.len() as u64 != b.size {
+                    problems.push(format!(
+                        "inline blob {hx}: {} bytes stored, {} recorded",
+                        data.len(),
+                        b.size
+                    ));
+                } else if verify && blake3::hash(data).as_bytes() != &b.hash {
+                    problems.push(format!("inline blob {hx}: content does not match its hash"));
                 }
-                BlobData::Cluster(loc) => match walk_chain(&fat, *loc) {
-                    Err(e) => problems.push(format!("blob {hx}: {e}")),
-                    Ok(chain) => {
-                        if (chain.len() as u64) < clusters_for(b.size) {
-                            problems.push(format!(
-                                "blob {hx}: chain of {} clusters is too short for {} bytes",
-                                chain.len(),
-                                b.size
-                            ));
-                        }
-                        for &cl in &chain {
-                            if owner[cl as usize] {
-                                problems.push(format!(
-                                    "blob {hx}: cluster {cl} is in two chains (cross-link)"
-                                ));
-                            }
-                            owner[cl as usize] = true;
-                        }
-                        if verify && (chain.len() as u64) >= clusters_for(b.size) {
-                            let mut buf = vec![0u8; b.size as usize];
-                            match c.read_chain(*loc, 0, &mut buf) {
-                                Ok(()) if blake3::hash(&buf).as_bytes() == &b.hash => {}
-                                Ok(()) => problems
-                                    .push(format!("blob {hx}: content does not match its hash")),
-                                Err(e) => problems.push(format!("blob {hx}: {e}")),
-                            }
-                        }
-                    }
-                },
+                if verify {
+                    verified += 1;
+                }
             }
-            if verify {
+        }
+        if verify {
+            for (i, (hash, r)) in chains.iter().enumerate() {
+                if damaged_idx.contains(&i) {
+                    continue;
+                }
                 verified += 1;
+                let mut buf = vec![0u8; r.len as usize];
+                match c.read_chain(r.start, 0, &mut buf) {
+                    Ok(()) if blake3::hash(&buf).as_bytes() == hash => {}
+                    Ok(()) => problems.push(format!(
+                        "blob {}: content does not match its hash; held by {}",
+                        meta::hex(&hash[..8]),
+                        paths_holding(&m, hash).map_err(me)?.join(", ")
+                    )),
+                    Err(e) => problems.push(format!("blob {}: {e}", meta::hex(&hash[..8]))),
+                }
             }
         }
-        let orphans = fat
-            .iter()
-            .enumerate()
-            .filter(|&(i, &v)| v != FAT_FREE && !owner[i])
-            .count() as u64;
+        let orphans = check.orphans(&fat).len() as u64;
         if orphans > 0 {
-            problems.push(format!("{orphans} clusters are allocated but belong to no blob (orphans); gc reclaims them"));
+            problems.push(if damaged.is_empty() {
+                format!("{orphans} clusters are allocated but belong to no blob (orphans); gc reclaims them")
+            } else {
+                format!("{orphans} clusters are allocated but reached by no chain; they may be the lost part of a damaged chain, so nothing reclaims them before `fsck --repair`")
+            });
         }
+        let mut known = Vec::new();
+        for q in m.quarantined().map_err(me)? {
+            if q.refcount.is_none() {
+                continue;
+            }
+            let files = paths_holding(&m, &q.marker).map_err(me)?;
+            known.push(KnownDamage {
+                blob: meta::hex(&q.hash),
+                size: q.size,
+                reason: q.reason,
+                quarantined_ns: q.created_ns,
+                files,
+            });
+        }
+        drop(m);
         Ok(FsckReport {
-            clean: problems.is_empty(),
+            clean: problems.is_empty() && known.is_empty(),
             problems,
+            damaged,
+            known_damage: known,
             blobs: blobs.len() as u64,
             blobs_verified: verified,
             clusters: fat.len() as u64,
             orphan_clusters: orphans,
         })
     }
+}
+
+/// A blob quarantined by an earlier `fsck --repair` that files still hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct KnownDamage {
+    pub blob: String,
+    pub size: u64,
+    pub reason: String,
+    pub quarantined_ns: i64,
+    /// The files that read EIO where this blob was.
+    pub files: Vec<String>,
 }
 
 /// What `info` reports.
@@ -475,8 +1017,14 @@ pub struct Info {
 /// What `fsck` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct FsckReport {
+    /// No problems and no known damage.
     pub clean: bool,
+    /// Everything wrong that was not known before (damaged chains included).
     pub problems: Vec<String>,
+    /// Blobs whose chains are damaged and not yet quarantined.
+    pub damaged: Vec<DamagedBlob>,
+    /// Quarantined blobs that files still hold (see `fsck --repair`).
+    pub known_damage: Vec<KnownDamage>,
     pub blobs: u64,
     pub blobs_verified: u64,
     pub clusters: u64,

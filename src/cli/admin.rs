@@ -71,36 +71,95 @@ pub fn info(dir: &Path, json: bool) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub fn fsck(dir: &Path, verify: bool, json: bool) -> Result<Outcome> {
+/// `fsck`: exit 0 when clean, 1 when there are problems or files hold
+/// quarantined (known damaged) data. Holds the store lock (refused beside a
+/// mount, whose in-flight state would read as damage) but opens everything
+/// read-only. With `repair`, first quarantines damaged blobs (writing);
+/// then exit 0 unless problems other than the known damage remain.
+pub fn fsck(dir: &Path, verify: bool, json: bool, repair: bool) -> Result<Outcome> {
+    let mut out = std::io::stdout().lock();
+    if repair {
+        let s = store::open(
+            dir,
+            Access::Write {
+                purpose: "queryfs fsck --repair".into(),
+                recover: false,
+            },
+            false,
+        )?;
+        let r = s
+            .repair()
+            .with_context(|| format!("repairing {}", dir.display()))?;
+        if json {
+            json_line(&mut out, &r)?;
+        } else {
+            for b in &r.quarantined {
+                writeln!(
+                    out,
+                    "quarantined: blob {} ({} bytes): {}",
+                    &b.blob[..16],
+                    b.size,
+                    b.reason
+                )?;
+                for f in &b.files {
+                    writeln!(out, "damaged file: {f}")?;
+                }
+            }
+            writeln!(
+                out,
+                "repair: {} damaged blobs quarantined; reclaimed {} orphan clusters, {} unreferenced blobs, {} unlinked files",
+                r.quarantined.len(),
+                r.reclaimed.orphan_clusters,
+                r.reclaimed.unreferenced_blobs,
+                r.reclaimed.unlinked_inodes
+            )?;
+        }
+        drop(s);
+    }
     let s = store::open(
         dir,
-        Access::Write {
+        Access::Check {
             purpose: "queryfs fsck".into(),
-            recover: false,
         },
         false,
     )?;
     let r = s
         .fsck(verify)
         .with_context(|| format!("checking {}", dir.display()))?;
-    let mut out = std::io::stdout().lock();
     if json {
         json_line(&mut out, &r)?;
     } else {
         for p in &r.problems {
             writeln!(out, "problem: {p}")?;
         }
+        for k in &r.known_damage {
+            for f in &k.files {
+                writeln!(
+                    out,
+                    "damaged: {f} (known: blob {} of {} bytes quarantined by fsck --repair: {}); reads of it fail with EIO; restore or delete the file",
+                    &k.blob[..16],
+                    k.size,
+                    k.reason
+                )?;
+            }
+        }
+        let files: usize = r.known_damage.iter().map(|k| k.files.len()).sum();
         writeln!(
             out,
-            "{}: {} blobs{}, {} clusters, {} problems",
+            "{}: {} blobs{}, {} clusters, {} problems{}",
             if r.clean { "clean" } else { "NOT CLEAN" },
             r.blobs,
             if verify { " (all re-hashed)" } else { "" },
             r.clusters,
-            r.problems.len()
+            r.problems.len(),
+            if files > 0 {
+                format!(", {files} damaged files (known, quarantined)")
+            } else {
+                String::new()
+            }
         )?;
     }
-    Ok(if r.clean {
+    Ok(if r.clean || (repair && r.problems.is_empty()) {
         Outcome::Ok
     } else {
         Outcome::NothingFound

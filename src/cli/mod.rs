@@ -82,15 +82,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check the store; exit 0 when clean, 1 when problems were found.
+    /// Check the store; exit 0 when clean, 1 when problems or known damage were found.
     Fsck {
         /// Also re-hash every blob.
         #[arg(long)]
         verify: bool,
+        /// Quarantine blobs whose cluster chains are damaged (the store must not be mounted).
+        #[arg(long)]
+        repair: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Reclaim unreferenced blobs, orphan clusters and unlinked files.
+    /// Reclaim unreferenced blobs, orphan clusters and unlinked files (refused while a chain is damaged).
     Gc {
         #[arg(long)]
         json: bool,
@@ -180,7 +183,11 @@ fn run(cli: Cli) -> Result<Outcome> {
         Cmd::Mv { src, dest } => files::mv(&dir, &src, &dest),
         Cmd::Stat { json, paths } => files::stat(&dir, json, &paths),
         Cmd::Info { json } => admin::info(&dir, json),
-        Cmd::Fsck { verify, json } => admin::fsck(&dir, verify, json),
+        Cmd::Fsck {
+            verify,
+            json,
+            repair,
+        } => admin::fsck(&dir, verify, json, repair),
         Cmd::Gc { json } => admin::gc(&dir, json),
         Cmd::Tag(cmd) => tags::tag(&dir, cmd),
         Cmd::Tags { json } => tags::tags(&dir, json),

@@ -18,9 +18,102 @@ pub struct MountArgs {
     /// Let other users (root included) use the mount.
     #[arg(long)]
     allow_other: bool,
-    /// Threads serving FUSE requests.
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
+    /// Threads serving FUSE requests (1 to 64).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_THREADS))]
+    threads: u32,
+}
+
+/// Most threads `--threads` accepts.
+const MAX_THREADS: i64 = 64;
+
+/// `p` made absolute with its longest existing ancestor canonicalized and
+/// the rest normalized lexically, so that paths that do not exist yet can
+/// be compared with ones that do.
+fn resolve(p: &Path) -> std::io::Result<PathBuf> {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    let mut base = abs.clone();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    let canon = loop {
+        match base.canonicalize() {
+            Ok(c) => break c,
+            Err(_) => {
+                let Some(name) = base.file_name() else {
+                    break base.clone();
+                };
+                rest.push(name.to_os_string());
+                if !base.pop() {
+                    break PathBuf::from("/");
+                }
+            }
+        }
+    };
+    let mut out = canon;
+    for part in rest.into_iter().rev() {
+        match part.to_str() {
+            Some(".") => {}
+            Some("..") => {
+                out.pop();
+            }
+            _ => out.push(part),
+        }
+    }
+    Ok(out)
+}
+
+/// Refuses a mount point that is the store folder, lies inside it, or
+/// contains it (the mount would hide the store from itself).
+fn check_nesting(store: &Path, mp: &Path) -> Result<()> {
+    if mp.starts_with(store) {
+        bail!(
+            "mount point {} is the store folder {} or inside it; choose a folder outside the store",
+            mp.display(),
+            store.display()
+        );
+    }
+    if store.starts_with(mp) {
+        bail!(
+            "the store {} lies inside the mount point {}; the mount would hide it; choose another mount point",
+            store.display(),
+            mp.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates `mp` and its missing parents; returns the topmost folder
+/// created (to remove if the mount fails), if any.
+fn create_mount_point(mp: &Path) -> Result<Option<PathBuf>> {
+    let mut top = None;
+    let mut p = mp.to_path_buf();
+    while !p.exists() {
+        top = Some(p.clone());
+        if !p.pop() {
+            break;
+        }
+    }
+    if top.is_some() {
+        std::fs::create_dir_all(mp)
+            .with_context(|| format!("creating mount point {}", mp.display()))?;
+    }
+    Ok(top)
+}
+
+/// Removes the folders [`create_mount_point`] made, if they are still empty.
+fn remove_created(mp: &Path, top: &Option<PathBuf>) {
+    let Some(top) = top else { return };
+    let mut p = mp.to_path_buf();
+    loop {
+        if std::fs::remove_dir(&p).is_err() {
+            return;
+        }
+        if &p == top || !p.pop() {
+            return;
+        }
+    }
 }
 
 /// umount2(2); on EBUSY with `lazy`, detaches instead.
@@ -45,17 +138,14 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
     let dir = store_opt.clone().unwrap_or_else(store::default_dir);
     // The default store is created on first use; a named one must exist.
     let create = store_opt.is_none();
-    if !a.mountpoint.exists() {
-        std::fs::create_dir_all(&a.mountpoint)
-            .with_context(|| format!("creating mount point {}", a.mountpoint.display()))?;
-    }
-    let mp = a
-        .mountpoint
-        .canonicalize()
+    // Every check before anything is created or mounted.
+    let mp = resolve(&a.mountpoint)
         .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
-    if !mp.is_dir() {
+    if mp.exists() && !mp.is_dir() {
         bail!("mount point {} is not a directory", mp.display());
     }
+    let store_abs = resolve(&dir).with_context(|| format!("store {}", dir.display()))?;
+    check_nesting(&store_abs, &mp)?;
     let s = store::open(
         &dir,
         Access::Write {
@@ -64,7 +154,17 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
         },
         create,
     )?;
-    let dir = dir.canonicalize().unwrap_or(dir);
+    // A damaged store was logged by the open (warn): it is served append-only.
+    let created = create_mount_point(&mp)?;
+    let r = serve_store(s, &dir, &mp, &a);
+    if r.is_err() {
+        remove_created(&mp, &created);
+    }
+    r
+}
+
+fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<Outcome> {
+    let dir = dir.canonicalize().unwrap_or(dir.to_path_buf());
     let fsname = {
         let d = dir.display().to_string();
         if d.contains([',', ' ', '\t', '\n', '\\']) {
@@ -76,7 +176,7 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
     let fs = s.fs.clone();
     let mut signals =
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
-    let sig_mp = mp.clone();
+    let sig_mp = mp.to_path_buf();
     std::thread::spawn(move || {
         for sig in signals.forever() {
             tracing::info!("signal {sig}: unmounting {}", sig_mp.display());
@@ -87,13 +187,13 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
     });
     let cfg = MountConfig {
         allow_other: a.allow_other,
-        threads: a.threads,
+        threads: a.threads as usize,
     };
     fs.start_group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)
         .context("starting the group-commit thread")?;
     let shown = dir.display().to_string();
     let at = mp.display().to_string();
-    serve(fs, &mp, &cfg, &fsname, |_| {
+    serve(fs, mp, &cfg, &fsname, |_| {
         eprintln!("queryfs: mounted {shown} at {at} (Ctrl-C or `queryfs umount {at}` to unmount)");
     })
     .with_context(|| format!("mounting at {}", mp.display()))?;
@@ -146,11 +246,11 @@ pub fn umount(mountpoint: &Path) -> Result<Outcome> {
     if store::exists(&store_dir) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // Check: takes the lock like a writer but writes nothing.
             match store::open(
                 &store_dir,
-                Access::Write {
+                Access::Check {
                     purpose: "queryfs umount (waiting)".into(),
-                    recover: false,
                 },
                 false,
             ) {

@@ -16,6 +16,7 @@
 //! must be released only after the change that freed it commits (cluster
 //! chains) waits in the batch ([`Meta::after_commit`]).
 
+pub mod quarantine;
 pub mod queries;
 pub mod sandbox;
 
@@ -45,6 +46,7 @@ static MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0001_initial.sql")),
     M::up(include_str!("../../migrations/0002_tags_and_queries.sql")),
     M::up(include_str!("../../migrations/0003_blocks.sql")),
+    M::up(include_str!("../../migrations/0004_quarantine.sql")),
 ];
 
 /// The migration list, for opening and for `validate()` in tests.
@@ -253,23 +255,49 @@ impl Batch {
 
 impl Meta {
     /// Opens (creating if asked) the database at `path` and migrates it.
+    /// Without `create`, a database with no queryfs schema (`user_version`
+    /// 0: an empty or truncated file) is refused before anything is
+    /// written to it, so that a damaged store is never "repaired" into an
+    /// empty one.
     pub fn open(path: &Path, create: bool) -> Result<Meta> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let conn = Connection::open_with_flags(path, flags)?;
+        if !create {
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            Self::require_schema(&conn, path)?;
+        }
         Self::setup(conn)
     }
 
-    /// Opens the database read-only (for offline readers beside a mount).
+    /// Opens the database read-only (for offline readers beside a mount);
+    /// refuses one with no queryfs schema, as [`Meta::open`] does.
     pub fn open_read_only(path: &Path) -> Result<Meta> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Self::require_schema(&conn, path)?;
         Ok(Meta::with(conn))
+    }
+
+    /// Fails unless the database carries a migrated queryfs schema. Only
+    /// reads (an empty file reads as user_version 0 and writes nothing).
+    fn require_schema(conn: &Connection, path: &Path) -> Result<()> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            return Err(MetaError::Sql(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB),
+                Some(format!(
+                    "{} is empty or damaged (no queryfs schema); nothing was written to it",
+                    path.display()
+                )),
+            )));
+        }
+        Ok(())
     }
 
     fn with(conn: Connection) -> Meta {

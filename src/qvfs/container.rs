@@ -54,6 +54,10 @@ pub const CLUSTER_SIZE: usize = 4096;
 pub const FAT_FREE: u32 = 0;
 /// FAT value of the last cluster of a chain (end of chain).
 pub const FAT_EOC: u32 = 0xFFFF_FFFF;
+/// Start cluster recorded for a blob whose chain was quarantined by
+/// `fsck --repair`: never a valid cluster (allocation stops below it), so
+/// every read of it fails, and freeing it does nothing.
+pub const QUARANTINED: u32 = FAT_EOC;
 
 /// Why a chain could not be followed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +75,10 @@ pub enum ChainError {
 impl fmt::Display for ChainError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ChainError::StartOutOfRange(QUARANTINED) => write!(
+                f,
+                "the blob was quarantined by `queryfs fsck --repair` (its chain was damaged)"
+            ),
             ChainError::StartOutOfRange(c) => write!(f, "start cluster {c} is outside the image"),
             ChainError::FreeCluster { at } => write!(f, "chain reaches free cluster {at}"),
             ChainError::NextOutOfRange { at, next } => {
@@ -136,6 +144,160 @@ pub fn clusters_for(len: u64) -> u64 {
     len.div_ceil(CLUSTER_SIZE as u64).max(1)
 }
 
+/// A committed chain to check: its start cluster and the byte length it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainRef {
+    pub start: u32,
+    pub len: u64,
+}
+
+/// A chain that failed the check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedChain {
+    /// Index into the `chains` given to the check.
+    pub index: usize,
+    pub start: u32,
+    /// Why, in words.
+    pub reason: String,
+    /// The allocated clusters the walk reached (each once, in chain order).
+    pub clusters: Vec<u32>,
+    /// A cluster the chain points to that is marked free: its own FAT entry
+    /// was lost, but it is part of the chain (see [`Container::hold`]).
+    pub dangling: Option<u32>,
+}
+
+/// What [`check_chains`] found.
+#[derive(Debug, Clone, Default)]
+pub struct ChainCheck {
+    /// Per cluster: reached by a chain, kept, or cluster 0.
+    pub live: Vec<bool>,
+    pub damaged: Vec<DamagedChain>,
+}
+
+impl ChainCheck {
+    /// Allocated clusters that nothing reaches.
+    pub fn orphans(&self, fat: &[u32]) -> Vec<u32> {
+        fat.iter()
+            .enumerate()
+            .filter(|&(i, &v)| v != FAT_FREE && !self.live.get(i).copied().unwrap_or(false))
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+}
+
+/// What [`Container::reclaim`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reclaim {
+    /// The chains are sound; this many orphan clusters were freed.
+    Freed(u64),
+    /// Some chains are damaged; nothing was freed.
+    Damaged(Vec<DamagedChain>),
+}
+
+/// Walks every chain once (each walk bounded by the FAT length) and finds
+/// the damaged ones: a walk that fails, a chain whose length does not match
+/// the bytes it holds (chains are allocated at exactly `clusters_for(len)`),
+/// a cluster on two chains or on a chain and in `keep` or cluster 0 (all
+/// sharers are damaged), and a cluster past the end of a `.qfd` of
+/// `data_len` bytes. Clusters in `keep` count as live.
+pub fn check_chains(fat: &[u32], chains: &[ChainRef], keep: &[u32], data_len: u64) -> ChainCheck {
+    const NONE: u32 = u32::MAX;
+    const KEPT: u32 = u32::MAX - 1;
+    const SHARED: u32 = u32::MAX - 2;
+    // Owner of each cluster: chain index, KEPT, SHARED or NONE.
+    let mut owner = vec![NONE; fat.len()];
+    let mut kept = vec![false; fat.len()];
+    if !owner.is_empty() {
+        owner[0] = KEPT;
+        kept[0] = true;
+    }
+    for &k in keep {
+        if let Some(o) = owner.get_mut(k as usize) {
+            if fat[k as usize] != FAT_FREE {
+                *o = KEPT;
+                kept[k as usize] = true;
+            }
+        }
+    }
+    let clusters_in_data = data_len / CLUSTER_SIZE as u64;
+    let mut reasons: Vec<Option<String>> = vec![None; chains.len()];
+    let mut walked: Vec<Vec<u32>> = Vec::with_capacity(chains.len());
+    let mut dangling: Vec<Option<u32>> = vec![None; chains.len()];
+    for (i, c) in chains.iter().enumerate() {
+        let (mut chain, err) = walk_chain_partial(fat, c.start);
+        if let Some(ChainError::FreeCluster { at }) = err {
+            dangling[i] = Some(at);
+        }
+        if let Some(e) = err {
+            reasons[i] = Some(e.to_string());
+            // A loop repeats clusters: keep each once.
+            let mut seen = std::collections::HashSet::new();
+            chain.retain(|x| seen.insert(*x));
+        } else {
+            let need = clusters_for(c.len);
+            if chain.len() as u64 != need {
+                reasons[i] = Some(format!(
+                    "chain of {} clusters for {} bytes (needs {need})",
+                    chain.len(),
+                    c.len
+                ));
+            }
+        }
+        if reasons[i].is_none() {
+            if let Some(&hi) = chain.iter().max() {
+                if hi as u64 >= clusters_in_data {
+                    reasons[i] = Some(format!(
+                        "cluster {hi} lies past the end of blobs.qfd ({data_len} bytes, {clusters_in_data} clusters): the file was truncated"
+                    ));
+                }
+            }
+        }
+        for &cl in &chain {
+            let o = &mut owner[cl as usize];
+            *o = match *o {
+                NONE => i as u32,
+                x if x == i as u32 => x,
+                _ => SHARED,
+            };
+        }
+        walked.push(chain);
+    }
+    // Second pass: every chain on a shared cluster is damaged.
+    for (i, chain) in walked.iter().enumerate() {
+        if reasons[i].is_some() {
+            continue;
+        }
+        if let Some(&cl) = chain
+            .iter()
+            .find(|&&cl| matches!(owner[cl as usize], SHARED | KEPT))
+        {
+            reasons[i] = Some(if cl == 0 {
+                "the chain reaches cluster 0, the container header (cross-link)".to_string()
+            } else if kept[cl as usize] {
+                format!("cluster {cl} also belongs to a quarantined chain (cross-link)")
+            } else {
+                format!("cluster {cl} is on another blob's chain too (cross-link)")
+            });
+        }
+    }
+    let live = owner.iter().map(|&o| o != NONE).collect();
+    let damaged = reasons
+        .into_iter()
+        .zip(walked)
+        .enumerate()
+        .filter_map(|(i, (r, clusters))| {
+            r.map(|reason| DamagedChain {
+                index: i,
+                start: chains[i].start,
+                reason,
+                clusters,
+                dangling: dangling[i],
+            })
+        })
+        .collect();
+    ChainCheck { live, damaged }
+}
+
 struct FatState {
     fat: Vec<u32>,
     /// No free cluster below this index.
@@ -153,6 +315,8 @@ pub struct Container {
     /// so every later `sync` fails until [`Container::clear_sync_failure`].
     sync_failures: AtomicU64,
     sync_failed: AtomicBool,
+    /// See [`Container::set_append_only`].
+    append_only: AtomicBool,
 }
 
 impl Container {
@@ -211,6 +375,7 @@ impl Container {
             unsynced: AtomicBool::new(false),
             sync_failures: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
+            append_only: AtomicBool::new(false),
         })
     }
 
@@ -274,6 +439,10 @@ impl Container {
         let mut st = self.write_state();
         let mut out = Vec::with_capacity(n);
         let mut i = st.hint.max(1);
+        if self.append_only.load(Ordering::Acquire) {
+            // Skip the scan: no free cluster is handed out (see set_append_only).
+            i = st.fat.len();
+        }
         while out.len() < n && i < st.fat.len() {
             if st.fat[i] == FAT_FREE {
                 out.push(i as u32);
@@ -281,7 +450,9 @@ impl Container {
             i += 1;
         }
         // Everything below `i` that was free is now taken.
-        st.hint = i;
+        if !self.append_only.load(Ordering::Acquire) {
+            st.hint = i;
+        }
         while out.len() < n {
             let next = st.fat.len();
             if next as u64 >= FAT_EOC as u64 {
@@ -463,7 +634,13 @@ impl Container {
 
     /// Frees the chain at `start`. Only call this after the transaction that
     /// dropped its last reference has committed.
+    ///
+    /// In append-only mode, and for [`QUARANTINED`], nothing is freed: the
+    /// clusters stay allocated (orphans) until a reclaim on a sound store.
     pub fn free_chain(&self, start: u32) -> io::Result<()> {
+        if start == QUARANTINED || self.append_only.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut st = self.write_state();
         let chain = match walk_chain(&st.fat, start) {
             Ok(c) => c,
@@ -482,35 +659,76 @@ impl Container {
         self.write_entries(&st.fat, &sorted)
     }
 
-    /// Frees every allocated cluster (except 0) not on a chain starting at one
-    /// of `live_starts`. Returns the number of clusters freed.
-    pub fn reclaim(&self, live_starts: impl IntoIterator<Item = u32>) -> io::Result<u64> {
-        let fat = self.fat_snapshot();
-        let mut live = vec![false; fat.len()];
-        live[0] = true;
-        for s in live_starts {
-            if let Ok(chain) = walk_chain(&fat, s) {
-                for c in chain {
-                    live[c as usize] = true;
-                }
-            }
-        }
-        let mut orphans = Vec::new();
-        for (i, &v) in fat.iter().enumerate() {
-            if v != FAT_FREE && !live[i] {
-                orphans.push(i as u32);
-            }
-        }
-        if orphans.is_empty() {
-            return Ok(0);
-        }
+    /// Puts the container in (or out of) append-only mode: allocation only
+    /// appends new clusters at the end and [`Container::free_chain`] frees
+    /// nothing, so no cluster that is allocated now (which may belong to a
+    /// damaged chain) is ever handed to a new writer. A store with damaged
+    /// chains is served this way until `fsck --repair`.
+    pub fn set_append_only(&self, on: bool) {
+        self.append_only.store(on, Ordering::Release);
+    }
+
+    pub fn append_only(&self) -> bool {
+        self.append_only.load(Ordering::Acquire)
+    }
+
+    /// Frees every allocated cluster (except 0) that is provably unreferenced:
+    /// on no chain of `chains` and not in `keep`. First walks every chain once
+    /// ([`check_chains`]); if any is damaged (broken, looping, too short or
+    /// too long for its size, sharing a cluster with another, or reaching
+    /// past the end of the `.qfd` file), nothing is freed — an allocated
+    /// cluster might then be the lost part of a damaged chain — and the
+    /// damage is returned instead. The check and the frees happen under the
+    /// write lock.
+    pub fn reclaim(&self, chains: &[ChainRef], keep: &[u32]) -> io::Result<Reclaim> {
+        let data_len = self.qfd.len()?;
         let mut st = self.write_state();
+        let check = check_chains(&st.fat, chains, keep, data_len);
+        if !check.damaged.is_empty() {
+            return Ok(Reclaim::Damaged(check.damaged));
+        }
+        let orphans: Vec<u32> = st
+            .fat
+            .iter()
+            .enumerate()
+            .filter(|&(i, &v)| v != FAT_FREE && !check.live[i])
+            .map(|(i, _)| i as u32)
+            .collect();
+        if orphans.is_empty() {
+            return Ok(Reclaim::Freed(0));
+        }
         for &c in &orphans {
             st.fat[c as usize] = FAT_FREE;
             st.hint = st.hint.min(c as usize);
         }
         self.write_entries(&st.fat, &orphans)?;
-        Ok(orphans.len() as u64)
+        Ok(Reclaim::Freed(orphans.len() as u64))
+    }
+
+    /// Marks those of `clusters` that are free as allocated (end of chain),
+    /// so that no writer is ever given them: for the clusters of a damaged
+    /// chain whose own FAT entries were lost. Under the write lock, like
+    /// every FAT change.
+    pub fn hold(&self, clusters: &[u32]) -> io::Result<()> {
+        let mut st = self.write_state();
+        let mut changed: Vec<u32> = clusters
+            .iter()
+            .copied()
+            .filter(|&c| (c as usize) < st.fat.len() && st.fat[c as usize] == FAT_FREE)
+            .collect();
+        changed.sort_unstable();
+        changed.dedup();
+        for &c in &changed {
+            st.fat[c as usize] = FAT_EOC;
+        }
+        self.write_entries(&st.fat, &changed)
+    }
+
+    /// [`check_chains`] on the current FAT and `.qfd` length.
+    pub fn check(&self, chains: &[ChainRef], keep: &[u32]) -> io::Result<ChainCheck> {
+        let data_len = self.qfd.len()?;
+        let st = self.read_state();
+        Ok(check_chains(&st.fat, chains, keep, data_len))
     }
 
     /// Makes all data and FAT writes so far durable: data first, then FAT.
@@ -614,14 +832,164 @@ mod tests {
         assert_eq!(c2.fat_snapshot(), c.fat_snapshot());
     }
 
+    fn refs(starts: &[(u32, u64)]) -> Vec<ChainRef> {
+        starts
+            .iter()
+            .map(|&(start, len)| ChainRef { start, len })
+            .collect()
+    }
+
     #[test]
     fn reclaim_frees_unreferenced_chains() {
         let (c, _, _) = mem();
         let a = c.write_chain(&[1u8; 9000]).unwrap();
         let b = c.write_chain(&[2u8; 100]).unwrap();
-        assert_eq!(c.reclaim([a]).unwrap(), 1);
+        assert_eq!(
+            c.reclaim(&refs(&[(a, 9000)]), &[]).unwrap(),
+            Reclaim::Freed(1)
+        );
         assert!(c.chain(b).is_err());
         assert_eq!(c.chain(a).unwrap().len(), 3);
+        // Kept clusters are not freed.
+        let d = c.write_chain(&[3u8; 5000]).unwrap();
+        let kept = c.chain(d).unwrap();
+        assert_eq!(
+            c.reclaim(&refs(&[(a, 9000)]), &kept).unwrap(),
+            Reclaim::Freed(0)
+        );
+        assert_eq!(c.chain(d).unwrap(), kept);
+    }
+
+    /// Plants one kind of damage in a store of three blobs plus an orphan
+    /// and checks that reclaim frees nothing and names exactly the victims.
+    fn damaged_case(plant: impl FnOnce(&Container, &[Vec<u32>]), want: &[usize], why: &str) {
+        let (c, _, _) = mem();
+        let sizes = [3 * 4096u64, 2 * 4096 + 1, 4096];
+        let starts: Vec<u32> = sizes
+            .iter()
+            .map(|&n| c.write_chain(&vec![7u8; n as usize]).unwrap())
+            .collect();
+        let chains: Vec<Vec<u32>> = starts.iter().map(|&s| c.chain(s).unwrap()).collect();
+        let orphan = c.write_chain(b"orphan").unwrap();
+        plant(&c, &chains);
+        let before = c.fat_snapshot();
+        let r: Vec<ChainRef> = starts
+            .iter()
+            .zip(sizes)
+            .map(|(&start, len)| ChainRef { start, len })
+            .collect();
+        match c.reclaim(&r, &[]).unwrap() {
+            Reclaim::Damaged(d) => {
+                let got: Vec<usize> = d.iter().map(|x| x.index).collect();
+                assert_eq!(got, want, "{why}: {d:?}");
+                assert!(d.iter().all(|x| x.reason.contains(why)), "{why}: {d:?}");
+            }
+            other => panic!("{why}: reclaim on a damaged FAT gave {other:?}"),
+        }
+        // Nothing freed: not the orphan, not the damaged chains' clusters.
+        assert_eq!(c.fat_snapshot(), before, "{why}");
+        assert_ne!(c.fat_snapshot()[orphan as usize], FAT_FREE);
+    }
+
+    fn set(c: &Container, cl: u32, v: u32) {
+        c.write_state().fat[cl as usize] = v;
+    }
+
+    #[test]
+    fn reclaim_refuses_every_kind_of_damaged_chain() {
+        // A FAT entry zeroed in the middle of blob 0's chain.
+        damaged_case(|c, ch| set(c, ch[0][1], FAT_FREE), &[0], "free cluster");
+        // A loop.
+        damaged_case(|c, ch| set(c, ch[0][2], ch[0][0]), &[0], "loops");
+        // Out of range.
+        damaged_case(|c, ch| set(c, ch[1][0], 999_999), &[1], "outside the image");
+        // Shorter than its size needs.
+        damaged_case(|c, ch| set(c, ch[0][1], FAT_EOC), &[0], "needs 3");
+        // Two blobs share a cluster: blob 2's only cluster now leads into
+        // blob 1's last one.
+        damaged_case(|c, ch| set(c, ch[2][0], ch[1][2]), &[1, 2], "");
+        // Longer than its size needs (pointing into an orphan).
+        damaged_case(
+            |c, ch| {
+                let o = c.write_chain(b"x").unwrap();
+                set(c, ch[2][0], o);
+            },
+            &[2],
+            "needs 1",
+        );
+    }
+
+    #[test]
+    fn check_finds_chains_past_the_end_of_the_data_file() {
+        let (c0, qfi, qfd) = mem();
+        let a = c0.write_chain(&[1u8; 4096]).unwrap();
+        let b = c0.write_chain(&[2u8; 8192]).unwrap();
+        let r = [
+            ChainRef {
+                start: a,
+                len: 4096,
+            },
+            ChainRef {
+                start: b,
+                len: 8192,
+            },
+        ];
+        assert!(c0.check(&r, &[]).unwrap().damaged.is_empty());
+        let mut short = qfd.snapshot();
+        short.truncate(3 * 4096);
+        let c = Container::open(
+            Box::new(MemDevice::with_bytes(qfi.snapshot())),
+            Box::new(MemDevice::with_bytes(short)),
+        )
+        .unwrap();
+        let d = c.check(&r, &[]).unwrap().damaged;
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].start, b);
+        assert!(d[0].reason.contains("truncated"), "{}", d[0].reason);
+        assert!(matches!(c.reclaim(&r, &[]).unwrap(), Reclaim::Damaged(_)));
+    }
+
+    #[test]
+    fn hold_keeps_a_free_cluster_from_writers() {
+        let (c, qfi, _) = mem();
+        let a = c.write_chain(&[1u8; 3 * 4096]).unwrap();
+        let ch = c.chain(a).unwrap();
+        set(&c, ch[1], FAT_FREE);
+        let d = c
+            .check(
+                &[ChainRef {
+                    start: a,
+                    len: 3 * 4096,
+                }],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(d.damaged[0].dangling, Some(ch[1]));
+        assert_eq!(d.damaged[0].clusters, vec![ch[0]]);
+        c.hold(&[ch[1]]).unwrap();
+        assert_eq!(
+            &qfi.snapshot()[ch[1] as usize * 4..][..4],
+            &FAT_EOC.to_le_bytes()
+        );
+        let b = c.write_chain(b"x").unwrap();
+        assert!(!ch.contains(&b), "a held cluster was reused");
+    }
+
+    #[test]
+    fn append_only_never_reuses_a_cluster() {
+        let (c, _, _) = mem();
+        let a = c.write_chain(&[1u8; 3 * 4096]).unwrap();
+        let a_chain = c.chain(a).unwrap();
+        set(&c, a_chain[1], FAT_FREE); // damage: cluster 2 is free now
+        c.set_append_only(true);
+        let n = c.cluster_count();
+        let b = c.write_chain(&[2u8; 4096]).unwrap();
+        assert_eq!(b as u64, n, "allocation appends");
+        // Frees do nothing.
+        c.free_chain(b).unwrap();
+        assert_ne!(c.fat_snapshot()[b as usize], FAT_FREE);
+        c.set_append_only(false);
+        assert_eq!(c.write_chain(b"x").unwrap(), a_chain[1]);
     }
 
     #[test]

@@ -1,0 +1,1 @@
+SELECT hash, size, loc FROM blobs WHERE loc IS NOT NULL

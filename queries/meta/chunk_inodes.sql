@@ -1,0 +1,1 @@
+SELECT DISTINCT ino FROM chunks WHERE hash = :hash ORDER BY ino

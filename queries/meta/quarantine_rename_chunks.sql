@@ -1,0 +1,1 @@
+UPDATE chunks SET hash = :marker WHERE hash = :hash
