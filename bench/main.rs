@@ -46,7 +46,7 @@ struct Args {
     /// The LiteboxFS binary (`cargo install liteboxfs-cli`); skipped if it does not run.
     #[arg(long, default_value = "litebox")]
     litebox: PathBuf,
-    /// Only these workload groups (seq,random,small,tar,dedup,query,rss,exchange).
+    /// Only these workload groups (seq,random,small,tar,sparse,dedup,query,rss,exchange).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The groups LiteboxFS runs (its random 4 KiB step on a 1 GiB file had
@@ -339,6 +339,52 @@ fn random(t: &Target, a: &Args, res: &mut Results) {
         median(ww),
     );
     fs::remove_file(&p).unwrap();
+}
+
+/// Work must follow the data held, not the size asked for: a truncate to
+/// 999,999,999,999,999 bytes (just under 1 PB) of a file holding one byte,
+/// a write at its far end, and a truncate back.
+fn sparse(t: &Target, a: &Args, res: &mut Results) {
+    let p = t.root.join("sparse");
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for _ in 0..a.runs {
+        fs::write(&p, b"x").unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        let start = Instant::now();
+        match f.set_len(999_999_999_999_999) {
+            Ok(()) => {
+                f.write_all_at(b"y", 999_999_999_999_000).unwrap();
+                f.sync_all().unwrap();
+                up.push(start.elapsed().as_secs_f64() * 1000.0);
+                let start = Instant::now();
+                f.set_len(1).unwrap();
+                f.sync_all().unwrap();
+                down.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            // A filesystem whose limit is below 1 PB (ext4: 16 TiB).
+            Err(e) => {
+                eprintln!("{}: truncate to 999,999,999,999,999: {e}", t.name);
+                break;
+            }
+        }
+        drop(f);
+        fs::remove_file(&p).unwrap();
+    }
+    if !up.is_empty() {
+        record(
+            res,
+            "truncate to ~1 PB + write at its end + fsync (ms)",
+            t.name,
+            median(up),
+        );
+        record(
+            res,
+            "truncate ~1 PB back to 1 byte + fsync (ms)",
+            t.name,
+            median(down),
+        );
+    }
 }
 
 fn small(t: &Target, a: &Args, res: &mut Results) {
@@ -757,6 +803,9 @@ fn main() {
         }
         if runs("small") {
             small(&t, &a, &mut res);
+        }
+        if runs("sparse") {
+            sparse(&t, &a, &mut res);
         }
         if runs("tar") {
             tar(&t, &a, &mut res);

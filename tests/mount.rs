@@ -505,3 +505,127 @@ fn other_users_see_permissions_enforced() {
     assert_eq!(fs::read(m.path("public")).unwrap(), b"for all");
     let _ = OpenOptions::new().mode(0o644);
 }
+
+/// A request that panics (through the test-only fault hook: a lookup of
+/// one name panics while holding the metadata lock) costs that request
+/// only: it answers EIO, the next requests are served, writes and commits
+/// still work, and the mount unmounts cleanly with everything committed.
+#[test]
+fn a_panicking_request_costs_one_request_not_the_mount() {
+    let t = tempfile::tempdir().unwrap();
+    let mut m = Mount::with_env(
+        t.path(),
+        &["--threads", "2"],
+        &[("QUERYFS_TEST_PANIC_LOOKUP", "boom")],
+    );
+    fs::write(m.path("before"), b"one").unwrap();
+    for _ in 0..3 {
+        let e = fs::metadata(m.path("boom")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+    // The lock held during the panic is usable again, on both threads.
+    for i in 0..50 {
+        fs::write(m.path(&format!("after{i}")), format!("{i}")).unwrap();
+    }
+    assert_eq!(fs::read(m.path("before")).unwrap(), b"one");
+    assert_eq!(fs::read_dir(&m.mp).unwrap().count(), 51 + 3);
+    m.stop();
+    let o = qfs(&m.store, &["fsck", "--verify"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(qfs_ok(&m.store, &["cat", "/after49"]), "49");
+}
+
+/// The shape that used to panic the mount: a short chunk, a short chunk far
+/// out, and a buffered read of the whole file; also the rest of the data
+/// calls real programs make (fallocate modes, SEEK_HOLE, st_blocks,
+/// statfs), through the kernel.
+#[test]
+fn short_chunks_holes_fallocate_and_seek_through_the_kernel() {
+    use std::os::unix::io::AsRawFd;
+    let t = tempfile::tempdir().unwrap();
+    let m = Mount::with_args(t.path(), &["--threads", "2"]);
+    let p = m.path("f");
+    fs::write(&p, [7u8; 100]).unwrap();
+    let f = OpenOptions::new().write(true).open(&p).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_at(&[9u8; 4095], 1 << 20).unwrap();
+    drop(f);
+    let all = fs::read(&p).unwrap();
+    assert_eq!(all.len(), (1 << 20) + 4095);
+    assert!(all[..100].iter().all(|&b| b == 7) && all[100..1 << 20].iter().all(|&b| b == 0));
+
+    // A 10 GiB sparse file holds (almost) nothing and has holes.
+    let sp = m.path("sparse");
+    let f = File::create(&sp).unwrap();
+    f.set_len(10 << 30).unwrap();
+    f.write_at(b"x", 5 << 30).unwrap();
+    f.sync_all().unwrap();
+    let md = fs::metadata(&sp).unwrap();
+    assert_eq!(md.len(), 10 << 30);
+    assert!(md.blocks() <= 8, "st_blocks {}", md.blocks());
+    let fd = f.as_raw_fd();
+    // SAFETY: a valid fd.
+    let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, 0);
+    // SAFETY: as above.
+    let data = unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) };
+    assert_eq!(data, 5 << 30);
+    // SAFETY: as above.
+    let past = unsafe { libc::lseek(fd, (5 << 30) + (1 << 20), libc::SEEK_DATA) };
+    assert_eq!(past, -1);
+    assert_eq!(errno(), libc::ENXIO);
+
+    // fallocate: mode 0 grows, KEEP_SIZE does not, PUNCH_HOLE zeroes,
+    // ZERO_RANGE zeroes, COLLAPSE_RANGE is not supported.
+    let g = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(m.path("g"))
+        .unwrap();
+    let gfd = g.as_raw_fd();
+    g.write_at(&[5u8; 300_000], 0).unwrap();
+    // SAFETY: valid fd for each call below.
+    unsafe {
+        assert_eq!(libc::fallocate(gfd, 0, 0, 400_000), 0);
+        assert_eq!(g.metadata().unwrap().len(), 400_000);
+        assert_eq!(
+            libc::fallocate(gfd, libc::FALLOC_FL_KEEP_SIZE, 0, 900_000),
+            0
+        );
+        assert_eq!(g.metadata().unwrap().len(), 400_000);
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        assert_eq!(libc::fallocate(gfd, punch, 1000, 150_000), 0);
+        assert_eq!(
+            libc::fallocate(gfd, libc::FALLOC_FL_ZERO_RANGE, 250_000, 10),
+            0
+        );
+        assert_eq!(
+            libc::fallocate(gfd, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 65536),
+            -1
+        );
+        assert_eq!(errno(), libc::EOPNOTSUPP);
+    }
+    let mut want = vec![5u8; 300_000];
+    want.resize(400_000, 0);
+    want[1000..151_000].fill(0);
+    want[250_000..250_010].fill(0);
+    g.sync_all().unwrap();
+    drop(g);
+    // SAFETY: as above.
+    let cold = fs::read(m.path("g")).unwrap();
+    assert!(cold == want, "fallocate content differs");
+
+    // statfs: total inodes >= free, and more than the files held.
+    let c = c(&m.mp);
+    // SAFETY: valid path and out-pointer.
+    let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut v) }, 0);
+    assert!(v.f_files >= v.f_ffree && v.f_files > 3 && v.f_ffree > 1000);
+    // Past the maximum size: EFBIG.
+    let h = File::create(m.path("h")).unwrap();
+    let e = h.set_len((1u64 << 50) + 1).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EFBIG));
+    h.set_len(999_999_999_999_999).unwrap();
+    assert_eq!(h.metadata().unwrap().len(), 999_999_999_999_999);
+}

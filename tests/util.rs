@@ -54,6 +54,8 @@ pub struct Mount {
     pub mp: PathBuf,
     pub child: Option<Child>,
     extra: Vec<String>,
+    /// Environment variables for the mount process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Mount {
@@ -74,6 +76,30 @@ impl Mount {
             mp: mp.canonicalize().unwrap(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        };
+        m.start();
+        m
+    }
+
+    /// Like [`Mount::with_args`], with environment variables for the mount
+    /// process (test-only fault hooks).
+    pub fn with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Mount {
+        let store = dir.join("store");
+        let mp = dir.join("mnt");
+        if !store.join("queryfs.db").exists() {
+            qfs_ok(&store, &["init"]);
+        }
+        std::fs::create_dir_all(&mp).unwrap();
+        let mut m = Mount {
+            store,
+            mp: mp.canonicalize().unwrap(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         m.start();
         m
@@ -87,6 +113,7 @@ impl Mount {
             .arg("mount")
             .arg(&self.mp)
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -70,6 +70,9 @@ pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(25);
 /// The group-commit thread checkpoints the WAL every this many ticks.
 const CHECKPOINT_EVERY: u32 = 8;
 
+/// Free space on the store's disk under which the space reserve is released.
+const LOW_SPACE: u64 = 32 << 20;
+
 /// The WAL is restarted once it holds this many frames (16 MiB).
 const WAL_RESTART_FRAMES: i64 = 4096;
 
@@ -617,6 +620,9 @@ impl Fs {
                         }
                     }
                     ticks = ticks.wrapping_add(1);
+                    if ticks % CHECKPOINT_EVERY == 0 {
+                        fs.release_reserve_when_full();
+                    }
                     if let (Some(c), 0) = (&checkpointer, ticks % CHECKPOINT_EVERY) {
                         if let Err(e) = fs.checkpoint(c) {
                             tracing::warn!("checkpoint: {e}");
@@ -627,6 +633,31 @@ impl Fs {
             .map_err(FsError::Io)?;
         *self.ticker.lock() = Some(h);
         Ok(())
+    }
+
+    /// When the disk holding the store is nearly full, deletes the store's
+    /// space reserve (`STORE/reserve`), so that the metadata commits that
+    /// free space (unlink, rmdir, truncate) still fit.
+    fn release_reserve_when_full(&self) {
+        let Some(dir) = &self.statfs_dir else { return };
+        let reserve = dir.join("reserve");
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+            return;
+        };
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c is a valid C string and v a valid out-pointer.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut v) } != 0 {
+            return;
+        }
+        let free = v.f_bavail as u64 * v.f_frsize as u64;
+        if free < LOW_SPACE && reserve.exists() {
+            match std::fs::remove_file(&reserve) {
+                Ok(()) => tracing::warn!(
+                    "the disk holding the store has {free} bytes free: released the space reserve"
+                ),
+                Err(e) => tracing::warn!("releasing the space reserve: {e}"),
+            }
+        }
     }
 
     /// Copies committed WAL frames into the database beside the writer;
@@ -720,7 +751,10 @@ impl Fs {
         }
         let m = self.meta();
         if test_panic_name() == Some(name) {
-            panic!("test fault hook: lookup of {:?}", String::from_utf8_lossy(name));
+            panic!(
+                "test fault hook: lookup of {:?}",
+                String::from_utf8_lossy(name)
+            );
         }
         self.dir(&m, parent)?;
         let attr = m.lookup(parent, name)?.ok_or(FsError::NotFound)?;
@@ -1805,10 +1839,7 @@ impl Fs {
     }
 
     /// The file's data, read-locked and current (see [`Fs::data_mut`]).
-    fn data_ref<'a>(
-        &self,
-        of: &'a OpenFile,
-    ) -> Result<parking_lot::RwLockReadGuard<'a, FileData>> {
+    fn data_ref<'a>(&self, of: &'a OpenFile) -> Result<parking_lot::RwLockReadGuard<'a, FileData>> {
         let st = of.data.read();
         if st.epoch == self.rollbacks.load(Ordering::Acquire) {
             return Ok(st);
