@@ -491,8 +491,8 @@ fn cross_linked_chains_are_both_damaged_and_both_quarantined() {
     qfs_code(&store, &["gc"], 0);
     // Every cluster of both chains, and the orphaned rest of b, stays.
     let fat = read_fat(&store);
-    for cl in 1..=32 {
-        assert_ne!(fat[cl], 0, "cluster {cl} was freed");
+    for (cl, &v) in fat.iter().enumerate().take(33).skip(1) {
+        assert_ne!(v, 0, "cluster {cl} was freed");
     }
     let o = qfs(&store, &["cat", "/keep"]);
     assert_eq!(o.stdout, keep);

@@ -288,7 +288,12 @@ impl Meta {
     /// reads (an empty file reads as user_version 0 and writes nothing).
     fn require_schema(conn: &Connection, path: &Path) -> Result<()> {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version == 0 {
+        let has_store: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'store'",
+            [],
+            |r| r.get(0),
+        )?;
+        if version == 0 || has_store == 0 {
             return Err(MetaError::Sql(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB),
                 Some(format!(

@@ -215,6 +215,31 @@ mod tests {
     }
 
     #[test]
+    fn opening_an_empty_database_fails_and_writes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("queryfs.db");
+        std::fs::File::create(&p).unwrap();
+        for r in [Meta::open(&p, false).err(), Meta::open_read_only(&p).err()] {
+            let e = r.expect("an empty database opened").to_string();
+            assert!(e.contains("empty or damaged"), "{e}");
+        }
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        // A SQLite database with a version but no queryfs tables, too.
+        {
+            let c = rusqlite::Connection::open(&p).unwrap();
+            c.execute_batch("PRAGMA user_version = 4; CREATE TABLE x (a);")
+                .unwrap();
+        }
+        let e = Meta::open(&p, false).err().expect("opened").to_string();
+        assert!(e.contains("empty or damaged"), "{e}");
+        let c = rusqlite::Connection::open(&p).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "the open created tables");
+    }
+
+    #[test]
     fn quarantine_moves_chunks_to_an_unreadable_marker() {
         let m = Meta::open_in_memory().unwrap();
         assert!(m.has_quarantine().unwrap());
