@@ -20,8 +20,8 @@
 //!    row cap, a cap on the bytes of a result, and a cap on the size of any
 //!    string or blob a query can build (`SQLITE_LIMIT_LENGTH`).
 
-use std::path::Path;
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -297,7 +297,10 @@ fn authorize(seen: &mut Seen, ctx: AuthContext<'_>) -> Authorization {
             if ctx.database_name == Some("temp") && ours(table_name) {
                 // A view itself (also from inside a CTE).
                 true
-            } else if PURE_TABLES.iter().any(|t| t.eq_ignore_ascii_case(table_name)) {
+            } else if PURE_TABLES
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(table_name))
+            {
                 true
             } else if ctx.accessor.is_some_and(ours) && ctx.database_name == Some("main") {
                 // A table under a view, read by that view.
@@ -330,7 +333,11 @@ fn authorize(seen: &mut Seen, ctx: AuthContext<'_>) -> Authorization {
             ),
             a => format!("not allowed in a query: {a:?}"),
         };
-        tracing::debug!("sandbox denied {what} (database {:?}, via {:?})", ctx.database_name, ctx.accessor);
+        tracing::debug!(
+            "sandbox denied {what} (database {:?}, via {:?})",
+            ctx.database_name,
+            ctx.accessor
+        );
         seen.denied.get_or_insert(what);
         Authorization::Deny
     }

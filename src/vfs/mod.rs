@@ -640,7 +640,7 @@ impl Fs {
     /// free space (unlink, rmdir, truncate) still fit.
     fn release_reserve_when_full(&self) {
         let Some(dir) = &self.statfs_dir else { return };
-        let reserve = dir.join("reserve");
+        let reserve = crate::store::reserve_path(dir);
         let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
             return;
         };
@@ -1748,7 +1748,10 @@ impl Fs {
                 out[..avail].copy_from_slice(&src[..avail]);
                 out[avail..].fill(0);
             }
-            BlobData::Cluster(loc) if self.tuning.read_only => {
+            // A reader beside a writer, or a damaged store served
+            // append-only until `fsck --repair` (a cross-linked chain could
+            // hold another blob's bytes): check the bytes against the hash.
+            BlobData::Cluster(loc) if self.tuning.read_only || self.blobs.append_only() => {
                 let mut whole = vec![0u8; c.size as usize];
                 self.blobs.read_chain(*loc, 0, &mut whole)?;
                 if blake3::hash(&whole).as_bytes() != &c.hash {
