@@ -591,7 +591,10 @@ struct Entry {
     mtime: Option<(i64, i64)>,
 }
 
-fn xattrs_of(p: &std::ffi::CStr) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+/// (name, value) pairs of a file's xattrs.
+type XattrList = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn xattrs_of(p: &std::ffi::CStr) -> Result<XattrList, String> {
     let mut buf = vec![0u8; 65536];
     // SAFETY: valid buffers.
     let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };

@@ -581,6 +581,7 @@ fn short_chunks_holes_fallocate_and_seek_through_the_kernel() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(m.path("g"))
         .unwrap();
     let gfd = g.as_raw_fd();

@@ -590,7 +590,7 @@ fn git_in(outside: &Path, work: &Path, remount: &mut dyn FnMut()) {
     // pack there), then check it.
     let clone = work.join("clone");
     git(
-        &work,
+        work,
         &[
             "clone",
             "-q",
@@ -763,7 +763,7 @@ fn touch(p: &Path) {
 fn make_in(work: &Path, remount: &mut dyn FnMut()) {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cproj");
     let proj = work.join("cproj");
-    ok(&work, "cp", &["-r", s(&fixture), s(&proj)]);
+    ok(work, "cp", &["-r", s(&fixture), s(&proj)]);
     let want = expected_checksum_output();
     let all = [
         "AR libutil.a",
@@ -1223,7 +1223,7 @@ fn tar_in(outside: &Path, work: &Path, remount: &mut dyn FnMut()) {
         s(&tree),
         ".",
     ];
-    ok(&work, "tar", &tar_args);
+    ok(work, "tar", &tar_args);
     let out = outside.join("out");
     fs::create_dir(&out).unwrap();
     ok(

@@ -8,21 +8,21 @@ CREATE TEMP VIEW files AS
 SELECT
     i.ino AS id,
     i.ino AS ino,
-    (WITH RECURSIVE up(ino, p) AS (
+    (WITH RECURSIVE qfs_up(ino, p) AS (
          SELECT d.parent, CAST(d.name AS TEXT)
          UNION ALL
          SELECT x.parent, CAST(x.name AS TEXT) || '/' || up.p
-         FROM up JOIN main.dentries x ON x.ino = up.ino
+         FROM qfs_up up JOIN main.dentries x ON x.ino = up.ino
          WHERE up.ino <> 1
-     ) SELECT '/' || p FROM up WHERE ino = 1) AS path,
+     ) SELECT '/' || p FROM qfs_up WHERE ino = 1) AS path,
     CAST(d.name AS TEXT) AS name,
-    (WITH RECURSIVE up(ino, p) AS (
+    (WITH RECURSIVE qfs_up(ino, p) AS (
          SELECT d.parent, ''
          UNION ALL
          SELECT x.parent, '/' || CAST(x.name AS TEXT) || up.p
-         FROM up JOIN main.dentries x ON x.ino = up.ino
+         FROM qfs_up up JOIN main.dentries x ON x.ino = up.ino
          WHERE up.ino <> 1
-     ) SELECT CASE p WHEN '' THEN '/' ELSE p END FROM up WHERE ino = 1) AS parent,
+     ) SELECT CASE p WHEN '' THEN '/' ELSE p END FROM qfs_up WHERE ino = 1) AS parent,
     d.parent AS parent_id,
     qfs_ext(d.name) AS ext,
     CASE i.kind

@@ -104,8 +104,32 @@ impl Sandbox {
         conn.busy_timeout(Duration::from_secs(2))?;
         conn.pragma_update(None, "cache_size", -8192)?;
         register_functions(&conn)?;
-        for (_, sql) in VIEWS {
-            conn.execute_batch(sql)?;
+        // Each documented view reads the tables under it only through an
+        // inner view whose name holds a secret of this connection; the
+        // authorizer admits base-table reads only when SQLite names such an
+        // inner view as the reader. A user's CTE may take any public name
+        // (`WITH files AS (SELECT * FROM main.inodes) ...`), never the
+        // secret one.
+        let secret = format!("{:032x}", rand::random::<u128>());
+        let tables: HashSet<String> = {
+            let mut st =
+                conn.prepare("SELECT lower(name) FROM main.sqlite_master WHERE type = 'table'")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (name, sql) in VIEWS {
+            let inner = format!("qfs_{name}_{secret}");
+            let body = sql
+                .replacen(
+                    &format!("CREATE TEMP VIEW {name} AS"),
+                    &format!("CREATE TEMP VIEW {inner} AS"),
+                    1,
+                )
+                .replace("qfs_up", &format!("qfs_up_{secret}"));
+            conn.execute_batch(&body)?;
+            conn.execute_batch(&format!(
+                "CREATE TEMP VIEW {name} AS SELECT * FROM temp.{inner}"
+            ))?;
         }
         conn.pragma_update(None, "query_only", true)?;
         conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
@@ -113,8 +137,14 @@ impl Sandbox {
         conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s2 = seen.clone();
+        let key = secret.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            authorize(&mut s2.lock().unwrap_or_else(|e| e.into_inner()), ctx)
+            authorize(
+                &key,
+                &tables,
+                &mut s2.lock().unwrap_or_else(|e| e.into_inner()),
+                ctx,
+            )
         }))?;
         let base = Instant::now();
         let deadline = Arc::new(AtomicU64::new(0));
@@ -155,6 +185,11 @@ impl Sandbox {
             rusqlite::Error::SqliteFailure(_, Some(m)) => QueryError::Invalid(m),
             e => QueryError::Sql(e),
         })?;
+        if stmt.is_explain() != 0 {
+            return Err(QueryError::Invalid(
+                "EXPLAIN is not allowed in a query".into(),
+            ));
+        }
         if !stmt.readonly() {
             return Err(QueryError::Invalid(
                 "only SELECT queries are allowed".into(),
@@ -286,8 +321,20 @@ impl Drop for Watchdog {
     }
 }
 
-fn authorize(seen: &mut Seen, ctx: AuthContext<'_>) -> Authorization {
-    let ours = |name: &str| VIEWS.iter().any(|(v, _)| v.eq_ignore_ascii_case(name));
+fn authorize(
+    secret: &str,
+    tables: &HashSet<String>,
+    seen: &mut Seen,
+    ctx: AuthContext<'_>,
+) -> Authorization {
+    let public = |name: &str| VIEWS.iter().any(|(v, _)| v.eq_ignore_ascii_case(name));
+    let inner = |name: &str| {
+        VIEWS.iter().any(|(v, _)| {
+            name.strip_prefix("qfs_").and_then(|r| r.strip_prefix(*v))
+                == Some(&format!("_{secret}"))
+        })
+    };
+    let ours = |name: &str| public(name) || inner(name);
     let ok = match ctx.action {
         AuthAction::Select | AuthAction::Recursive => true,
         AuthAction::Read {
@@ -302,7 +349,17 @@ fn authorize(seen: &mut Seen, ctx: AuthContext<'_>) -> Authorization {
                 .any(|t| t.eq_ignore_ascii_case(table_name))
             {
                 true
-            } else if ctx.accessor.is_some_and(ours) && ctx.database_name == Some("main") {
+            } else if ctx.accessor == Some(format!("qfs_up_{secret}").as_str())
+                && ctx.database_name == Some("main")
+                && table_name == "dentries"
+                && ["parent", "name", "ino"].contains(&column_name)
+            {
+                // The `files` view's path walk (a CTE inside the view, so
+                // SQLite names the CTE, not the view). A user's own CTE of
+                // that name gets no more than `files` shows anyway: the
+                // name table's parent, name and inode columns.
+                true
+            } else if ctx.accessor.is_some_and(inner) && ctx.database_name == Some("main") {
                 // A table under a view, read by that view.
                 seen.via_view.insert(table_name.to_string());
                 true
@@ -312,8 +369,12 @@ fn authorize(seen: &mut Seen, ctx: AuthContext<'_>) -> Authorization {
             {
                 // A row count with no column read: allowed only when the
                 // statement reads this table through a view too (checked
-                // after prepare).
-                seen.counted.insert(table_name.to_string());
+                // after prepare). Counting a CTE's rows is harmless.
+                if tables.contains(&table_name.to_ascii_lowercase())
+                    || table_name.to_ascii_lowercase().starts_with("sqlite_")
+                {
+                    seen.counted.insert(table_name.to_string());
+                }
                 true
             } else {
                 false
