@@ -1008,7 +1008,7 @@ fn sqlite_wal_ten_thousand_transactions_survive_remount() {
     );
     // And the copy read offline by the CLI is a sound database too.
     let copy = t.path().join("copy.sqlite");
-    // The path inside the store of MNT/work/db/test.sqlite.
+    // The database's path inside the store (the mount's work folder).
     let in_store = ["", "work", "db", "test.sqlite"].join("/");
     qfs_ok(&m.store, &["get", &in_store, s(&copy)]);
     let db = rusqlite::Connection::open(&copy).unwrap();

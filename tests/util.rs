@@ -65,21 +65,7 @@ impl Mount {
     }
 
     pub fn with_args(dir: &Path, extra: &[&str]) -> Mount {
-        let store = dir.join("store");
-        let mp = dir.join("mnt");
-        if !store.join("queryfs.db").exists() {
-            qfs_ok(&store, &["init"]);
-        }
-        std::fs::create_dir_all(&mp).unwrap();
-        let mut m = Mount {
-            store,
-            mp: mp.canonicalize().unwrap(),
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-        };
-        m.start();
-        m
+        Self::with_env(dir, extra, &[])
     }
 
     /// Like [`Mount::with_args`], with environment variables for the mount
