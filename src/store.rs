@@ -579,7 +579,8 @@ fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
     };
     let fs = Arc::new(
         Fs::new(meta, container, chunk_size, tuning, Some(dir.to_path_buf()))
-            .with_query_db(dir.join(DB_FILE)),
+            .with_query_db(dir.join(DB_FILE))
+            .with_reserve(reserve_path(dir)),
     );
     Ok(Store {
         dir: dir.to_path_buf(),

@@ -449,6 +449,8 @@ pub struct Fs {
     next_fh: AtomicU64,
     /// A folder on the disk holding the store, for `statfs`.
     statfs_dir: Option<PathBuf>,
+    /// The store's space reserve, released when the disk is nearly full.
+    reserve: Option<PathBuf>,
     /// The database file, for the query sandbox's own connection.
     query_db: Option<PathBuf>,
     /// Bumped by every metadata commit; query-folder listings cache on it.
@@ -483,6 +485,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             statfs_dir,
+            reserve: None,
             query_db: None,
             generation: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
@@ -494,6 +497,13 @@ impl Fs {
     }
 
     /// Lets query folders and `run_query` open the database at `db`.
+    /// Lets the mount release the store's space reserve at `path` when the
+    /// disk fills up.
+    pub fn with_reserve(mut self, path: PathBuf) -> Fs {
+        self.reserve = Some(path);
+        self
+    }
+
     pub fn with_query_db(mut self, db: PathBuf) -> Fs {
         self.query_db = Some(db);
         self
@@ -636,28 +646,31 @@ impl Fs {
     }
 
     /// When the disk holding the store is nearly full, deletes the store's
-    /// space reserve (`STORE/reserve`), so that the metadata commits that
-    /// free space (unlink, rmdir, truncate) still fit.
+    /// space reserve (given by [`Fs::with_reserve`]), so that the metadata
+    /// commits that free space (unlink, rmdir, truncate) still fit.
     fn release_reserve_when_full(&self) {
-        let Some(dir) = &self.statfs_dir else { return };
-        let reserve = crate::store::reserve_path(dir);
-        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        let (Some(reserve), Some(v)) = (&self.reserve, self.disk_space()) else {
             return;
         };
-        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: c is a valid C string and v a valid out-pointer.
-        if unsafe { libc::statvfs(c.as_ptr(), &mut v) } != 0 {
-            return;
-        }
-        let free = v.f_bavail as u64 * v.f_frsize as u64;
+        let free = v.f_bavail * v.f_frsize;
         if free < LOW_SPACE && reserve.exists() {
-            match std::fs::remove_file(&reserve) {
+            match std::fs::remove_file(reserve) {
                 Ok(()) => tracing::warn!(
                     "the disk holding the store has {free} bytes free: released the space reserve"
                 ),
                 Err(e) => tracing::warn!("releasing the space reserve: {e}"),
             }
         }
+    }
+
+    /// statvfs(3) of the disk holding the store, if the store is on disk.
+    fn disk_space(&self) -> Option<libc::statvfs> {
+        let dir = self.statfs_dir.as_ref()?;
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: a plain C struct, filled by statvfs below.
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c is a valid C string and v a valid out-pointer.
+        (unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0).then_some(v)
     }
 
     /// Copies committed WAL frames into the database beside the writer;
@@ -2427,20 +2440,13 @@ impl Fs {
             ffree: 1 << 32,
             ..Default::default()
         };
-        if let Some(dir) = &self.statfs_dir {
-            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-                .map_err(|_| FsError::Invalid("store path has NUL".into()))?;
-            let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
-            // SAFETY: c is a valid C string and v a valid out-pointer.
-            if unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0 {
-                let scale = v.f_frsize as u64 / 4096;
-                let scale = scale.max(1);
-                out.blocks = v.f_blocks as u64 * scale;
-                out.bfree = v.f_bfree as u64 * scale;
-                out.bavail = v.f_bavail as u64 * scale;
-                if v.f_favail > 0 {
-                    out.ffree = v.f_favail as u64;
-                }
+        if let Some(v) = self.disk_space() {
+            let scale = (v.f_frsize / 4096).max(1);
+            out.blocks = v.f_blocks * scale;
+            out.bfree = v.f_bfree * scale;
+            out.bavail = v.f_bavail * scale;
+            if v.f_favail > 0 {
+                out.ffree = v.f_favail;
             }
         }
         out.files += out.ffree;
