@@ -628,14 +628,21 @@ fn root_entry(root: &Path) -> Result<Entry, String> {
     if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
         return Err(format!("lstat of the root: {}", ename(errno())));
     }
+    entry_of(&st, &c)
+}
+
+/// What the tree comparison records of one lstat'ed path (size, content and
+/// target are filled in by the caller for files and symlinks).
+fn entry_of(st: &libc::stat, c: &std::ffi::CStr) -> Result<Entry, String> {
+    let kind = kind_of(st.st_mode);
     Ok(Entry {
-        kind: kind_of(st.st_mode),
+        kind,
         perm: st.st_mode & 0o7777,
         nlink: st.st_nlink,
-        size: 0,
+        size: if kind == "reg" { st.st_size } else { 0 },
         hash: String::new(),
         target: Vec::new(),
-        xattrs: xattrs_of(&c)?,
+        xattrs: xattrs_of(c)?,
         mtime: if (SENTINEL_LO..SENTINEL_HI).contains(&st.st_mtime) {
             Some((st.st_mtime, st.st_mtime_nsec))
         } else {
@@ -669,22 +676,8 @@ fn walk(root: &Path, rel: &[u8], out: &mut BTreeMap<Vec<u8>, Entry>) -> Result<(
                 ename(errno())
             ));
         }
-        let kind = kind_of(st.st_mode);
-        let mut ent = Entry {
-            kind,
-            perm: st.st_mode & 0o7777,
-            nlink: st.st_nlink,
-            size: if kind == "reg" { st.st_size } else { 0 },
-            hash: String::new(),
-            target: Vec::new(),
-            xattrs: xattrs_of(&c)?,
-            mtime: if (SENTINEL_LO..SENTINEL_HI).contains(&st.st_mtime) {
-                Some((st.st_mtime, st.st_mtime_nsec))
-            } else {
-                None
-            },
-        };
-        match kind {
+        let mut ent = entry_of(&st, &c)?;
+        match ent.kind {
             "reg" => {
                 let data = std::fs::read(std::ffi::OsStr::from_bytes(c.as_bytes()))
                     .map_err(|e| format!("reading {}: {e}", q(&r)))?;
@@ -707,8 +700,9 @@ fn walk(root: &Path, rel: &[u8], out: &mut BTreeMap<Vec<u8>, Entry>) -> Result<(
             }
             _ => {}
         }
+        let is_dir = ent.kind == "dir";
         out.insert(r.clone(), ent);
-        if kind == "dir" {
+        if is_dir {
             walk(root, &r, out)?;
         }
     }

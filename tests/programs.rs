@@ -670,6 +670,17 @@ fn git_in(outside: &Path, work: &Path, remount: &mut dyn FnMut()) {
     );
 }
 
+/// Unmounts cleanly and insists that `fsck --verify` finds the store clean.
+fn stop_and_fsck(m: &mut Mount, after: &str) {
+    m.stop();
+    let o = qfs(&m.store, &["fsck", "--verify"]);
+    assert!(
+        o.status.success(),
+        "fsck --verify after {after}: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
 #[test]
 fn git_clone_fsck_gc_commit_and_clone_back() {
     let started = Instant::now();
@@ -840,13 +851,7 @@ fn make_builds_runs_and_rebuilds_only_what_changed() {
     let t = tempfile::tempdir().unwrap();
     let (mut m, work) = mounted(&t);
     make_in(&work, &mut || m.remount());
-    m.stop();
-    let o = qfs(&m.store, &["fsck", "--verify"]);
-    assert!(
-        o.status.success(),
-        "fsck --verify after make: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    stop_and_fsck(&mut m, "make");
     eprintln!("make test: {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -999,13 +1004,7 @@ fn sqlite_wal_ten_thousand_transactions_survive_remount() {
     let t = tempfile::tempdir().unwrap();
     let (mut m, work) = mounted(&t);
     let model = sqlite_in(&work, &mut || m.remount());
-    m.stop();
-    let o = qfs(&m.store, &["fsck", "--verify"]);
-    assert!(
-        o.status.success(),
-        "fsck --verify after sqlite: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    stop_and_fsck(&mut m, "sqlite");
     // And the copy read offline by the CLI is a sound database too.
     let copy = t.path().join("copy.sqlite");
     // The database's path inside the store (the mount's work folder).
@@ -1184,13 +1183,7 @@ fn rsync_round_trip_converges_and_preserves_everything() {
     let t = tempfile::tempdir().unwrap();
     let (mut m, work) = mounted(&t);
     rsync_in(t.path(), &work, &mut || m.remount());
-    m.stop();
-    let o = qfs(&m.store, &["fsck", "--verify"]);
-    assert!(
-        o.status.success(),
-        "fsck --verify after rsync: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    stop_and_fsck(&mut m, "rsync");
     eprintln!("rsync test: {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -1292,13 +1285,7 @@ fn tar_out_of_and_into_the_mount_keeps_everything() {
     let t = tempfile::tempdir().unwrap();
     let (mut m, work) = mounted(&t);
     tar_in(t.path(), &work, &mut || m.remount());
-    m.stop();
-    let o = qfs(&m.store, &["fsck", "--verify"]);
-    assert!(
-        o.status.success(),
-        "fsck --verify after tar: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    stop_and_fsck(&mut m, "tar");
     eprintln!("tar test: {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -1357,13 +1344,7 @@ fn all_programs_at_once_on_one_mount() {
         failed.is_empty(),
         "failed when run together: {failed:?} (see their panics above)"
     );
-    m.stop();
-    let o = qfs(&m.store, &["fsck", "--verify"]);
-    assert!(
-        o.status.success(),
-        "fsck --verify after all programs at once: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    stop_and_fsck(&mut m, "all programs at once");
     eprintln!("all at once: {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -1485,13 +1466,7 @@ done
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "after the kills"]);
     git(&repo, &["fsck", "--full", "--strict"]);
-    m.stop();
-    let o = qfs(&m.store, &["fsck", "--verify"]);
-    assert!(
-        o.status.success(),
-        "fsck --verify after the git kills: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    stop_and_fsck(&mut m, "the git kills");
     eprintln!(
         "git kill test: {reported_total} commits, {:.1} s",
         started.elapsed().as_secs_f64()
@@ -1613,13 +1588,7 @@ db.close()
     check(&rusqlite::Connection::open(&path).unwrap(), "at the end");
     m.remount();
     check(&rusqlite::Connection::open(&path).unwrap(), "after remount");
-    m.stop();
-    let o = qfs(&m.store, &["fsck", "--verify"]);
-    assert!(
-        o.status.success(),
-        "fsck --verify after shared sqlite: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    stop_and_fsck(&mut m, "shared sqlite");
     eprintln!(
         "sqlite shared test: {:.1} s",
         started.elapsed().as_secs_f64()
@@ -1783,13 +1752,7 @@ fn sparse_files_through_cp_fallocate_tar_and_rsync() {
         vec![0u8; 3 << 20],
         "zeros.bin after remount"
     );
-    m.stop();
-    let o = qfs(&m.store, &["fsck", "--verify"]);
-    assert!(
-        o.status.success(),
-        "fsck --verify after sparse files: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    stop_and_fsck(&mut m, "sparse files");
     eprintln!("sparse test: {:.1} s", started.elapsed().as_secs_f64());
 }
 
