@@ -285,7 +285,21 @@ fn apply(root: &Path, op: &Op) -> Out {
                 let fl = if *nf { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
                 res(libc::utimensat(libc::AT_FDCWD, join(root, p).as_ptr(), ts.as_ptr(), fl) as i64)
             }
-            Op::Truncate(p, n) => res(libc::truncate(join(root, p).as_ptr(), *n) as i64),
+            Op::Truncate(p, n) => {
+                let c = join(root, p);
+                let mut st: libc::stat = std::mem::zeroed();
+                let before = (libc::stat(c.as_ptr(), &mut st) == 0).then_some(st.st_size);
+                let o = res(libc::truncate(c.as_ptr(), *n) as i64);
+                if o.ret == 0 && before == Some(*n) {
+                    // Local filesystems disagree on the times of a truncate
+                    // to the current size (ext4 always sets them, tmpfs not
+                    // for an empty file, POSIX only on a change); queryfs
+                    // sets them. Both sides touch the file so that the
+                    // comparison goes on from the same state.
+                    libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0);
+                }
+                o
+            }
             Op::Write(p, off, d, app) => {
                 let fl = libc::O_WRONLY | if *app { libc::O_APPEND } else { 0 };
                 let fd = libc::open(join(root, p).as_ptr(), fl);

@@ -185,6 +185,10 @@ impl Filesystem for FuseFs {
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // open(O_TRUNC) arrives as one open, not as a setattr the server
+        // cannot tell from truncate(2) (which leaves times alone when the
+        // size does not change, while O_TRUNC always sets them).
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 
@@ -365,9 +369,17 @@ impl Filesystem for FuseFs {
         })
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", ino.0, || {
-            match self.fs.open(ino.0) {
+            // With FUSE_ATOMIC_O_TRUNC the kernel leaves O_TRUNC to open
+            // (after checking write permission, even for O_RDONLY|O_TRUNC,
+            // which Linux truncates too).
+            let opened = if flags.0 & libc::O_TRUNC != 0 {
+                self.fs.open_truncating(ino.0)
+            } else {
+                self.fs.open(ino.0)
+            };
+            match opened {
                 // Every change goes through this mount, so the page cache stays
                 // right across opens.
                 Ok(fh) if is_virtual(ino.0) => {

@@ -630,3 +630,79 @@ fn short_chunks_holes_fallocate_and_seek_through_the_kernel() {
     h.set_len(999_999_999_999_999).unwrap();
     assert_eq!(h.metadata().unwrap().len(), 999_999_999_999_999);
 }
+
+#[test]
+fn truncating_sets_times_like_a_local_filesystem() {
+    let t = tempfile::tempdir().unwrap();
+    let m = Mount::new(t.path());
+    let p = m.path("t");
+    let old = || {
+        let ts = [libc::timespec {
+            tv_sec: 978_307_200,
+            tv_nsec: 0,
+        }; 2];
+        // SAFETY: valid C string and timespec array.
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), ts.as_ptr(), 0) },
+            0
+        );
+    };
+    let mtime = || fs::metadata(&p).unwrap().mtime();
+    // open(O_TRUNC) of an empty file: POSIX marks mtime and ctime.
+    File::create(&p).unwrap();
+    old();
+    drop(
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap(),
+    );
+    assert!(
+        mtime() > 978_307_200,
+        "O_TRUNC of an empty file kept the old mtime"
+    );
+    // open(O_TRUNC) of a full file empties it and sets the times.
+    fs::write(&p, b"some content").unwrap();
+    old();
+    drop(
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap(),
+    );
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+    assert!(mtime() > 978_307_200);
+    // truncate(2) and ftruncate(2) to the current size set them too (ext4).
+    fs::write(&p, vec![7u8; 70_000]).unwrap();
+    old();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::truncate(c(&p).as_ptr(), 70_000) }, 0);
+    assert!(
+        mtime() > 978_307_200,
+        "truncate(2) to the same size kept the mtime"
+    );
+    old();
+    OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(70_000)
+        .unwrap();
+    assert!(
+        mtime() > 978_307_200,
+        "ftruncate(2) to the same size kept the mtime"
+    );
+    assert_eq!(fs::read(&p).unwrap(), vec![7u8; 70_000]);
+    // O_RDONLY|O_TRUNC truncates on Linux too.
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(&p)
+        .unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 0);
+    drop(f);
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+    drop(m);
+}

@@ -1307,9 +1307,10 @@ impl Fs {
             let mut st = self.data_mut(&of)?;
             let others = of.opens.load(Ordering::Acquire) > 1;
             let defer = others && st.unsaved(&of);
-            // A truncate to the current size changes nothing, times
-            // included (as on ext4 and tmpfs).
-            if let Some(size) = set.size.filter(|&n| n != st.size) {
+            // A truncate sets mtime and ctime even when the size does not
+            // change, as ext4 and tmpfs do for truncate(2), ftruncate(2) and
+            // O_TRUNC (the kernel sends FUSE no time with any of them).
+            if let Some(size) = set.size {
                 self.truncate_locked(&of, &mut st, size, now);
             }
             {
@@ -1741,6 +1742,26 @@ impl Fs {
         }
         let of = self.acquire(ino)?;
         Ok(self.new_fh(Handle::File(of)))
+    }
+
+    /// open(2) with `O_TRUNC`: the file is cut to size 0 and, even when it
+    /// was empty already, its mtime and ctime are set to now (POSIX; as
+    /// ext4 and tmpfs do).
+    pub fn open_truncating(&self, ino: u64) -> Result<u64> {
+        if is_virtual(ino) {
+            return Err(FsError::Access);
+        }
+        let fh = self.open(ino)?;
+        let cut = SetAttr {
+            size: Some(0),
+            mtime: Some(SetTime::Now),
+            ..Default::default()
+        };
+        if let Err(e) = self.setattr(ino, &cut) {
+            self.release(fh)?;
+            return Err(e);
+        }
+        Ok(fh)
     }
 
     fn file(&self, fh: u64) -> Result<Arc<OpenFile>> {
