@@ -1271,7 +1271,7 @@ impl Fs {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Inode> {
         if is_virtual(ino) {
-            return Err(FsError::NotPermitted);
+            return self.v_setattr(ino, set);
         }
         let now = now_ns();
         if let Some(size) = set.size {

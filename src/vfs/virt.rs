@@ -629,6 +629,19 @@ impl Fs {
         }))))
     }
 
+    /// setattr(2) on a virtual node: setting the times of a tag folder
+    /// succeeds and changes nothing (a folder has no times of its own;
+    /// `rsync -a` and `cp -a` set them on every directory they fill).
+    /// Anything else is refused.
+    pub(super) fn v_setattr(&self, ino: u64, set: &super::SetAttr) -> Result<Inode> {
+        let times_only =
+            set.size.is_none() && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+        match self.vkey(ino)? {
+            VKey::ByTag(_) if times_only => self.v_getattr(ino),
+            _ => Err(FsError::NotPermitted),
+        }
+    }
+
     pub(super) fn v_readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let t = self.virt.table.lock();
         match t.nodes.get(&ino) {
