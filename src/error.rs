@@ -43,8 +43,6 @@ pub enum FsError {
     TooBig,
     #[error("too many links")]
     TooManyLinks,
-    #[error("cannot move between these folders (a query folder is not a place to keep files)")]
-    CrossDevice,
     #[error("the name is reserved for a query folder")]
     Busy,
     /// The kernel still knows an inode that is gone (replaced or removed
@@ -88,7 +86,6 @@ impl FsError {
             FsError::TooManyLinks => EMLINK,
             FsError::NoSpace => ENOSPC,
             FsError::NoSuchOffset => ENXIO,
-            FsError::CrossDevice => EXDEV,
             FsError::Busy => EBUSY,
             FsError::Stale => ESTALE,
             FsError::Corrupt(_) => EIO,

@@ -121,7 +121,10 @@ fn mv_dir_into_tag_folder_tags_in_place() {
     assert_eq!(tags(&m.path("Albums/H")), "album");
     // In the folder, the directory is a symlink to its real place.
     let link = m.path("by-tag/album/H");
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(fs::read_link(&link).unwrap(), Path::new("../../Albums/H"));
     assert_eq!(read(&m, "by-tag/album/H/01.flac"), "a\n");
     assert_eq!(names(&m.path("Albums")), set(&["H"]));
@@ -177,7 +180,11 @@ fn saved(m: &Mount, before: &BTreeMap<String, Vec<u8>>, what: &str) {
         Ok(&b"mine"[..]),
         "{what}"
     );
-    assert_eq!(names(&m.path("by-tag/notes")), set(&["note-a.txt"]), "{what}");
+    assert_eq!(
+        names(&m.path("by-tag/notes")),
+        set(&["note-a.txt"]),
+        "{what}"
+    );
     assert_eq!(read(m, "by-tag/notes/note-a.txt"), "ONE two\n", "{what}");
     let mut want = before.clone();
     want.insert("notes/note-a.txt".into(), b"ONE two\n".to_vec());
@@ -360,7 +367,10 @@ fn mv_out_moves_the_real_file() {
     assert!(names(&m.path("music")).is_empty());
     assert!(names(&m.path("by-tag/jazz")).is_empty());
     let files = real_tree(&m);
-    assert_eq!(files.keys().cloned().collect::<BTreeSet<_>>(), set(&["Home/F.flac"]));
+    assert_eq!(
+        files.keys().cloned().collect::<BTreeSet<_>>(),
+        set(&["Home/F.flac"])
+    );
 
     // A directory entry moves the real directory.
     write_tagged(&m, "Albums/H/01.flac", "a\n", "");
@@ -396,7 +406,10 @@ fn relative_symlinks_resolve_as_at_their_place() {
     std::os::unix::fs::symlink("../data/x.txt", m.path("a/b/link")).unwrap();
     run_ok("mkdir", &["by-tag/t"], &mp);
     run_ok("mv", &["a/b/link", "by-tag/t/"], &mp);
-    assert!(fs::symlink_metadata(m.path("a/b/link")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(m.path("a/b/link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     // The kernel moved its cached entry of the real symlink into the
     // folder at the rename; it holds it for the entry TTL (1 s), then asks
     // again and gets the rewritten symlink (a known limit, see the README).

@@ -96,7 +96,13 @@ struct Vacated {
     name: Vec<u8>,
     /// Its real place after the rename.
     now: (u64, Vec<u8>),
+    /// When: a name is taken over only shortly after it was left (an
+    /// editor creates the new file right after moving the old one aside).
+    at: std::time::Instant,
 }
+
+/// How long a vacated name waits for a file to take its place.
+const VACATED_FOR: Duration = Duration::from_secs(30);
 
 /// Most remembered vacated names and superseded files (per session).
 const MEMORY_CAP: usize = 4096;
@@ -873,7 +879,13 @@ impl Fs {
     fn take_vacated(&self, folder: u64, name: &[u8], not: u64) -> Result<Option<Vacated>> {
         let v = self.virt.vacated.lock().remove(&(folder, name.to_vec()));
         match v {
-            Some(v) if v.ino != not && self.is_free(v.parent, &v.name)? => Ok(Some(v)),
+            Some(v)
+                if v.ino != not
+                    && v.at.elapsed() < VACATED_FOR
+                    && self.is_free(v.parent, &v.name)? =>
+            {
+                Ok(Some(v))
+            }
             _ => Ok(None),
         }
     }
@@ -1136,6 +1148,7 @@ impl Fs {
             parent: ep,
             name: en,
             now: (np, nn),
+            at: std::time::Instant::now(),
         };
         Self::remember(&mut self.virt.vacated.lock(), (folder, name.to_vec()), v);
         Ok(())
