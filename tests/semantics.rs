@@ -518,6 +518,16 @@ fn table_rows_through_a_tag_folder() {
     // mv between tag folders retags; the file stays.
     run_ok("mv", &["by-tag/x/s.txt", "by-tag/y/"], &mp);
     assert_eq!(tags(&m.path("docs/sub/s.txt")), "y");
+    // rm in a folder of only negations, ln -s and mkfifo in a tag folder:
+    // refused, nothing changes.
+    let (ok, _) = run("rm", &["by-tag/!x/s.txt"], &mp);
+    assert!(!ok);
+    assert_eq!(tags(&m.path("docs/sub/s.txt")), "y");
+    let (ok, _) = run("ln", &["-s", "docs/b.txt", "by-tag/y/l"], &mp);
+    assert!(!ok);
+    let (ok, _) = run("mkfifo", &["by-tag/y/fifo"], &mp);
+    assert!(!ok);
+    assert!(!m.path("inbox").exists());
     // rm of a file with a real home untags it; it stays.
     run_ok("rm", &["by-tag/y/s.txt"], &mp);
     assert_eq!(tags(&m.path("docs/sub/s.txt")), "");
