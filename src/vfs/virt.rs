@@ -6,8 +6,20 @@
 //! so reading, writing and tagging through them act on the files. Two kinds
 //! of virtual entries exist besides folders: a directory among the results
 //! is shown as a relative symlink to its real path (the kernel does not
-//! allow one directory in two places), and a `/sql` query whose rows name no
-//! file shows its result as `result.csv` and `result.json`.
+//! allow one directory in two places), as is a symlink with a relative
+//! target (rewritten to reach what it reaches at its real place); and a
+//! `/sql` query whose rows name no file shows its result as `result.csv` and
+//! `result.json`.
+//!
+//! Operations through a tag folder follow one rule: after any sequence of
+//! ordinary tool operations that succeed through it, every file the user
+//! copied, moved or saved still exists with the content they wrote, and no
+//! stray copies pile up. Files made through a tag folder live in `/inbox`;
+//! a rename within a folder acts on the real file, and the name it leaves
+//! is taken at the same real place by the next file (an editor's save);
+//! nothing answers EXDEV (which makes `mv` copy and delete). The README's
+//! table gives every operation; `v_create`, `v_unlink` and `v_rename` say
+//! how.
 //!
 //! Listings are computed on `opendir` and `lookup` and cached per folder
 //! until the next metadata commit (a generation counter), so they are right
@@ -39,7 +51,7 @@ pub const RESERVED: &[&[u8]] = &[b"by-tag", b"sql", b"queries"];
 pub const QUERY_BUDGET: Duration = Duration::from_secs(2);
 /// Most rows (entries) a query folder shows.
 pub const ROW_CAP: usize = 100_000;
-/// Where files copied into a tag folder from outside the store are kept.
+/// Where files made through a tag folder live (see `v_create`).
 pub const INBOX: &[u8] = b"inbox";
 
 pub fn is_virtual(ino: u64) -> bool {
