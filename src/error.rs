@@ -43,10 +43,13 @@ pub enum FsError {
     TooBig,
     #[error("too many links")]
     TooManyLinks,
-    #[error("cannot move between these folders (a query folder is not a place to keep files)")]
-    CrossDevice,
     #[error("the name is reserved for a query folder")]
     Busy,
+    /// The kernel still knows an inode that is gone (replaced or removed
+    /// through a query folder, behind a cached name): ESTALE makes it look
+    /// the name up again.
+    #[error("stale file handle")]
+    Stale,
     #[error("no space left on the store's disk")]
     NoSpace,
     #[error("no data or hole at or after this offset")]
@@ -83,8 +86,8 @@ impl FsError {
             FsError::TooManyLinks => EMLINK,
             FsError::NoSpace => ENOSPC,
             FsError::NoSuchOffset => ENXIO,
-            FsError::CrossDevice => EXDEV,
             FsError::Busy => EBUSY,
+            FsError::Stale => ESTALE,
             FsError::Corrupt(_) => EIO,
             FsError::Meta(MetaError::Sql(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::DiskFull =>

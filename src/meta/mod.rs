@@ -650,22 +650,6 @@ impl Meta {
             .flatten())
     }
 
-    /// Other live regular files with content id `chash`: (parent, name, ino).
-    pub fn same_content(&self, chash: &[u8; 32], not: u64) -> Result<Vec<(u64, Vec<u8>, u64)>> {
-        let mut s = self.conn.prepare_cached(q::INODE_SAME_CONTENT)?;
-        let rows = s.query_map(
-            named_params! {":chash": &chash[..], ":ino": not as i64},
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            },
-        )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     // ----- tags -----
 
     /// Creates a tag if it does not exist yet.

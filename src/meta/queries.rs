@@ -67,7 +67,6 @@ queries! {
     FILE_TAG_SET => "file_tag_set",
     FILE_TAG_DELETE => "file_tag_delete",
     FILE_TAG_DELETE_ALL => "file_tag_delete_all",
-    INODE_SAME_CONTENT => "inode_same_content",
     INODE_CHASH => "inode_chash",
     SAVED_GET => "saved_get",
     SAVED_SET => "saved_set",

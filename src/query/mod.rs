@@ -254,7 +254,12 @@ fn matches_sql(terms: &[Term], params: &mut Vec<Value>) -> String {
             "SELECT DISTINCT m0.ino AS ino FROM file_tags m0 WHERE ({})",
             alts(first, params)
         ),
-        None => "SELECT m0.ino AS ino FROM inodes m0 WHERE m0.nlink > 0 AND m0.ino <> 1".into(),
+        // Only negations: regular files only (not every directory and
+        // symlink of the tree).
+        None => format!(
+            "SELECT m0.ino AS ino FROM inodes m0 WHERE m0.nlink > 0 AND m0.ino <> 1 AND m0.kind = {}",
+            libc::S_IFREG
+        ),
     };
     for t in pos.iter().skip(1) {
         sql.push_str(&format!(

@@ -181,6 +181,16 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
+/// An inode asked for by number that no longer exists: the kernel holds
+/// it under a cached name that a query-folder operation replaced or
+/// removed. ESTALE (not ENOENT) makes the kernel look the name up again.
+fn stale(e: FsError) -> FsError {
+    match e {
+        FsError::NotFound => FsError::Stale,
+        e => e,
+    }
+}
+
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> i64 {
     SystemTime::now()
@@ -788,7 +798,7 @@ impl Fs {
                 _ => {
                     let m = self.meta();
                     let g = self.generation.load(Ordering::Acquire);
-                    let a = self.inode(&m, ino)?;
+                    let a = self.inode(&m, ino).map_err(stale)?;
                     *of.cached.lock() = Some((g, a.clone()));
                     a
                 }
@@ -796,7 +806,7 @@ impl Fs {
             return Ok(of.overlay(attr));
         }
         let m = self.meta();
-        let attr = self.inode(&m, ino)?;
+        let attr = self.inode(&m, ino).map_err(stale)?;
         Ok(self.overlay(attr))
     }
 
@@ -1157,7 +1167,7 @@ impl Fs {
                     "RENAME_EXCHANGE does not apply to query folders".into(),
                 ));
             }
-            return self.v_rename(parent, name, newparent, newname);
+            return self.v_rename(parent, name, newparent, newname, flags);
         }
         if virt::is_reserved(parent, name) || virt::is_reserved(newparent, newname) {
             return Err(FsError::Busy);
@@ -1261,7 +1271,7 @@ impl Fs {
 
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Inode> {
         if is_virtual(ino) {
-            return Err(FsError::NotPermitted);
+            return self.v_setattr(ino, set);
         }
         let now = now_ns();
         if let Some(size) = set.size {
@@ -1659,7 +1669,7 @@ impl Fs {
             of.opens.fetch_add(1, Ordering::AcqRel);
             return Ok(of.clone());
         }
-        let a = self.inode(&m, ino)?;
+        let a = self.inode(&m, ino).map_err(stale)?;
         if a.is_dir() {
             return Err(FsError::IsDir);
         }
@@ -2383,16 +2393,8 @@ impl Fs {
             return Ok(());
         }
         let of = self.file(fh)?;
-        {
-            let mut st = self.data_mut(&of)?;
-            self.commit_locked(&of, &mut st)?;
-        }
-        // A file copied into a tag folder settles at close (flush is
-        // synchronous with close(2); release is not).
-        if self.virt.staged.lock().contains_key(&of.ino) {
-            self.settle_staged(of.ino)?;
-        }
-        Ok(())
+        let mut st = self.data_mut(&of)?;
+        self.commit_locked(&of, &mut st)
     }
 
     /// Commits the file and makes the store durable.

@@ -126,7 +126,7 @@ fn unlinked_open_file_lives_until_release() {
     fs.unlink(ROOT, b"tmp").unwrap();
     assert_eq!(fs.read(fh, 0, 10).unwrap(), vec![1u8; 10]);
     fs.release(fh).unwrap();
-    assert!(matches!(fs.getattr(a.ino), Err(FsError::NotFound)));
+    assert!(matches!(fs.getattr(a.ino), Err(FsError::Stale)));
     assert_eq!(fs.meta().stats().unwrap().blobs, 0);
 }
 
@@ -175,7 +175,7 @@ fn rename_rules() {
     // Over an existing file: the old one goes.
     fs.rename(a.ino, b"f", b.ino, b"g", 0).unwrap();
     assert_eq!(fs.lookup(b.ino, b"g").unwrap().ino, f.ino);
-    assert!(matches!(fs.getattr(g.ino), Err(FsError::NotFound)));
+    assert!(matches!(fs.getattr(g.ino), Err(FsError::Stale)));
     // NOREPLACE refuses, EXCHANGE swaps.
     let (h, fh) = fs.create(a.ino, b"h", 0o644, c).unwrap();
     fs.release(fh).unwrap();

@@ -6,8 +6,20 @@
 //! so reading, writing and tagging through them act on the files. Two kinds
 //! of virtual entries exist besides folders: a directory among the results
 //! is shown as a relative symlink to its real path (the kernel does not
-//! allow one directory in two places), and a `/sql` query whose rows name no
-//! file shows its result as `result.csv` and `result.json`.
+//! allow one directory in two places), as is a symlink with a relative
+//! target (rewritten to reach what it reaches at its real place); and a
+//! `/sql` query whose rows name no file shows its result as `result.csv` and
+//! `result.json`.
+//!
+//! Operations through a tag folder follow one rule: after any sequence of
+//! ordinary tool operations that succeed through it, every file the user
+//! copied, moved or saved still exists with the content they wrote, and no
+//! stray copies pile up. Files made through a tag folder live in `/inbox`;
+//! a rename within a folder acts on the real file, and the name it leaves
+//! is taken at the same real place by the next file (an editor's save);
+//! nothing answers EXDEV (which makes `mv` copy and delete). The README's
+//! table gives every operation; `v_create`, `v_unlink` and `v_rename` say
+//! how.
 //!
 //! Listings are computed on `opendir` and `lookup` and cached per folder
 //! until the next metadata commit (a generation counter), so they are right
@@ -39,7 +51,7 @@ pub const RESERVED: &[&[u8]] = &[b"by-tag", b"sql", b"queries"];
 pub const QUERY_BUDGET: Duration = Duration::from_secs(2);
 /// Most rows (entries) a query folder shows.
 pub const ROW_CAP: usize = 100_000;
-/// Where files copied into a tag folder from outside the store are kept.
+/// Where files made through a tag folder live (see `v_create`).
 pub const INBOX: &[u8] = b"inbox";
 
 pub fn is_virtual(ino: u64) -> bool {
@@ -75,14 +87,37 @@ pub(super) struct Virt {
     table: parking_lot::Mutex<Table>,
     cache: parking_lot::Mutex<HashMap<u64, Arc<Listing>>>,
     sandbox: parking_lot::Mutex<Option<Sandbox>>,
-    /// Files created in a tag folder: ino -> the folder's terms and the
-    /// name the file was created with.
-    pub(super) staged: parking_lot::Mutex<HashMap<u64, Staged>>,
+    /// Names that a rename within a tag folder took away from a file:
+    /// (folder, name in the folder) -> where that name was. The next file
+    /// that takes the name in the folder (create or rename) takes that
+    /// real place: the save of an editor that moves the original aside.
+    vacated: parking_lot::Mutex<HashMap<(u64, Vec<u8>), Vacated>>,
+    /// Files whose place a new file took through a tag folder (the
+    /// editor's backup): ino -> its real (parent, name) then. Removing
+    /// one through a tag folder deletes it.
+    superseded: parking_lot::Mutex<HashMap<u64, (u64, Vec<u8>)>>,
 }
 
-/// A file created in a tag folder: the folder's terms and the name it was
-/// created with.
-type Staged = (Vec<Term>, Vec<u8>);
+/// A name left by a rename within a tag folder.
+#[derive(Clone)]
+struct Vacated {
+    /// The file that left it.
+    ino: u64,
+    /// Its real place before the rename.
+    parent: u64,
+    name: Vec<u8>,
+    /// Its real place after the rename.
+    now: (u64, Vec<u8>),
+    /// When: a name is taken over only shortly after it was left (an
+    /// editor creates the new file right after moving the old one aside).
+    at: std::time::Instant,
+}
+
+/// How long a vacated name waits for a file to take its place.
+const VACATED_FOR: Duration = Duration::from_secs(30);
+
+/// Most remembered vacated names and superseded files (per session).
+const MEMORY_CAP: usize = 4096;
 
 #[derive(Default)]
 struct Table {
@@ -95,6 +130,25 @@ struct Table {
 enum Target {
     Real(Inode),
     Virtual(u64),
+    /// A virtual symlink standing for a real inode (a directory, or a
+    /// symlink with a relative target): (virtual ino, real ino).
+    Alias(u64, u64),
+}
+
+/// Where a rename starts or ends.
+enum Side {
+    Real,
+    /// A `/by-tag` folder (no terms: `/by-tag` itself).
+    Tags(Vec<Term>),
+    /// `/sql`, `/queries` and their folders.
+    Query,
+}
+
+/// Slots of /inbox: /inbox/2 ... /inbox/SLOT_MAX.
+const SLOT_MAX: u32 = 10_000;
+
+fn is_slot_name(n: &[u8]) -> bool {
+    !n.is_empty() && n[0] != b'0' && n.len() <= 5 && n.iter().all(u8::is_ascii_digit)
 }
 
 struct Listing {
@@ -275,16 +329,38 @@ impl Fs {
             rows.into_iter().map(|(n, i)| (n, i.ino, i)).collect();
         let mut out = Vec::with_capacity(rows.len());
         for (name, _, attr) in query::unique_names(rows, taken) {
-            if attr.is_dir() {
+            // A directory cannot be in two places: it shows as a symlink to
+            // its real path. A symlink with a relative target shows as a
+            // symlink rewritten to reach what it reaches at its real place.
+            let target = if attr.is_dir() {
                 let path = self.path_of(attr.ino)?;
-                let target = self.link_to(Self::depth(key), &path);
-                let v = self.vnode(
-                    VKey::Leaf(folder, name.clone()),
-                    Some((Arc::new(target), true)),
-                );
-                out.push((name, Target::Virtual(v)));
+                Some(self.link_to(Self::depth(key), &path))
+            } else if attr.kind == kind::SYMLINK {
+                let t = self.readlink(attr.ino)?;
+                if t.starts_with(b"/") {
+                    None
+                } else {
+                    let path = self.path_of(attr.ino)?;
+                    let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                    let mut l = self.link_to(Self::depth(key), dir);
+                    if !l.ends_with(b"/") {
+                        l.push(b'/');
+                    }
+                    l.extend_from_slice(&t);
+                    Some(l)
+                }
             } else {
-                out.push((name, Target::Real(self.overlay(attr))));
+                None
+            };
+            match target {
+                Some(target) => {
+                    let v = self.vnode(
+                        VKey::Leaf(folder, name.clone()),
+                        Some((Arc::new(target), true)),
+                    );
+                    out.push((name, Target::Alias(v, attr.ino)));
+                }
+                None => out.push((name, Target::Real(self.overlay(attr)))),
             }
         }
         Ok(out)
@@ -478,7 +554,7 @@ impl Fs {
     fn target_attr(&self, t: &Target) -> Result<Inode> {
         match t {
             Target::Real(i) => Ok(i.clone()),
-            Target::Virtual(v) => self.v_getattr(*v),
+            Target::Virtual(v) | Target::Alias(v, _) => self.v_getattr(*v),
         }
     }
 
@@ -571,6 +647,19 @@ impl Fs {
         }))))
     }
 
+    /// setattr(2) on a virtual node: setting the times of a tag folder
+    /// succeeds and changes nothing (a folder has no times of its own;
+    /// `rsync -a` and `cp -a` set them on every directory they fill).
+    /// Anything else is refused.
+    pub(super) fn v_setattr(&self, ino: u64, set: &super::SetAttr) -> Result<Inode> {
+        let times_only =
+            set.size.is_none() && set.mode.is_none() && set.uid.is_none() && set.gid.is_none();
+        match self.vkey(ino)? {
+            VKey::ByTag(_) if times_only => self.v_getattr(ino),
+            _ => Err(FsError::NotPermitted),
+        }
+    }
+
     pub(super) fn v_readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let t = self.virt.table.lock();
         match t.nodes.get(&ino) {
@@ -592,29 +681,34 @@ impl Fs {
         }
     }
 
-    /// The real inode behind `name` in a tag folder.
+    /// The real inode behind `name` in a query folder: a file, or the
+    /// directory or symlink that a virtual symlink there stands for.
     fn entry_in(&self, parent: u64, name: &[u8]) -> Result<Inode> {
         let l = self.listing(parent)?;
         match l.index.get(name).map(|&i| &l.entries[i].1) {
             Some(Target::Real(i)) => Ok(i.clone()),
-            Some(Target::Virtual(_)) => Err(FsError::IsDir),
+            Some(Target::Alias(_, real)) => self.getattr(*real),
+            Some(Target::Virtual(v)) if self.v_getattr(*v)?.is_dir() => Err(FsError::IsDir),
+            // A query result is no file of the tree.
+            Some(Target::Virtual(_)) => Err(FsError::NotPermitted),
             None => Err(FsError::NotFound),
         }
     }
 
-    /// Tags `ino` so that it matches `terms` (each positive term must say
-    /// what to set: a tag, or `tag=value`).
-    fn tag_into(&self, ino: u64, terms: &[Term]) -> Result<()> {
+    /// What putting a file into a folder of `terms` sets: every positive
+    /// term must be a plain tag or `tag=value`.
+    fn settable(terms: &[Term]) -> Result<Vec<(String, Option<String>)>> {
         let mut set = Vec::new();
         for t in terms {
             match (t.negated, t.any.as_slice()) {
+                (true, _) => {}
                 (false, [query::Atom::Tag(n)]) => set.push((n.clone(), None)),
                 (false, [query::Atom::Cmp(n, query::Op::Eq, v)]) => {
                     set.push((n.clone(), Some(v.clone())))
                 }
                 _ => {
                     tracing::warn!(
-                        "cannot tag a file into {t:?}: only plain tags and tag=value are settable"
+                        "cannot put a file into {t:?}: only plain tags and tag=value are settable"
                     );
                     return Err(FsError::NotPermitted);
                 }
@@ -623,11 +717,44 @@ impl Fs {
         if set.is_empty() {
             return Err(FsError::NotPermitted);
         }
+        Ok(set)
+    }
+
+    /// Tags `ino` so that it matches `terms` (each positive term must say
+    /// what to set: a tag, or `tag=value`).
+    fn tag_into(&self, ino: u64, terms: &[Term]) -> Result<()> {
+        let set = Self::settable(terms)?;
         let now = super::now_ns();
         self.tx(|m, _| {
             let mut i = self.inode(m, ino)?;
             for (n, v) in &set {
                 m.set_file_tag(ino, n, v.as_deref(), now)?;
+            }
+            i.ctime = now;
+            m.update_inode(&i)?;
+            Ok(())
+        })
+    }
+
+    /// Gives `ino` every tag of `from` (with its value), and the user
+    /// xattrs of `from` that `ino` lacks: a file that takes another's place
+    /// keeps what was said about it.
+    fn inherit(&self, ino: u64, from: u64) -> Result<()> {
+        let now = super::now_ns();
+        self.tx(|m, _| {
+            if m.inode(from)?.is_none() {
+                return Ok(());
+            }
+            let mut i = self.inode(m, ino)?;
+            for (n, v) in m.file_tags(from)? {
+                m.set_file_tag(ino, &n, v.as_deref(), now)?;
+            }
+            for n in m.xattr_names(from)? {
+                if m.xattr(ino, &n)?.is_none() {
+                    if let Some(v) = m.xattr(from, &n)? {
+                        m.set_xattr(ino, &n, &v)?;
+                    }
+                }
             }
             i.ctime = now;
             m.update_inode(&i)?;
@@ -641,16 +768,147 @@ impl Fs {
         if last.negated {
             return Err(FsError::NotPermitted);
         }
+        self.untag(ino, &[last])
+    }
+
+    /// Removes the tags of `terms` from `ino`.
+    fn untag(&self, ino: u64, terms: &[&Term]) -> Result<()> {
         let now = super::now_ns();
         self.tx(|m, _| {
             let mut i = self.inode(m, ino)?;
-            for a in &last.any {
-                m.delete_file_tag(ino, a.tag())?;
+            for t in terms.iter().filter(|t| !t.negated) {
+                for a in &t.any {
+                    m.delete_file_tag(ino, a.tag())?;
+                }
             }
             i.ctime = now;
             m.update_inode(&i)?;
             Ok(())
         })
+    }
+
+    // ----- /inbox: the home of files made through tag folders -----
+
+    /// `/inbox`, made on first use.
+    fn inbox(&self, caller: Caller) -> Result<Inode> {
+        match self.lookup(ROOT, INBOX) {
+            Ok(i) if i.is_dir() => Ok(i),
+            Ok(_) => Err(FsError::Exists),
+            Err(FsError::NotFound) => self.mkdir(ROOT, INBOX, 0o755, caller),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A free real place for a file named `name` in a tag folder:
+    /// `/inbox/NAME`, else `/inbox/2/NAME`, `/inbox/3/NAME`, ..., so that
+    /// the file keeps the very name it was given in the folder.
+    fn inbox_slot(&self, name: &[u8], caller: Caller) -> Result<(u64, Vec<u8>)> {
+        let inbox = self.inbox(caller)?;
+        let free = |dir: u64| match self.lookup(dir, name) {
+            Err(FsError::NotFound) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        };
+        if free(inbox.ino)? {
+            return Ok((inbox.ino, name.to_vec()));
+        }
+        for k in 2..=SLOT_MAX {
+            let slot = k.to_string().into_bytes();
+            let dir = match self.lookup(inbox.ino, &slot) {
+                Ok(d) if d.is_dir() => d,
+                Ok(_) => continue,
+                Err(FsError::NotFound) => self.mkdir(inbox.ino, &slot, 0o755, caller)?,
+                Err(e) => return Err(e),
+            };
+            if free(dir.ino)? {
+                return Ok((dir.ino, name.to_vec()));
+            }
+        }
+        Err(FsError::Exists)
+    }
+
+    /// The numbered slot `dir` of /inbox: its name there, if it is one.
+    fn slot_of(&self, dir: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let Ok(inbox) = self.lookup(ROOT, INBOX) else {
+            return Ok(None);
+        };
+        let place = self.meta().parent_of(dir)?;
+        Ok(place.filter(|(p, n)| *p == inbox.ino && is_slot_name(n)))
+    }
+
+    fn is_inbox_dir(&self, dir: u64) -> Result<bool> {
+        match self.lookup(ROOT, INBOX) {
+            Ok(i) if i.ino == dir => Ok(true),
+            Ok(_) => Ok(self.slot_of(dir)?.is_some()),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The one real name of `i` when it lies in /inbox (or a slot): a file
+    /// that exists only because a tag folder made it.
+    fn inbox_place(&self, i: &Inode) -> Result<Option<(u64, Vec<u8>)>> {
+        if i.is_dir() || i.nlink != 1 {
+            return Ok(None);
+        }
+        let place = self.meta().parent_of(i.ino)?;
+        match place {
+            Some((p, n)) if self.is_inbox_dir(p)? => Ok(Some((p, n))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Removes a numbered slot of /inbox that a file just left, if empty.
+    fn tidy_slot(&self, dir: u64) {
+        if let Ok(Some((inbox, name))) = self.slot_of(dir) {
+            // Fails harmlessly (ENOTEMPTY) while the slot holds a file.
+            let _ = self.rmdir(inbox, &name);
+        }
+    }
+
+    /// One real (parent, name) of `ino`.
+    fn place_of(&self, ino: u64) -> Result<(u64, Vec<u8>)> {
+        self.meta().parent_of(ino)?.ok_or(FsError::NotFound)
+    }
+
+    fn is_free(&self, parent: u64, name: &[u8]) -> Result<bool> {
+        match self.lookup(parent, name) {
+            Err(FsError::NotFound) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remember<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, v: V) {
+        if map.len() >= MEMORY_CAP {
+            map.clear();
+        }
+        map.insert(k, v);
+    }
+
+    /// A name vacated in `folder` that a new file may take: the place it
+    /// had, when that place is still free and the file that left is not
+    /// `not`.
+    fn take_vacated(&self, folder: u64, name: &[u8], not: u64) -> Result<Option<Vacated>> {
+        let v = self.virt.vacated.lock().remove(&(folder, name.to_vec()));
+        match v {
+            Some(v)
+                if v.ino != not
+                    && v.at.elapsed() < VACATED_FOR
+                    && self.is_free(v.parent, &v.name)? =>
+            {
+                Ok(Some(v))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `new` took the place that `v.ino` left: it inherits its tags and
+    /// xattrs, and the old file becomes a backup that removing through a
+    /// tag folder deletes.
+    fn succeed(&self, new: u64, v: &Vacated) -> Result<()> {
+        self.inherit(new, v.ino)?;
+        Self::remember(&mut self.virt.superseded.lock(), v.ino, v.now.clone());
+        Ok(())
     }
 
     pub(super) fn v_mkdir(&self, parent: u64, name: &[u8]) -> Result<Inode> {
@@ -684,7 +942,11 @@ impl Fs {
             t.push(term);
             let v = self.vnode(VKey::ByTag(t), None);
             let l = self.listing(v)?;
-            return if l.entries.iter().any(|(_, t)| matches!(t, Target::Real(_))) {
+            return if l
+                .entries
+                .iter()
+                .any(|(_, t)| matches!(t, Target::Real(_) | Target::Alias(..)))
+            {
                 Err(FsError::NotEmpty)
             } else {
                 Ok(())
@@ -702,12 +964,39 @@ impl Fs {
         })
     }
 
+    /// rm through a tag folder; see the README table. The old file of a
+    /// save through the folder is deleted (its content lives on in the
+    /// file that took its place); a file that lives only in /inbox leaves
+    /// the folder with all the folder's tags and is deleted when no tag is
+    /// left (it exists for its tags, as a file exists for its names); any
+    /// other file loses the innermost term's tags and stays where it is.
     pub(super) fn v_unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
         let terms = self.terms_of(parent)?;
         if terms.is_empty() {
             return Err(FsError::IsDir);
         }
+        if terms.iter().all(|t| t.negated) {
+            return Err(FsError::NotPermitted);
+        }
         let i = self.entry_in(parent, name)?;
+        let backup = self.virt.superseded.lock().get(&i.ino).cloned();
+        if let Some((p, n)) = backup {
+            if self.lookup(p, &n).is_ok_and(|x| x.ino == i.ino) {
+                self.virt.superseded.lock().remove(&i.ino);
+                self.unlink(p, &n)?;
+                self.tidy_slot(p);
+                return Ok(());
+            }
+        }
+        if let Some((p, n)) = self.inbox_place(&i)? {
+            let all: Vec<&Term> = terms.iter().collect();
+            self.untag(i.ino, &all)?;
+            if self.meta().file_tags(i.ino)?.is_empty() {
+                self.unlink(p, &n)?;
+                self.tidy_slot(p);
+            }
+            return Ok(());
+        }
         self.untag_from(i.ino, &terms)
     }
 
@@ -720,65 +1009,167 @@ impl Fs {
         self.getattr(ino)
     }
 
-    /// rename(2) where either side is in a query folder.
+    /// rename(2) where either side is in a query folder; the README's
+    /// table gives every case. In short: into a tag folder tags in place
+    /// (files and directories); within one tag folder renames the real
+    /// file, and onto an entry replaces that entry's real file (an atomic
+    /// save); between tag folders retags; out of a query folder moves the
+    /// real file (from a tag folder also removing the innermost tags).
     pub(super) fn v_rename(
         &self,
         parent: u64,
         name: &[u8],
         newparent: u64,
         newname: &[u8],
+        flags: u32,
     ) -> Result<()> {
-        let src_v = is_virtual(parent);
-        let dst_v = is_virtual(newparent);
-        match (src_v, dst_v) {
-            (false, true) => {
-                // Moving a real file into a tag folder tags it; it stays put.
-                let terms = self.terms_of(newparent).map_err(|_| FsError::CrossDevice)?;
-                let i = self.lookup(parent, name)?;
-                if i.is_dir() || terms.is_empty() {
-                    return Err(FsError::CrossDevice);
-                }
-                self.tag_into(i.ino, &terms)
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let from = self.side(parent)?;
+        let to = self.side(newparent)?;
+        if let (Side::Tags(f), Side::Tags(t)) = (&from, &to) {
+            if f.is_empty() && t.is_empty() {
+                return self.rename_tag(name, newname);
             }
-            (true, false) => Err(FsError::CrossDevice),
-            _ => {
-                let from = self.terms_of(parent).map_err(|_| FsError::CrossDevice)?;
-                let to = self.terms_of(newparent).map_err(|_| FsError::CrossDevice)?;
-                if from.is_empty() && to.is_empty() {
-                    // Renaming a tag.
-                    let old = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
-                    let new = std::str::from_utf8(newname)
-                        .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
-                    query::check_tag(new).map_err(FsError::Invalid)?;
-                    return self.tx(|m, _| {
-                        if !m.tag_exists(old)? {
-                            return Err(FsError::NotFound);
-                        }
-                        if m.tag_exists(new)? {
-                            return Err(FsError::Exists);
-                        }
-                        Ok(m.rename_tag(old, new)?)
-                    });
+        }
+        let i = match from {
+            Side::Real => self.lookup(parent, name)?,
+            _ => self.entry_in(parent, name).map_err(|e| match e {
+                FsError::IsDir => FsError::NotPermitted,
+                e => e,
+            })?,
+        };
+        if is_virtual(i.ino) {
+            return Err(FsError::Busy);
+        }
+        match (from, to) {
+            (Side::Real, Side::Real) => unreachable!("a rename between real folders"),
+            (_, Side::Query) => Err(FsError::NotPermitted),
+            (from, Side::Real) => {
+                // Out of a query folder: the real file moves.
+                let (p, n) = self.place_of(i.ino)?;
+                self.rename(p, &n, newparent, newname, flags)?;
+                self.tidy_slot(p);
+                if let Side::Tags(f) = from {
+                    if f.last().is_some_and(|t| !t.negated) {
+                        self.untag_from(i.ino, &f)?;
+                    }
                 }
-                let i = self.entry_in(parent, name)?;
-                if from == to {
-                    // Renaming the file itself, where it really lives.
-                    let (p, n) = self.meta().parent_of(i.ino)?.ok_or(FsError::NotFound)?;
-                    return self.rename(p, &n, p, newname, 0);
+                Ok(())
+            }
+            (_, Side::Tags(t)) if t.is_empty() => Err(FsError::NotPermitted),
+            (Side::Real, Side::Tags(t)) => {
+                // Into a tag folder: tagged where it is (and renamed there
+                // when given another name).
+                Self::settable(&t)?;
+                if newname != name {
+                    self.rename(parent, name, parent, newname, libc::RENAME_NOREPLACE)?;
                 }
-                if to.is_empty() {
-                    return Err(FsError::NotPermitted);
+                self.tag_into(i.ino, &t)
+            }
+            (Side::Query, Side::Tags(t)) => self.tag_into(i.ino, &t),
+            (Side::Tags(_), Side::Tags(_)) if parent == newparent => {
+                self.rename_within(parent, &i, name, newname, noreplace)
+            }
+            (Side::Tags(f), Side::Tags(t)) => {
+                Self::settable(&t)?;
+                if f.last().is_some_and(|t| !t.negated) {
+                    self.untag_from(i.ino, &f)?;
                 }
-                self.untag_from(i.ino, &from)?;
-                self.tag_into(i.ino, &to)
+                self.tag_into(i.ino, &t)
             }
         }
     }
 
-    /// create(2) in a tag folder: the new file lives in `/inbox`, tagged.
-    /// When it is closed, if it has the name and content of another file
-    /// of the store (a `cp` from inside), that file is tagged instead and
-    /// the copy dropped: tagging by copy makes no second file.
+    /// What kind of folder `ino` is, for rename.
+    fn side(&self, ino: u64) -> Result<Side> {
+        if !is_virtual(ino) {
+            return Ok(Side::Real);
+        }
+        match self.vkey(ino)? {
+            VKey::ByTag(t) => Ok(Side::Tags(t)),
+            VKey::Leaf(..) => Err(FsError::NotDir),
+            _ => Ok(Side::Query),
+        }
+    }
+
+    fn rename_tag(&self, name: &[u8], newname: &[u8]) -> Result<()> {
+        let old = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
+        let new = std::str::from_utf8(newname)
+            .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
+        query::check_tag(new).map_err(FsError::Invalid)?;
+        self.tx(|m, _| {
+            if !m.tag_exists(old)? {
+                return Err(FsError::NotFound);
+            }
+            if m.tag_exists(new)? {
+                return Err(FsError::Exists);
+            }
+            Ok(m.rename_tag(old, new)?)
+        })
+    }
+
+    /// A rename within one tag folder: of the real file `e`.
+    fn rename_within(
+        &self,
+        folder: u64,
+        e: &Inode,
+        name: &[u8],
+        newname: &[u8],
+        noreplace: bool,
+    ) -> Result<()> {
+        let l = self.listing(folder)?;
+        let (ep, en) = self.place_of(e.ino)?;
+        if l.index.contains_key(newname) {
+            let y = self.entry_in(folder, newname)?;
+            if y.ino == e.ino {
+                return Ok(());
+            }
+            if noreplace {
+                return Err(FsError::Exists);
+            }
+            if e.is_dir() || y.is_dir() {
+                return Err(FsError::Exists);
+            }
+            // Onto another entry (an atomic save): `e` replaces that
+            // entry's real file at its real place, and keeps its tags.
+            let (yp, yn) = self.place_of(y.ino)?;
+            self.inherit(e.ino, y.ino)?;
+            self.rename(ep, &en, yp, &yn, 0)?;
+            self.tidy_slot(ep);
+            return Ok(());
+        }
+        if let Some(v) = self.take_vacated(folder, newname, e.ino)? {
+            // Onto a name a file just left: that file's real place.
+            self.rename(ep, &en, v.parent, &v.name, libc::RENAME_NOREPLACE)?;
+            self.tidy_slot(ep);
+            return self.succeed(e.ino, &v);
+        }
+        // A new name, where the file really is (a file of /inbox takes
+        // the next free slot rather than fail).
+        let (np, nn) = if self.inbox_place(e)?.is_some() && !self.is_free(ep, newname)? {
+            self.inbox_slot(newname, Caller::ROOT)?
+        } else {
+            (ep, newname.to_vec())
+        };
+        self.rename(ep, &en, np, &nn, libc::RENAME_NOREPLACE)?;
+        if np != ep {
+            self.tidy_slot(ep);
+        }
+        let v = Vacated {
+            ino: e.ino,
+            parent: ep,
+            name: en,
+            now: (np, nn),
+            at: std::time::Instant::now(),
+        };
+        Self::remember(&mut self.virt.vacated.lock(), (folder, name.to_vec()), v);
+        Ok(())
+    }
+
+    /// create(2) in a tag folder. The new file takes the real place of a
+    /// file that just left this name by a rename within the folder (an
+    /// editor's save); otherwise it lives in `/inbox`. Either way it is
+    /// tagged with the folder's tags.
     pub(super) fn v_create(
         &self,
         parent: u64,
@@ -787,61 +1178,17 @@ impl Fs {
         caller: Caller,
     ) -> Result<(Inode, u64)> {
         let terms = self.terms_of(parent)?;
-        if terms.is_empty() || terms.iter().any(|t| t.negated || t.any.len() != 1) {
-            return Err(FsError::NotPermitted);
+        Self::settable(&terms)?;
+        if let Some(v) = self.take_vacated(parent, name, 0)? {
+            let (attr, fh) = self.create(v.parent, &v.name, perm, caller)?;
+            self.tag_into(attr.ino, &terms)?;
+            self.succeed(attr.ino, &v)?;
+            return Ok((attr, fh));
         }
-        let inbox = match self.lookup(ROOT, INBOX) {
-            Ok(i) if i.is_dir() => i,
-            Ok(_) => return Err(FsError::Exists),
-            Err(FsError::NotFound) => self.mkdir(ROOT, INBOX, 0o755, caller)?,
-            Err(e) => return Err(e),
-        };
-        let mut n = name.to_vec();
-        let mut k = 1;
-        while self.lookup(inbox.ino, &n).is_ok() {
-            k += 1;
-            n = query::with_suffix(name, k);
-        }
-        let (attr, fh) = self.create(inbox.ino, &n, perm, caller)?;
+        let (p, n) = self.inbox_slot(name, caller)?;
+        let (attr, fh) = self.create(p, &n, perm, caller)?;
         self.tag_into(attr.ino, &terms)?;
-        self.virt
-            .staged
-            .lock()
-            .insert(attr.ino, (terms, name.to_vec()));
         Ok((attr, fh))
-    }
-
-    /// At the close (flush) of a file created in a tag folder.
-    pub(super) fn settle_staged(&self, ino: u64) -> Result<()> {
-        let Some((terms, original)) = self.virt.staged.lock().remove(&ino) else {
-            return Ok(());
-        };
-        let (twin, place) = {
-            let m = self.meta();
-            let Some(i) = m.inode(ino)? else {
-                return Ok(());
-            };
-            if i.size == 0 || i.nlink == 0 {
-                return Ok(());
-            }
-            let Some((p, name)) = m.parent_of(ino)? else {
-                return Ok(());
-            };
-            // The commit at this close stored the content id.
-            let Some(chash) = m.chash(ino)? else {
-                return Ok(());
-            };
-            let twin = m
-                .same_content(&chash, ino)?
-                .into_iter()
-                .find(|(_, n, _)| *n == original);
-            (twin, (p, name))
-        };
-        if let Some((_, _, other)) = twin {
-            self.tag_into(other, &terms)?;
-            self.unlink(place.0, &place.1)?;
-        }
-        Ok(())
     }
 }
 
