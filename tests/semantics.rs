@@ -4,16 +4,13 @@
 //! they wrote, and no stray copies pile up. Each test covers rows of the
 //! README's semantics table (named in its comment).
 
-#[allow(dead_code)]
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use util::*;
+use crate::util::*;
 
 fn names(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir)

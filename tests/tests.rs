@@ -8,5 +8,6 @@ mod faults;
 mod mount;
 mod programs;
 mod qvfs;
+mod semantics;
 mod tags;
 mod util;
