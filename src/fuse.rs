@@ -716,7 +716,25 @@ pub fn serve(
     }
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = cfg.threads > 1;
-    let mut session = fuser::Session::new(FuseFs::new(fs), mountpoint, &config)?;
+    let mut session = fuser::Session::new(FuseFs::new(fs.clone()), mountpoint, &config)?;
+    // Real names changed through query folders are dropped from the
+    // kernel's cache by a thread of their own: a notification waits for the
+    // directory's lock, which the kernel may hold until the reply of the
+    // very request that made the change.
+    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
+    let notifier = session.notifier();
+    let invalidator = std::thread::Builder::new()
+        .name("queryfs-inval".into())
+        .spawn(move || {
+            for (parent, name) in rx {
+                // ENOENT: the kernel did not hold that name; nothing to drop.
+                let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+            }
+        })?;
+    fs.on_real_names_changed(Some(tx));
     on_mounted(session.unmount_callable());
-    session.run()
+    let served = session.run();
+    fs.on_real_names_changed(None);
+    let _ = invalidator.join();
+    served
 }

@@ -1167,7 +1167,12 @@ impl Fs {
                     "RENAME_EXCHANGE does not apply to query folders".into(),
                 ));
             }
-            return self.v_rename(parent, name, newparent, newname, flags);
+            self.v_rename(parent, name, newparent, newname, flags)?;
+            // The kernel moves its cached entry to the new name, with the
+            // inode it had: a real file, symlink or directory moved into a
+            // query folder is shown there as another node (an alias).
+            self.changed_behind_kernel(newparent, newname);
+            return Ok(());
         }
         if virt::is_reserved(parent, name) || virt::is_reserved(newparent, newname) {
             return Err(FsError::Busy);

@@ -96,6 +96,10 @@ pub(super) struct Virt {
     /// editor's backup): ino -> its real (parent, name) then. Removing
     /// one through a tag folder deletes it.
     superseded: parking_lot::Mutex<HashMap<u64, (u64, Vec<u8>)>>,
+    /// Where to report real names changed on behalf of a query folder:
+    /// the kernel saw the operation in the folder only, and its cache of
+    /// the real names must be dropped (see [`Fs::on_real_names_changed`]).
+    changed: parking_lot::Mutex<Option<std::sync::mpsc::Sender<(u64, Vec<u8>)>>>,
 }
 
 /// A name left by a rename within a tag folder.
@@ -787,6 +791,57 @@ impl Fs {
         })
     }
 
+    // ----- the real tree, changed on behalf of a query folder -----
+
+    /// Reports `name` in real directory `parent` as changed behind the
+    /// kernel's back.
+    pub(super) fn changed_behind_kernel(&self, parent: u64, name: &[u8]) {
+        if let Some(tx) = self.virt.changed.lock().as_ref() {
+            let _ = tx.send((parent, name.to_vec()));
+        }
+    }
+
+    /// Where real names changed on behalf of query folders are reported:
+    /// the kernel caches real names for a second and saw only the folder's
+    /// side of such an operation, so the mount drops each reported name
+    /// from the kernel's cache (from another thread: the kernel may hold
+    /// the directory's lock until the reply of the running request).
+    /// `None` stops the reports.
+    pub fn on_real_names_changed(&self, tx: Option<std::sync::mpsc::Sender<(u64, Vec<u8>)>>) {
+        *self.virt.changed.lock() = tx;
+    }
+
+    fn real_rename(&self, p: u64, n: &[u8], np: u64, nn: &[u8], flags: u32) -> Result<()> {
+        self.rename(p, n, np, nn, flags)?;
+        self.changed_behind_kernel(p, n);
+        self.changed_behind_kernel(np, nn);
+        Ok(())
+    }
+
+    fn real_unlink(&self, p: u64, n: &[u8]) -> Result<()> {
+        self.unlink(p, n)?;
+        self.changed_behind_kernel(p, n);
+        Ok(())
+    }
+
+    fn real_rmdir(&self, p: u64, n: &[u8]) -> Result<()> {
+        self.rmdir(p, n)?;
+        self.changed_behind_kernel(p, n);
+        Ok(())
+    }
+
+    fn real_create(&self, p: u64, n: &[u8], perm: u32, caller: Caller) -> Result<(Inode, u64)> {
+        let r = self.create(p, n, perm, caller)?;
+        self.changed_behind_kernel(p, n);
+        Ok(r)
+    }
+
+    fn real_mkdir(&self, p: u64, n: &[u8], perm: u32, caller: Caller) -> Result<Inode> {
+        let r = self.mkdir(p, n, perm, caller)?;
+        self.changed_behind_kernel(p, n);
+        Ok(r)
+    }
+
     // ----- /inbox: the home of files made through tag folders -----
 
     /// `/inbox`, made on first use.
@@ -794,7 +849,7 @@ impl Fs {
         match self.lookup(ROOT, INBOX) {
             Ok(i) if i.is_dir() => Ok(i),
             Ok(_) => Err(FsError::Exists),
-            Err(FsError::NotFound) => self.mkdir(ROOT, INBOX, 0o755, caller),
+            Err(FsError::NotFound) => self.real_mkdir(ROOT, INBOX, 0o755, caller),
             Err(e) => Err(e),
         }
     }
@@ -817,7 +872,7 @@ impl Fs {
             let dir = match self.lookup(inbox.ino, &slot) {
                 Ok(d) if d.is_dir() => d,
                 Ok(_) => continue,
-                Err(FsError::NotFound) => self.mkdir(inbox.ino, &slot, 0o755, caller)?,
+                Err(FsError::NotFound) => self.real_mkdir(inbox.ino, &slot, 0o755, caller)?,
                 Err(e) => return Err(e),
             };
             if free(dir.ino)? {
@@ -861,7 +916,7 @@ impl Fs {
     fn tidy_slot(&self, dir: u64) {
         if let Ok(Some((inbox, name))) = self.slot_of(dir) {
             // Fails harmlessly (ENOTEMPTY) while the slot holds a file.
-            let _ = self.rmdir(inbox, &name);
+            let _ = self.real_rmdir(inbox, &name);
         }
     }
 
@@ -983,7 +1038,7 @@ impl Fs {
         if let Some((p, n)) = backup {
             if self.lookup(p, &n).is_ok_and(|x| x.ino == i.ino) {
                 self.virt.superseded.lock().remove(&i.ino);
-                self.unlink(p, &n)?;
+                self.real_unlink(p, &n)?;
                 self.tidy_slot(p);
                 return Ok(());
             }
@@ -992,7 +1047,7 @@ impl Fs {
             let all: Vec<&Term> = terms.iter().collect();
             self.untag(i.ino, &all)?;
             if self.meta().file_tags(i.ino)?.is_empty() {
-                self.unlink(p, &n)?;
+                self.real_unlink(p, &n)?;
                 self.tidy_slot(p);
             }
             return Ok(());
@@ -1047,7 +1102,7 @@ impl Fs {
             (from, Side::Real) => {
                 // Out of a query folder: the real file moves.
                 let (p, n) = self.place_of(i.ino)?;
-                self.rename(p, &n, newparent, newname, flags)?;
+                self.real_rename(p, &n, newparent, newname, flags)?;
                 self.tidy_slot(p);
                 if let Side::Tags(f) = from {
                     if f.last().is_some_and(|t| !t.negated) {
@@ -1062,7 +1117,7 @@ impl Fs {
                 // when given another name).
                 Self::settable(&t)?;
                 if newname != name {
-                    self.rename(parent, name, parent, newname, libc::RENAME_NOREPLACE)?;
+                    self.real_rename(parent, name, parent, newname, libc::RENAME_NOREPLACE)?;
                 }
                 self.tag_into(i.ino, &t)
             }
@@ -1134,13 +1189,13 @@ impl Fs {
             // entry's real file at its real place, and keeps its tags.
             let (yp, yn) = self.place_of(y.ino)?;
             self.inherit(e.ino, y.ino)?;
-            self.rename(ep, &en, yp, &yn, 0)?;
+            self.real_rename(ep, &en, yp, &yn, 0)?;
             self.tidy_slot(ep);
             return Ok(());
         }
         if let Some(v) = self.take_vacated(folder, newname, e.ino)? {
             // Onto a name a file just left: that file's real place.
-            self.rename(ep, &en, v.parent, &v.name, libc::RENAME_NOREPLACE)?;
+            self.real_rename(ep, &en, v.parent, &v.name, libc::RENAME_NOREPLACE)?;
             self.tidy_slot(ep);
             return self.succeed(e.ino, &v);
         }
@@ -1151,7 +1206,7 @@ impl Fs {
         } else {
             (ep, newname.to_vec())
         };
-        self.rename(ep, &en, np, &nn, libc::RENAME_NOREPLACE)?;
+        self.real_rename(ep, &en, np, &nn, libc::RENAME_NOREPLACE)?;
         if np != ep {
             self.tidy_slot(ep);
         }
@@ -1180,13 +1235,13 @@ impl Fs {
         let terms = self.terms_of(parent)?;
         Self::settable(&terms)?;
         if let Some(v) = self.take_vacated(parent, name, 0)? {
-            let (attr, fh) = self.create(v.parent, &v.name, perm, caller)?;
+            let (attr, fh) = self.real_create(v.parent, &v.name, perm, caller)?;
             self.tag_into(attr.ino, &terms)?;
             self.succeed(attr.ino, &v)?;
             return Ok((attr, fh));
         }
         let (p, n) = self.inbox_slot(name, caller)?;
-        let (attr, fh) = self.create(p, &n, perm, caller)?;
+        let (attr, fh) = self.real_create(p, &n, perm, caller)?;
         self.tag_into(attr.ino, &terms)?;
         Ok((attr, fh))
     }
