@@ -291,13 +291,12 @@ impl Fs {
             Ok(VKey::SqlRoot) => true,
             Ok(VKey::Sql(_) | VKey::Saved(_)) => {
                 let generation = self.generation.load(Ordering::Acquire);
-                !self
-                    .virt
+                self.virt
                     .cache
                     .lock()
                     .map
                     .get(&ino)
-                    .is_some_and(|l| l.generation == generation)
+                    .is_none_or(|l| l.generation != generation)
             }
             Ok(VKey::Leaf(..)) => self
                 .virt
