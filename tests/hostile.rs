@@ -573,6 +573,33 @@ fn hostile_sql_folder_names_are_answered_in_time_and_change_nothing() {
         assert_eq!(o.status.code(), Some(2), "{sql}");
     }
     eprintln!("{cli} hostile queries through queryfs query");
+    // Memory bombs stop at the query's own heap cap, not by luck of
+    // another limit.
+    let seven: Vec<String> = (0..7)
+        .map(|i| format!("hex(zeroblob(400000{i}))"))
+        .collect();
+    for sql in [
+        format!("SELECT max({})", seven.join(",")),
+        format!(
+            "SELECT length(max({}))",
+            seven
+                .join(",")
+                .replace("hex(", "upper(hex(")
+                .replace("))", ")))")
+        ),
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 40) \
+         SELECT x, length(b) FROM (SELECT x, randomblob(4000000) b FROM c ORDER BY x DESC) \
+         LIMIT 1 OFFSET 39"
+            .into(),
+    ] {
+        let o = qfs(&m.store, &["query", &sql]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{sql}: {err}");
+        assert!(
+            err.contains("needs more memory than a query may use"),
+            "{sql}: {err}"
+        );
+    }
 
     let after = (
         dump(&m.store),
