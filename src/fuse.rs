@@ -59,15 +59,87 @@ fn pages(
     }
 }
 
+/// Threads that run users' queries (lookups and opens under `/sql` and
+/// `/queries`), and how many such requests may wait for one.
+const QUERY_THREADS: usize = 2;
+const QUERY_QUEUE: usize = 16;
+
+/// A request handed to the query threads; called with `true` when the
+/// queue is full, to answer EBUSY instead.
+type Job = Box<dyn FnOnce(bool) + Send>;
+
+/// Runs query requests off the FUSE threads: a FUSE thread hands over the
+/// request with its reply and returns at once, so a slow query holds up
+/// only its caller (and the queries queued behind it), never the rest of
+/// the mount. At most [`QUERY_THREADS`] queries run at once; past
+/// [`QUERY_QUEUE`] waiting ones a request fails with EBUSY at once.
+struct QueryPool {
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
+}
+
+impl QueryPool {
+    fn new() -> QueryPool {
+        // A test hook: run queries on the FUSE threads, as before the pool
+        // (to show what the pool prevents).
+        if std::env::var_os("QUERYFS_TEST_INLINE_QUERIES").is_some() {
+            return QueryPool { tx: None };
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUERY_QUEUE);
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        for i in 0..QUERY_THREADS {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("queryfs-query-{i}"))
+                // LIKE/GLOB matching recurses once per wildcard.
+                .stack_size(16 << 20)
+                .spawn(move || loop {
+                    let job = rx.lock().recv();
+                    match job {
+                        Ok(job) => job(false),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("starting a query thread failed: {e}");
+            }
+        }
+        QueryPool { tx: Some(tx) }
+    }
+
+    fn submit(&self, job: Job) {
+        match &self.tx {
+            None => job(false),
+            Some(tx) => match tx.try_send(job) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(job)) => {
+                    tracing::warn!(
+                        "{QUERY_QUEUE} queries are already waiting: a query folder request answered EBUSY"
+                    );
+                    job(true)
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(job)) => job(true),
+            },
+        }
+    }
+}
+
 /// The mounted filesystem.
 pub struct FuseFs {
     fs: Arc<Fs>,
+    pool: QueryPool,
 }
 
 impl FuseFs {
     pub fn new(fs: Arc<Fs>) -> Self {
-        FuseFs { fs }
+        FuseFs {
+            fs,
+            pool: QueryPool::new(),
+        }
     }
+}
+
+fn busy() -> Errno {
+    Errno::from_i32(libc::EBUSY)
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -199,6 +271,18 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if self.fs.runs_queries(parent.0) {
+            let fs = self.fs.clone();
+            let name = name.to_owned();
+            return self.pool.submit(Box::new(move |full| {
+                if full {
+                    return reply.error(busy());
+                }
+                guard("lookup", parent.0, || {
+                    reply_entry(parent.0, fs.lookup(parent.0, name.as_bytes()), reply)
+                })
+            }));
+        }
         guard("lookup", parent.0, || {
             reply_entry(parent.0, self.fs.lookup(parent.0, name.as_bytes()), reply)
         })
@@ -370,6 +454,19 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.fs.runs_queries(ino.0) {
+            // A result file whose listing left the cache is made again.
+            let fs = self.fs.clone();
+            return self.pool.submit(Box::new(move |full| {
+                if full {
+                    return reply.error(busy());
+                }
+                guard("open", ino.0, || match fs.open(ino.0) {
+                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                    Err(e) => reply.error(errno(&e)),
+                })
+            }));
+        }
         guard("open", ino.0, || {
             // With FUSE_ATOMIC_O_TRUNC the kernel leaves O_TRUNC to open
             // (after checking write permission, even for O_RDONLY|O_TRUNC,
@@ -464,6 +561,18 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.fs.runs_queries(ino.0) {
+            let fs = self.fs.clone();
+            return self.pool.submit(Box::new(move |full| {
+                if full {
+                    return reply.error(busy());
+                }
+                guard("opendir", ino.0, || match fs.opendir(ino.0) {
+                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    Err(e) => reply.error(errno(&e)),
+                })
+            }));
+        }
         guard("opendir", ino.0, || match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod exercise;
 mod faults;
+mod hostile;
 mod mount;
 mod programs;
 mod qvfs;

@@ -206,11 +206,20 @@ pub fn query(dir: &Path, a: QueryArgs) -> Result<Outcome> {
                         w[i] = w[i].max(c.chars().count());
                     }
                 }
+                // Columns align up to this width; longer cells run over
+                // (a huge value must not pad every other row to its width).
+                const WIDEST: usize = 200;
+                for x in w.iter_mut() {
+                    *x = (*x).min(WIDEST);
+                }
                 let line = |out: &mut dyn Write, row: &[String]| -> std::io::Result<()> {
                     let parts: Vec<String> = row
                         .iter()
                         .enumerate()
-                        .map(|(i, c)| format!("{c:<w$}", w = w[i]))
+                        .map(|(i, c)| {
+                            let pad = w[i].saturating_sub(c.chars().count());
+                            format!("{c}{}", " ".repeat(pad))
+                        })
                         .collect();
                     writeln!(out, "{}", parts.join("  ").trim_end())
                 };

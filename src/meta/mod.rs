@@ -18,7 +18,9 @@
 
 pub mod quarantine;
 pub mod queries;
+pub mod safefn;
 pub mod sandbox;
+pub mod sqlmem;
 
 use std::cell::RefCell;
 use std::path::Path;

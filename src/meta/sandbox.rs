@@ -16,9 +16,17 @@
 //!    (writes, `ATTACH`, `PRAGMA`, transactions, `load_extension`) is denied;
 //! 3. one statement only, no NUL;
 //! 4. a time budget enforced both by a progress handler and by a watchdog
-//!    that interrupts a single long function call (`sqlite3_interrupt`), a
-//!    row cap, a cap on the bytes of a result, and a cap on the size of any
-//!    string or blob a query can build (`SQLITE_LIMIT_LENGTH`).
+//!    that interrupts a long statement (`sqlite3_interrupt`); the built-in
+//!    functions whose one call could outlast it (`instr`, `replace`, `trim`
+//!    and `unhex` with a set, `like`, `glob`) replaced by linear-time
+//!    versions that notice the interrupt (`safefn`);
+//! 5. caps: rows and bytes of a result, the size of any string or blob a
+//!    query can build (`SQLITE_LIMIT_LENGTH`), LIKE pattern length, function
+//!    arguments, and the heap SQLite may use for this connection (`sqlmem`:
+//!    an allocation past it fails the statement with "out of memory", and
+//!    nothing else in the process is affected). Temporary tables and sorts
+//!    stay in that heap (`temp_store = MEMORY`): a query writes nothing to
+//!    disk.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -31,6 +39,8 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OpenFlags};
+
+use super::sqlmem;
 
 /// The views a query may read, with the statements that define them.
 pub const VIEWS: &[(&str, &str)] = &[
@@ -46,6 +56,15 @@ const PURE_TABLES: &[&str] = &["json_each", "json_tree"];
 pub const RESULT_BYTES_CAP: usize = 64 << 20;
 /// Longest string or blob a query may build.
 pub const VALUE_CAP: i32 = 16 << 20;
+/// Most heap SQLite may hold for one sandbox connection (its page cache
+/// included).
+pub const HEAP_CAP: i64 = 48 << 20;
+/// Longest LIKE or GLOB pattern.
+pub const LIKE_PATTERN_CAP: i32 = 2000;
+/// Most arguments of one function call (each may be `VALUE_CAP` long).
+pub const FUNCTION_ARG_CAP: i32 = 64;
+/// What a result value costs besides its bytes (for the byte cap).
+const VALUE_OVERHEAD: usize = 32;
 
 /// Functions a query may not call.
 const DENIED_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "readfile", "writefile"];
@@ -57,6 +76,8 @@ pub enum QueryError {
     Invalid(String),
     #[error("the query ran longer than its budget of {0:?}")]
     Timeout(Duration),
+    #[error("the query needs more memory than a query may use ({} MiB)", HEAP_CAP >> 20)]
+    Memory,
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -89,21 +110,43 @@ pub struct Sandbox {
     /// Deadline of the running statement, in ns after `base`; 0 = none.
     deadline: Arc<AtomicU64>,
     base: Instant,
+    /// The heap SQLite holds for this connection is charged here (dropped
+    /// after `conn`).
+    slot: Option<sqlmem::Slot>,
 }
 
 impl Sandbox {
     pub fn open(db: &Path) -> Result<Sandbox, QueryError> {
+        let slot = if sqlmem::installed() {
+            Some(sqlmem::Slot::take(HEAP_CAP).ok_or_else(|| {
+                QueryError::Invalid("too many queries are running at once".into())
+            })?)
+        } else {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    "the SQLite allocator was not installed before SQLite was used: \
+                     queries run without a heap limit"
+                )
+            });
+            None
+        };
+        let _in = slot.as_ref().map(|s| s.enter());
         let conn = Connection::open_with_flags(
             db,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        Self::setup(conn)
+        Self::setup(conn, slot)
     }
 
-    fn setup(conn: Connection) -> Result<Sandbox, QueryError> {
+    fn setup(conn: Connection, slot: Option<sqlmem::Slot>) -> Result<Sandbox, QueryError> {
         conn.busy_timeout(Duration::from_secs(2))?;
-        conn.pragma_update(None, "cache_size", -8192)?;
+        conn.pragma_update(None, "cache_size", -4096)?;
+        // Sorts and temporary b-trees in memory, where the heap cap holds
+        // them; without the cap, in temporary files.
+        conn.pragma_update(None, "temp_store", if slot.is_some() { 2 } else { 1 })?;
         register_functions(&conn)?;
+        super::safefn::register(&conn)?;
         // Each documented view reads the tables under it only through an
         // inner view whose name holds a secret of this connection; the
         // authorizer admits base-table reads only when SQLite names such an
@@ -135,6 +178,8 @@ impl Sandbox {
         conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
         conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, VALUE_CAP)?;
         conn.set_limit(Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000)?;
+        conn.set_limit(Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, LIKE_PATTERN_CAP)?;
+        conn.set_limit(Limit::SQLITE_LIMIT_FUNCTION_ARG, FUNCTION_ARG_CAP)?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s2 = seen.clone();
         let key = secret.clone();
@@ -161,11 +206,22 @@ impl Sandbox {
             seen,
             deadline,
             base,
+            slot,
         })
+    }
+
+    fn enter(&self) -> Option<sqlmem::Enter> {
+        self.slot.as_ref().map(|s| s.enter())
+    }
+
+    /// Bytes of heap SQLite holds for this connection (0 without the cap).
+    pub fn heap_used(&self) -> i64 {
+        self.slot.as_ref().map_or(0, |s| s.used())
     }
 
     /// Checks that `sql` is one statement the sandbox admits, without running it.
     pub fn check(&self, sql: &str) -> Result<Vec<String>, QueryError> {
+        let _in = self.enter();
         let stmt = self.prepare(sql)?;
         Ok(stmt.column_names().iter().map(|s| s.to_string()).collect())
     }
@@ -207,8 +263,23 @@ impl Sandbox {
         Ok(stmt)
     }
 
-    /// Runs one SELECT within `budget`, keeping at most `cap` rows.
+    /// Runs one SELECT within `budget`, keeping at most `cap` rows and
+    /// [`RESULT_BYTES_CAP`] bytes.
     pub fn run(&self, sql: &str, budget: Duration, cap: usize) -> Result<QueryResult, QueryError> {
+        self.run_capped(sql, budget, cap, RESULT_BYTES_CAP)
+    }
+
+    /// Runs one SELECT within `budget`, keeping at most `cap` rows; fails
+    /// once the values kept pass `max_bytes` (each value counts its bytes,
+    /// blobs twice as they are shown in hex, plus a fixed overhead).
+    pub fn run_capped(
+        &self,
+        sql: &str,
+        budget: Duration,
+        cap: usize,
+        max_bytes: usize,
+    ) -> Result<QueryResult, QueryError> {
+        let _in = self.enter();
         let mut stmt = self.prepare(sql)?;
         let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         let n = columns.len();
@@ -232,21 +303,19 @@ impl Sandbox {
                 let mut row = Vec::with_capacity(n);
                 for i in 0..n {
                     let v = r.get::<_, Value>(i)?;
-                    bytes += match &v {
-                        Value::Text(t) => t.len(),
-                        Value::Blob(b) => b.len(),
-                        _ => 8,
-                    };
+                    bytes += VALUE_OVERHEAD
+                        + match &v {
+                            Value::Text(t) => t.len(),
+                            Value::Blob(b) => 2 * b.len(),
+                            _ => 0,
+                        };
                     row.push(v);
-                }
-                if bytes > RESULT_BYTES_CAP {
-                    return Err(rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
-                        Some(format!(
-                            "the result is larger than {} MiB",
-                            RESULT_BYTES_CAP >> 20
-                        )),
-                    ));
+                    if bytes > max_bytes {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
+                            Some(format!("the result is larger than {} MiB", max_bytes >> 20)),
+                        ));
+                    }
                 }
                 out.push(row);
             }
@@ -264,6 +333,11 @@ impl Sandbox {
                 if e.code == rusqlite::ErrorCode::OperationInterrupted =>
             {
                 Err(QueryError::Timeout(budget))
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::OutOfMemory =>
+            {
+                Err(QueryError::Memory)
             }
             Err(rusqlite::Error::SqliteFailure(_, Some(m))) => Err(QueryError::Invalid(m)),
             Err(e) => Err(e.into()),

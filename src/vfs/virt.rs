@@ -51,6 +51,17 @@ pub const RESERVED: &[&[u8]] = &[b"by-tag", b"sql", b"queries"];
 pub const QUERY_BUDGET: Duration = Duration::from_secs(2);
 /// Most rows (entries) a query folder shows.
 pub const ROW_CAP: usize = 100_000;
+/// Most bytes of values a query folder's query may return (the CLI allows
+/// [`crate::meta::sandbox::RESULT_BYTES_CAP`]).
+pub const FOLDER_BYTES_CAP: usize = 8 << 20;
+/// Largest `result.csv` or `result.json`.
+pub const RESULT_FILE_CAP: usize = 8 << 20;
+/// Most bytes the listing cache holds (result files included), and most
+/// listings.
+const CACHE_BYTES: usize = 32 << 20;
+const CACHE_LISTINGS: usize = 256;
+/// Idle sandbox connections kept for reuse.
+const IDLE_SANDBOXES: usize = 4;
 /// Where files made through a tag folder live (see `v_create`).
 pub const INBOX: &[u8] = b"inbox";
 
@@ -76,8 +87,12 @@ enum VKey {
 
 struct VNode {
     key: VKey,
-    /// Content of a result file, or the target of a symlink.
+    /// The target of a symlink.
     data: Arc<Vec<u8>>,
+    /// The content of a result file: held by the listing that made it (and
+    /// by open handles), so that it goes when the listing leaves the cache.
+    file: std::sync::Weak<Vec<u8>>,
+    size: u64,
     link: bool,
 }
 
@@ -85,8 +100,9 @@ struct VNode {
 #[derive(Default)]
 pub(super) struct Virt {
     table: parking_lot::Mutex<Table>,
-    cache: parking_lot::Mutex<HashMap<u64, Arc<Listing>>>,
-    sandbox: parking_lot::Mutex<Option<Sandbox>>,
+    cache: parking_lot::Mutex<Cache>,
+    /// Idle sandbox connections (one is taken per running query).
+    sandboxes: parking_lot::Mutex<Vec<Sandbox>>,
     /// Names that a rename within a tag folder took away from a file:
     /// (folder, name in the folder) -> where that name was. The next file
     /// that takes the name in the folder (create or rename) takes that
@@ -99,8 +115,11 @@ pub(super) struct Virt {
     /// Where to report real names changed on behalf of a query folder:
     /// the kernel saw the operation in the folder only, and its cache of
     /// the real names must be dropped (see [`Fs::on_real_names_changed`]).
-    changed: parking_lot::Mutex<Option<std::sync::mpsc::Sender<(u64, Vec<u8>)>>>,
+    changed: parking_lot::Mutex<Option<NameReports>>,
 }
+
+/// Where real names changed behind the kernel are sent: (parent, name).
+pub type NameReports = std::sync::mpsc::Sender<(u64, Vec<u8>)>;
 
 /// A name left by a rename within a tag folder.
 #[derive(Clone)]
@@ -159,6 +178,51 @@ struct Listing {
     generation: u64,
     entries: Vec<(Vec<u8>, Target)>,
     index: HashMap<Vec<u8>, usize>,
+    /// Result files of this listing: held here (never read through this
+    /// field), so that they live as long as the listing.
+    #[allow(dead_code)]
+    files: Vec<Arc<Vec<u8>>>,
+    /// About what it holds in memory.
+    bytes: usize,
+}
+
+/// Listings by folder, bounded in number and bytes.
+#[derive(Default)]
+struct Cache {
+    map: HashMap<u64, Arc<Listing>>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn insert(&mut self, ino: u64, l: Arc<Listing>) {
+        if let Some(old) = self.map.remove(&ino) {
+            self.bytes -= old.bytes;
+        }
+        if l.bytes > CACHE_BYTES {
+            return;
+        }
+        while !self.map.is_empty()
+            && (self.bytes + l.bytes > CACHE_BYTES || self.map.len() >= CACHE_LISTINGS)
+        {
+            let k = *self.map.keys().next().expect("not empty");
+            if let Some(old) = self.map.remove(&k) {
+                self.bytes -= old.bytes;
+            }
+        }
+        self.bytes += l.bytes;
+        self.map.insert(ino, l);
+    }
+}
+
+/// A name a directory listing may show: not empty, `.` or `..`, without
+/// `/` or NUL, at most NAME_MAX bytes.
+fn listable(n: &[u8]) -> bool {
+    !n.is_empty()
+        && n != b"."
+        && n != b".."
+        && !n.contains(&b'/')
+        && !n.contains(&0)
+        && n.len() <= super::NAME_MAX
 }
 
 impl Fs {
@@ -183,6 +247,8 @@ impl Fs {
                     VNode {
                         key,
                         data: Arc::new(Vec::new()),
+                        file: std::sync::Weak::new(),
+                        size: 0,
                         link: false,
                     },
                 );
@@ -191,8 +257,13 @@ impl Fs {
         };
         if let Some((d, link)) = data {
             let n = t.nodes.get_mut(&ino).unwrap();
-            n.data = d;
+            n.size = d.len() as u64;
             n.link = link;
+            if link {
+                n.data = d;
+            } else {
+                n.file = Arc::downgrade(&d);
+            }
         }
         ino
     }
@@ -221,8 +292,8 @@ impl Fs {
                 let n = t.nodes.get(&ino).ok_or(FsError::NotFound)?;
                 match n.key {
                     VKey::ByTag(_) => (kind::DIR, 0o755, 0),
-                    VKey::Leaf(..) if n.link => (kind::SYMLINK, 0o777, n.data.len() as u64),
-                    VKey::Leaf(..) => (kind::FILE, 0o444, n.data.len() as u64),
+                    VKey::Leaf(..) if n.link => (kind::SYMLINK, 0o777, n.size),
+                    VKey::Leaf(..) => (kind::FILE, 0o444, n.size),
                     _ => (kind::DIR, 0o555, 0),
                 }
             }
@@ -268,6 +339,37 @@ impl Fs {
         self.v_getattr(i)
     }
 
+    /// Whether a lookup in `ino`, or opening it, may run a user's query
+    /// (`/sql`, its folders and saved-query folders whose listing is not
+    /// cached, result files whose listing left the cache): the FUSE adapter
+    /// hands those to its query threads and answers the rest at once. (If
+    /// the cache changes in between, the request computes in place.)
+    pub fn runs_queries(&self, ino: u64) -> bool {
+        if !is_virtual(ino) {
+            return false;
+        }
+        match self.vkey(ino) {
+            Ok(VKey::SqlRoot) => true,
+            Ok(VKey::Sql(_) | VKey::Saved(_)) => {
+                let generation = self.generation.load(Ordering::Acquire);
+                self.virt
+                    .cache
+                    .lock()
+                    .map
+                    .get(&ino)
+                    .is_none_or(|l| l.generation != generation)
+            }
+            Ok(VKey::Leaf(..)) => self
+                .virt
+                .table
+                .lock()
+                .nodes
+                .get(&ino)
+                .is_some_and(|n| !n.link && n.file.strong_count() == 0),
+            _ => false,
+        }
+    }
+
     fn terms_of(&self, ino: u64) -> Result<Vec<Term>> {
         match self.vkey(ino)? {
             VKey::ByTag(t) => Ok(t),
@@ -288,18 +390,27 @@ impl Fs {
             .ok_or("queries need a store on disk")?;
         // The sandbox has its own connection: it sees committed changes only.
         self.settle().map_err(|e| e.to_string())?;
-        let mut sb = self.virt.sandbox.lock();
-        if sb.is_none() {
-            *sb = Some(Sandbox::open(db).map_err(|e| e.to_string())?);
+        // One connection per running query, so that queries on several
+        // threads do not wait for each other.
+        let idle = self.virt.sandboxes.lock().pop();
+        let sb = match idle {
+            Some(sb) => sb,
+            None => Sandbox::open(db).map_err(|e| e.to_string())?,
+        };
+        let r = f(&sb).map_err(|e| e.to_string());
+        let mut idle = self.virt.sandboxes.lock();
+        if idle.len() < IDLE_SANDBOXES {
+            idle.push(sb);
         }
-        f(sb.as_ref().unwrap()).map_err(|e| e.to_string())
+        r
     }
 
     fn sandbox_run(&self, sql: &str) -> Result<QueryResult> {
-        self.run_query(sql).map_err(|e| {
-            tracing::warn!("query {sql:?} refused: {e}");
-            FsError::Invalid(e)
-        })
+        self.with_sandbox(|sb| sb.run_capped(sql, QUERY_BUDGET, ROW_CAP, FOLDER_BYTES_CAP))
+            .map_err(|e| {
+                tracing::warn!("query {sql:?} refused: {e}");
+                FsError::Invalid(e)
+            })
     }
 
     /// Runs users' SQL through the sandbox (query folders and the CLI).
@@ -370,7 +481,13 @@ impl Fs {
         Ok(out)
     }
 
-    fn compute(&self, ino: u64, key: &VKey) -> Result<Vec<(Vec<u8>, Target)>> {
+    /// The entries of a folder; result files it makes are added to `files`.
+    fn compute(
+        &self,
+        ino: u64,
+        key: &VKey,
+        files: &mut Vec<Arc<Vec<u8>>>,
+    ) -> Result<Vec<(Vec<u8>, Target)>> {
         match key {
             VKey::ByTag(terms) if terms.is_empty() => {
                 let names = self.meta().tag_names()?;
@@ -425,19 +542,25 @@ impl Fs {
                     })
                     .collect())
             }
-            VKey::Sql(sql) => self.sql_entries(ino, key, sql),
+            VKey::Sql(sql) => self.sql_entries(ino, key, sql, files),
             VKey::Saved(name) => {
                 let sql = match saved::shipped(name) {
                     Some(s) => s.to_string(),
                     None => self.meta().saved_query(name)?.ok_or(FsError::NotFound)?,
                 };
-                self.sql_entries(ino, key, &sql)
+                self.sql_entries(ino, key, &sql, files)
             }
             VKey::Leaf(..) => Err(FsError::NotDir),
         }
     }
 
-    fn sql_entries(&self, ino: u64, key: &VKey, sql: &str) -> Result<Vec<(Vec<u8>, Target)>> {
+    fn sql_entries(
+        &self,
+        ino: u64,
+        key: &VKey,
+        sql: &str,
+        files: &mut Vec<Arc<Vec<u8>>>,
+    ) -> Result<Vec<(Vec<u8>, Target)>> {
         let r = self.sandbox_run(sql)?;
         if r.truncated {
             tracing::warn!("query {sql:?}: only the first {ROW_CAP} rows are shown");
@@ -451,7 +574,7 @@ impl Fs {
         let path_col = col(&["path"]);
         let name_col = col(&["name"]);
         if id_col.is_none() && path_col.is_none() {
-            return Ok(self.result_files(ino, &r));
+            return self.result_files(ino, r, files);
         }
         let mut rows = Vec::new();
         for row in &r.rows {
@@ -468,12 +591,13 @@ impl Fs {
             if attr.nlink == 0 || attr.ino == ROOT || is_virtual(attr.ino) {
                 continue;
             }
+            // A name that no directory may show (`.`, `..`, with `/` or
+            // NUL, too long) gives way to the path's last part, then to the
+            // file's real name.
             let base = |p: &str| p.rsplit('/').next().unwrap_or("").as_bytes().to_vec();
             let name = match (name_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
-                (Some(Value::Text(n)), _) if !n.is_empty() && !n.contains('/') => {
-                    n.as_bytes().to_vec()
-                }
-                (_, Some(Value::Text(p))) if !base(p).is_empty() => base(p),
+                (Some(Value::Text(n)), _) if listable(n.as_bytes()) => n.as_bytes().to_vec(),
+                (_, Some(Value::Text(p))) if listable(&base(p)) => base(p),
                 _ => match self.meta().parent_of(attr.ino)? {
                     Some((_, n)) => n,
                     None => continue,
@@ -484,74 +608,121 @@ impl Fs {
         self.real_entries(ino, key, rows, &HashSet::new())
     }
 
-    /// `result.csv` and `result.json` for rows that name no file.
-    fn result_files(&self, folder: u64, r: &QueryResult) -> Vec<(Vec<u8>, Target)> {
-        let mut csv = String::new();
-        let esc = |s: &str| {
+    /// `result.csv` and `result.json` for rows that name no file, each at
+    /// most [`RESULT_FILE_CAP`] bytes (a bigger result fails the folder).
+    fn result_files(
+        &self,
+        folder: u64,
+        r: QueryResult,
+        files: &mut Vec<Arc<Vec<u8>>>,
+    ) -> Result<Vec<(Vec<u8>, Target)>> {
+        let too_big = || {
+            tracing::warn!(
+                "a query result is larger than {} MiB; use `queryfs query` for it",
+                RESULT_FILE_CAP >> 20
+            );
+            FsError::Invalid(format!(
+                "the result is larger than {} MiB",
+                RESULT_FILE_CAP >> 20
+            ))
+        };
+        let esc = |s: &str, out: &mut Vec<u8>| {
             if s.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", s.replace('"', "\"\""))
+                out.push(b'"');
+                out.extend_from_slice(s.replace('"', "\"\"").as_bytes());
+                out.push(b'"');
             } else {
-                s.to_string()
+                out.extend_from_slice(s.as_bytes());
             }
         };
-        csv.push_str(
-            &r.columns
-                .iter()
-                .map(|c| esc(c))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        csv.push('\n');
-        for row in &r.rows {
-            csv.push_str(
-                &row.iter()
-                    .map(|v| esc(&value_text(v)))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-            csv.push('\n');
+        let mut csv = Vec::new();
+        for (i, c) in r.columns.iter().enumerate() {
+            if i > 0 {
+                csv.push(b',');
+            }
+            esc(c, &mut csv);
         }
-        let json: Vec<serde_json::Value> = (0..r.rows.len())
-            .map(|i| serde_json::Value::Object(r.row_json(i)))
-            .collect();
-        let mut json = serde_json::to_vec_pretty(&json).unwrap_or_default();
+        csv.push(b'\n');
+        for row in &r.rows {
+            for (i, v) in row.iter().enumerate() {
+                if i > 0 {
+                    csv.push(b',');
+                }
+                esc(&value_text(v), &mut csv);
+            }
+            csv.push(b'\n');
+            if csv.len() > RESULT_FILE_CAP {
+                return Err(too_big());
+            }
+        }
+        // JSON written row by row, as `serde_json::to_vec_pretty` of the
+        // array of row objects would write it.
+        let mut json = Vec::new();
+        if r.rows.is_empty() {
+            json.extend_from_slice(b"[]");
+        } else {
+            json.extend_from_slice(b"[\n");
+            for i in 0..r.rows.len() {
+                let obj = serde_json::Value::Object(r.row_json(i));
+                let text = serde_json::to_string_pretty(&obj).unwrap_or_default();
+                for (k, line) in text.lines().enumerate() {
+                    if k > 0 {
+                        json.push(b'\n');
+                    }
+                    json.extend_from_slice(b"  ");
+                    json.extend_from_slice(line.as_bytes());
+                }
+                json.extend_from_slice(if i + 1 < r.rows.len() { b",\n" } else { b"\n" });
+                if json.len() > RESULT_FILE_CAP {
+                    return Err(too_big());
+                }
+            }
+            json.push(b']');
+        }
         json.push(b'\n');
-        [
-            (b"result.csv".to_vec(), csv.into_bytes()),
+        drop(r);
+        Ok([
+            (b"result.csv".to_vec(), csv),
             (b"result.json".to_vec(), json),
         ]
         .into_iter()
         .map(|(n, d)| {
-            let v = self.vnode(VKey::Leaf(folder, n.clone()), Some((Arc::new(d), false)));
+            let d = Arc::new(d);
+            files.push(d.clone());
+            let v = self.vnode(VKey::Leaf(folder, n.clone()), Some((d, false)));
             (n, Target::Virtual(v))
         })
-        .collect()
+        .collect())
     }
 
     fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(l) = self.virt.cache.lock().get(&ino) {
+        if let Some(l) = self.virt.cache.lock().map.get(&ino) {
             if l.generation == generation {
                 return Ok(l.clone());
             }
         }
         let key = self.vkey(ino)?;
-        let entries = self.compute(ino, &key)?;
-        let index = entries
+        let mut files = Vec::new();
+        let entries = self.compute(ino, &key, &mut files)?;
+        let index: HashMap<Vec<u8>, usize> = entries
             .iter()
             .enumerate()
             .map(|(i, (n, _))| (n.clone(), i))
             .collect();
+        let bytes = entries
+            .iter()
+            .map(|(n, _)| 2 * n.len() + 256)
+            .sum::<usize>()
+            + files.iter().map(|f| f.len()).sum::<usize>();
         let l = Arc::new(Listing {
             generation,
             entries,
             index,
+            files,
+            bytes,
         });
-        let mut c = self.virt.cache.lock();
-        if c.len() > 256 {
-            c.clear();
-        }
-        c.insert(ino, l.clone());
+        self.virt.cache.lock().insert(ino, l.clone());
         Ok(l)
     }
 
@@ -673,16 +844,28 @@ impl Fs {
     }
 
     pub(super) fn v_open(&self, ino: u64) -> Result<u64> {
-        let t = self.virt.table.lock();
-        match t.nodes.get(&ino) {
-            Some(n) if matches!(n.key, VKey::Leaf(..)) && !n.link => {
-                let d = n.data.clone();
-                drop(t);
-                Ok(self.new_fh(Handle::Virtual(d)))
-            }
-            Some(_) => Err(FsError::IsDir),
-            None => Err(FsError::NotFound),
+        let mut held = None;
+        for _ in 0..2 {
+            let folder = {
+                let t = self.virt.table.lock();
+                match t.nodes.get(&ino) {
+                    Some(n) if !n.link => match &n.key {
+                        VKey::Leaf(folder, _) => match n.file.upgrade() {
+                            Some(d) => return Ok(self.new_fh(Handle::Virtual(d))),
+                            None => *folder,
+                        },
+                        _ => return Err(FsError::IsDir),
+                    },
+                    Some(_) => return Err(FsError::IsDir),
+                    None => return Err(FsError::NotFound),
+                }
+            };
+            // The listing that made this file left the cache: make it again
+            // (and hold it until the file is taken).
+            held = Some(self.listing(folder)?);
         }
+        drop(held);
+        Err(FsError::NotFound)
     }
 
     /// The real inode behind `name` in a query folder: a file, or the
@@ -807,7 +990,7 @@ impl Fs {
     /// from the kernel's cache (from another thread: the kernel may hold
     /// the directory's lock until the reply of the running request).
     /// `None` stops the reports.
-    pub fn on_real_names_changed(&self, tx: Option<std::sync::mpsc::Sender<(u64, Vec<u8>)>>) {
+    pub fn on_real_names_changed(&self, tx: Option<NameReports>) {
         *self.virt.changed.lock() = tx;
     }
 
