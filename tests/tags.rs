@@ -46,7 +46,6 @@ fn tags_through_xattrs() {
             "user.tag.Jazz",
             "user.tag.jazz",
             "user.tag.year",
-            "user.tags"
         ]
     );
 

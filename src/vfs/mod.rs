@@ -1464,7 +1464,11 @@ impl Fs {
         m.xattr(ino, name)?.ok_or(FsError::NoAttr)
     }
 
-    /// Names, each followed by NUL, as listxattr(2) returns them.
+    /// Names, each followed by NUL, as listxattr(2) returns them. Each tag
+    /// is listed once, as `user.tag.<name>`; `user.tags` (the whole set in
+    /// one value) can be read and set but is not listed, so tools that copy
+    /// every listed xattr (`rsync -aX`, `cp -a`, `tar --xattrs`) carry each
+    /// tag exactly once and a second run finds nothing to change.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         if is_virtual(ino) {
             return Ok(Vec::new());
@@ -1473,9 +1477,6 @@ impl Fs {
         self.inode(&m, ino)?;
         let mut out = Vec::new();
         let tags = m.file_tags(ino)?;
-        if !tags.is_empty() {
-            out.extend_from_slice(b"user.tags\0");
-        }
         for (n, _) in tags {
             out.extend_from_slice(b"user.tag.");
             out.extend_from_slice(n.as_bytes());
