@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 /// The views a query may read, with the statements that define them.
@@ -61,11 +61,34 @@ pub enum QueryError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// One value of a result. Text is kept as the bytes SQLite holds: a name
+/// that is not UTF-8 (legal on Linux) comes through unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl From<ValueRef<'_>> for Cell {
+    fn from(v: ValueRef<'_>) -> Cell {
+        match v {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(i) => Cell::Integer(i),
+            ValueRef::Real(f) => Cell::Real(f),
+            ValueRef::Text(t) => Cell::Text(t.to_vec()),
+            ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+        }
+    }
+}
+
 /// Rows of a query.
 #[derive(Debug, Clone)]
 pub struct QueryResult {
     pub columns: Vec<String>,
-    pub rows: Vec<Vec<Value>>,
+    pub rows: Vec<Vec<Cell>>,
     /// More rows existed than the cap allowed.
     pub truncated: bool,
 }
@@ -231,10 +254,10 @@ impl Sandbox {
                 }
                 let mut row = Vec::with_capacity(n);
                 for i in 0..n {
-                    let v = r.get::<_, Value>(i)?;
+                    let v = Cell::from(r.get_ref(i)?);
                     bytes += match &v {
-                        Value::Text(t) => t.len(),
-                        Value::Blob(b) => b.len(),
+                        Cell::Text(t) => t.len(),
+                        Cell::Blob(b) => b.len(),
                         _ => 8,
                     };
                     row.push(v);
@@ -471,26 +494,27 @@ pub fn account_name(id: u32, user: bool) -> String {
     id.to_string()
 }
 
-/// A value as JSON (blobs as lowercase hex).
-pub fn value_json(v: &Value) -> serde_json::Value {
+/// A value as JSON: blobs as lowercase hex, text that is not UTF-8 as
+/// `{"bytes": "<base64>"}` (see [`crate::names`]).
+pub fn value_json(v: &Cell) -> serde_json::Value {
     match v {
-        Value::Null => serde_json::Value::Null,
-        Value::Integer(i) => (*i).into(),
-        Value::Real(f) => serde_json::Number::from_f64(*f)
+        Cell::Null => serde_json::Value::Null,
+        Cell::Integer(i) => (*i).into(),
+        Cell::Real(f) => serde_json::Number::from_f64(*f)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
-        Value::Text(s) => s.clone().into(),
-        Value::Blob(b) => super::hex(b).into(),
+        Cell::Text(s) => crate::names::bytes_json(s),
+        Cell::Blob(b) => super::hex(b).into(),
     }
 }
 
-/// A value as text for tables and CSV (NULL as empty).
-pub fn value_text(v: &Value) -> String {
+/// A value as bytes for tables and CSV (NULL as empty, text as it is).
+pub fn value_text(v: &Cell) -> Vec<u8> {
     match v {
-        Value::Null => String::new(),
-        Value::Integer(i) => i.to_string(),
-        Value::Real(f) => f.to_string(),
-        Value::Text(s) => s.clone(),
-        Value::Blob(b) => super::hex(b),
+        Cell::Null => Vec::new(),
+        Cell::Integer(i) => i.to_string().into_bytes(),
+        Cell::Real(f) => f.to_string().into_bytes(),
+        Cell::Text(s) => s.clone(),
+        Cell::Blob(b) => super::hex(b).into_bytes(),
     }
 }

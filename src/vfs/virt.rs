@@ -18,11 +18,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::types::Value;
-
 use super::{Caller, DirEntry, Fs, Handle, ROOT};
 use crate::error::{FsError, Result};
-use crate::meta::sandbox::{value_text, QueryError, QueryResult, Sandbox};
+use crate::meta::sandbox::{value_text, Cell, QueryError, QueryResult, Sandbox};
 use crate::meta::{kind, Inode};
 use crate::query::{self, saved, Term};
 
@@ -250,10 +248,11 @@ impl Fs {
     }
 
     /// Relative path from a virtual folder to a real path (for dir symlinks).
-    fn link_to(&self, depth: usize, real: &str) -> Vec<u8> {
-        let mut s = "../".repeat(depth);
-        s.push_str(real.trim_start_matches('/'));
-        s.into_bytes()
+    fn link_to(&self, depth: usize, real: &[u8]) -> Vec<u8> {
+        let mut s = "../".repeat(depth).into_bytes();
+        let start = real.iter().position(|&c| c != b'/').unwrap_or(real.len());
+        s.extend_from_slice(&real[start..]);
+        s
     }
 
     fn depth(key: &VKey) -> usize {
@@ -276,7 +275,7 @@ impl Fs {
         let mut out = Vec::with_capacity(rows.len());
         for (name, _, attr) in query::unique_names(rows, taken) {
             if attr.is_dir() {
-                let path = self.path_of(attr.ino)?;
+                let path = self.path_bytes(attr.ino)?;
                 let target = self.link_to(Self::depth(key), &path);
                 let v = self.vnode(
                     VKey::Leaf(folder, name.clone()),
@@ -374,12 +373,18 @@ impl Fs {
             return Ok(self.result_files(ino, &r));
         }
         let mut rows = Vec::new();
+        // Paths and names are bytes (text or blob): a name need not be UTF-8.
+        let bytes = |v: Option<&Cell>| match v {
+            Some(Cell::Text(b) | Cell::Blob(b)) => Some(b.clone()),
+            _ => None,
+        };
         for row in &r.rows {
-            let found = match (id_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
-                (Some(Value::Integer(i)), _) if *i > 0 => self.meta().inode(*i as u64)?,
-                (_, Some(Value::Text(p))) => match self.resolve(p) {
+            let path = bytes(path_col.map(|c| &row[c]));
+            let found = match (id_col.map(|c| &row[c]), &path) {
+                (Some(Cell::Integer(i)), _) if *i > 0 => self.meta().inode(*i as u64)?,
+                (_, Some(p)) => match self.resolve_bytes(p) {
                     Ok(i) => Some(i),
-                    Err(FsError::NotFound | FsError::NotDir) => None,
+                    Err(FsError::NotFound | FsError::NotDir | FsError::NameTooLong) => None,
                     Err(e) => return Err(e),
                 },
                 _ => None,
@@ -388,12 +393,10 @@ impl Fs {
             if attr.nlink == 0 || attr.ino == ROOT || is_virtual(attr.ino) {
                 continue;
             }
-            let base = |p: &str| p.rsplit('/').next().unwrap_or("").as_bytes().to_vec();
-            let name = match (name_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
-                (Some(Value::Text(n)), _) if !n.is_empty() && !n.contains('/') => {
-                    n.as_bytes().to_vec()
-                }
-                (_, Some(Value::Text(p))) if !base(p).is_empty() => base(p),
+            let base = |p: &[u8]| p.rsplit(|&c| c == b'/').next().unwrap_or(b"").to_vec();
+            let name = match (bytes(name_col.map(|c| &row[c])), &path) {
+                (Some(n), _) if !n.is_empty() && !n.contains(&b'/') => n,
+                (_, Some(p)) if !base(p).is_empty() => base(p),
                 _ => match self.meta().parent_of(attr.ino)? {
                     Some((_, n)) => n,
                     None => continue,
@@ -404,32 +407,40 @@ impl Fs {
         self.real_entries(ino, key, rows, &HashSet::new())
     }
 
-    /// `result.csv` and `result.json` for rows that name no file.
+    /// `result.csv` and `result.json` for rows that name no file. The CSV
+    /// holds text as the bytes it is; the JSON writes text that is not
+    /// UTF-8 as `{"bytes": "<base64>"}`.
     fn result_files(&self, folder: u64, r: &QueryResult) -> Vec<(Vec<u8>, Target)> {
-        let mut csv = String::new();
-        let esc = |s: &str| {
-            if s.contains([',', '"', '\n', '\r']) {
-                format!("\"{}\"", s.replace('"', "\"\""))
+        let mut csv: Vec<u8> = Vec::new();
+        let esc = |out: &mut Vec<u8>, s: &[u8]| {
+            if s.iter().any(|c| b",\"\n\r".contains(c)) {
+                out.push(b'"');
+                for &c in s {
+                    if c == b'"' {
+                        out.push(b'"');
+                    }
+                    out.push(c);
+                }
+                out.push(b'"');
             } else {
-                s.to_string()
+                out.extend_from_slice(s);
             }
         };
-        csv.push_str(
-            &r.columns
-                .iter()
-                .map(|c| esc(c))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        csv.push('\n');
+        for (i, c) in r.columns.iter().enumerate() {
+            if i > 0 {
+                csv.push(b',');
+            }
+            esc(&mut csv, c.as_bytes());
+        }
+        csv.push(b'\n');
         for row in &r.rows {
-            csv.push_str(
-                &row.iter()
-                    .map(|v| esc(&value_text(v)))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-            csv.push('\n');
+            for (i, v) in row.iter().enumerate() {
+                if i > 0 {
+                    csv.push(b',');
+                }
+                esc(&mut csv, &value_text(v));
+            }
+            csv.push(b'\n');
         }
         let json: Vec<serde_json::Value> = (0..r.rows.len())
             .map(|i| serde_json::Value::Object(r.row_json(i)))
@@ -437,7 +448,7 @@ impl Fs {
         let mut json = serde_json::to_vec_pretty(&json).unwrap_or_default();
         json.push(b'\n');
         [
-            (b"result.csv".to_vec(), csv.into_bytes()),
+            (b"result.csv".to_vec(), csv),
             (b"result.json".to_vec(), json),
         ]
         .into_iter()
