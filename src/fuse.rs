@@ -17,7 +17,7 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::meta::{kind, Inode};
-use crate::vfs::{is_virtual, Caller, Fs, SetAttr, SetTime};
+use crate::vfs::{is_virtual, with_viewer, Caller, Fs, SetAttr, SetTime, Viewer};
 
 /// How long the kernel may cache entries and attributes of real nodes. Every
 /// change goes through this mount (one owner), so the kernel's own
@@ -132,6 +132,12 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// The caller of a request with its supplementary groups, for what query
+/// folders show it (read from /proc only for query folders).
+fn viewer(req: &Request) -> Viewer {
+    Viewer::of_process(req.uid(), req.gid(), req.pid())
+}
+
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
@@ -194,9 +200,14 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guard("lookup", parent.0, || {
-            reply_entry(parent.0, self.fs.lookup(parent.0, name.as_bytes()), reply)
+            let r = if is_virtual(parent.0) {
+                with_viewer(viewer(req), || self.fs.lookup(parent.0, name.as_bytes()))
+            } else {
+                self.fs.lookup(parent.0, name.as_bytes())
+            };
+            reply_entry(parent.0, r, reply)
         })
     }
 
@@ -290,15 +301,25 @@ impl Filesystem for FuseFs {
         })
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("unlink", parent.0, || {
-            reply_empty(self.fs.unlink(parent.0, name.as_bytes()), reply)
+            let r = if is_virtual(parent.0) {
+                with_viewer(viewer(req), || self.fs.unlink(parent.0, name.as_bytes()))
+            } else {
+                self.fs.unlink(parent.0, name.as_bytes())
+            };
+            reply_empty(r, reply)
         })
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("rmdir", parent.0, || {
-            reply_empty(self.fs.rmdir(parent.0, name.as_bytes()), reply)
+            let r = if is_virtual(parent.0) {
+                with_viewer(viewer(req), || self.fs.rmdir(parent.0, name.as_bytes()))
+            } else {
+                self.fs.rmdir(parent.0, name.as_bytes())
+            };
+            reply_empty(r, reply)
         })
     }
 
@@ -451,8 +472,15 @@ impl Filesystem for FuseFs {
         guard("fsync", ino.0, || reply_empty(self.fs.fsync(fh.0), reply))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        guard("opendir", ino.0, || match self.fs.opendir(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let open = || {
+            if is_virtual(ino.0) {
+                with_viewer(viewer(req), || self.fs.opendir(ino.0))
+            } else {
+                self.fs.opendir(ino.0)
+            }
+        };
+        guard("opendir", ino.0, || match open() {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         })

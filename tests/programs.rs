@@ -1133,7 +1133,10 @@ fn rsync_in(outside: &Path, work: &Path, remount: &mut dyn FnMut()) {
     assert!(!r1.is_empty());
     for run in 2..=3 {
         let r = rsync(&tsrc, &tdst, &[]);
-        assert!(r.is_empty(), "rsync run {run} of a tagged file changed: {r:?}");
+        assert!(
+            r.is_empty(),
+            "rsync run {run} of a tagged file changed: {r:?}"
+        );
         assert_eq!(
             getxattr(&tdst.join("tagged.txt"), "user.tags").unwrap(),
             b"foo,year=1959",

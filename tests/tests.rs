@@ -6,6 +6,8 @@ mod crash;
 mod exercise;
 mod faults;
 mod mount;
+mod names;
+mod permissions;
 mod programs;
 mod qvfs;
 mod tags;

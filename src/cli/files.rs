@@ -4,8 +4,8 @@
 //! exactly what a copy through the mount would make.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};

@@ -104,9 +104,42 @@ impl QueryResult {
     }
 }
 
+/// What the caller of a query may see: the views show only files the
+/// caller could reach through the real tree (search permission on every
+/// ancestor directory), and a file's `hash` only when the caller may read
+/// it. `None` (root, or an in-process caller) sees everything.
+#[derive(Debug, Clone, Default)]
+pub struct Visibility {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// Directories whose entries the caller cannot reach.
+    pub hidden: HashSet<u64>,
+}
+
+impl Visibility {
+    /// The permission bits (`rwx` as 4|2|1) the caller has on a node.
+    pub fn bits(&self, uid: u32, gid: u32, perm: u32) -> u32 {
+        if self.uid == 0 {
+            return 7;
+        }
+        if self.uid == uid {
+            (perm >> 6) & 7
+        } else if self.gid == gid || self.groups.contains(&gid) {
+            (perm >> 3) & 7
+        } else {
+            perm & 7
+        }
+    }
+}
+
+type VisCell = Arc<Mutex<Option<Arc<Visibility>>>>;
+
 /// A read-only, sandboxed connection to a store's database.
 pub struct Sandbox {
     conn: Connection,
+    /// Who the running query is for (read by the `qfs_visible` functions).
+    vis: VisCell,
     /// What the authorizer saw while the last statement was prepared.
     seen: Arc<Mutex<Seen>>,
     /// Deadline of the running statement, in ns after `base`; 0 = none.
@@ -127,6 +160,8 @@ impl Sandbox {
         conn.busy_timeout(Duration::from_secs(2))?;
         conn.pragma_update(None, "cache_size", -8192)?;
         register_functions(&conn)?;
+        let vis: VisCell = Arc::default();
+        register_visibility(&conn, &vis)?;
         // Each documented view reads the tables under it only through an
         // inner view whose name holds a secret of this connection; the
         // authorizer admits base-table reads only when SQLite names such an
@@ -181,10 +216,16 @@ impl Sandbox {
         )?;
         Ok(Sandbox {
             conn,
+            vis,
             seen,
             deadline,
             base,
         })
+    }
+
+    /// Whom the next queries are for; `None` sees everything.
+    pub fn set_visibility(&self, v: Option<Arc<Visibility>>) {
+        *self.vis.lock().unwrap_or_else(|e| e.into_inner()) = v;
     }
 
     /// Checks that `sql` is one statement the sandbox admits, without running it.
@@ -425,6 +466,34 @@ fn authorize(
         seen.denied.get_or_insert(what);
         Authorization::Deny
     }
+}
+
+/// The functions the views filter with, reading the caller of the running
+/// query: `qfs_restricted()` (1 when some directory is out of the caller's
+/// reach), `qfs_visible(parent)` (1 when entries of directory `parent` are
+/// reachable) and `qfs_readable(uid, gid, perm)` (1 when the caller may
+/// read a node with those ids and bits). For a caller who sees everything
+/// each is one lock and a constant.
+fn register_visibility(conn: &Connection, vis: &VisCell) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8;
+    let get = |v: &VisCell| v.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let v = vis.clone();
+    conn.create_scalar_function("qfs_restricted", 0, flags, move |_| {
+        Ok(get(&v).is_some_and(|v| !v.hidden.is_empty()))
+    })?;
+    let v = vis.clone();
+    conn.create_scalar_function("qfs_visible", 1, flags, move |ctx| {
+        let Some(v) = get(&v) else { return Ok(true) };
+        let parent: Option<i64> = ctx.get(0)?;
+        Ok(parent.is_some_and(|p| !v.hidden.contains(&(p as u64))))
+    })?;
+    let v = vis.clone();
+    conn.create_scalar_function("qfs_readable", 3, flags, move |ctx| {
+        let Some(v) = get(&v) else { return Ok(true) };
+        let (uid, gid, perm): (i64, i64, i64) = (ctx.get(0)?, ctx.get(1)?, ctx.get(2)?);
+        Ok(v.bits(uid as u32, gid as u32, perm as u32) & 4 != 0)
+    })?;
+    Ok(())
 }
 
 fn register_functions(conn: &Connection) -> rusqlite::Result<()> {

@@ -54,7 +54,9 @@ use crate::meta::{kind, BlobData, Checkpointer, ChunkRef, Inode, Meta, NewInode}
 use crate::query;
 use crate::qvfs::Container;
 
+mod perm;
 mod virt;
+pub use perm::{with_viewer, Viewer};
 pub use virt::{is_virtual, QUERY_BUDGET, RESERVED, ROW_CAP};
 
 /// Longest name of one directory entry, in bytes.

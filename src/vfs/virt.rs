@@ -10,8 +10,10 @@
 //! file shows its result as `result.csv` and `result.json`.
 //!
 //! Listings are computed on `opendir` and `lookup` and cached per folder
-//! until the next metadata commit (a generation counter), so they are right
-//! immediately after any change.
+//! and viewer until the next metadata commit (a generation counter), so they
+//! are right immediately after any change. A listing shows only files the
+//! viewer could reach through the real tree (see `perm`); result files and
+//! directory symlinks are virtual nodes of their viewer.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use super::{Caller, DirEntry, Fs, Handle, ROOT};
 use crate::error::{FsError, Result};
-use crate::meta::sandbox::{value_text, Cell, QueryError, QueryResult, Sandbox};
+use crate::meta::sandbox::{value_text, Cell, QueryError, QueryResult, Sandbox, Visibility};
 use crate::meta::{kind, Inode};
 use crate::query::{self, saved, Term};
 
@@ -71,7 +73,9 @@ struct VNode {
 #[derive(Default)]
 pub(super) struct Virt {
     table: parking_lot::Mutex<Table>,
-    cache: parking_lot::Mutex<HashMap<u64, Arc<Listing>>>,
+    cache: parking_lot::Mutex<HashMap<(u64, Option<super::perm::Viewer>), Arc<Listing>>>,
+    /// What each viewer may reach, per metadata generation.
+    pub(super) vis: parking_lot::Mutex<super::perm::VisCache>,
     sandbox: parking_lot::Mutex<Option<Sandbox>>,
     /// Files created in a tag folder: ino -> the folder's terms and the
     /// name the file was created with.
@@ -220,6 +224,7 @@ impl Fs {
     /// Calls `f` with the sandbox, opening it on first use; errors as text.
     fn with_sandbox<T>(
         &self,
+        vis: Option<Arc<Visibility>>,
         f: impl FnOnce(&Sandbox) -> std::result::Result<T, QueryError>,
     ) -> std::result::Result<T, String> {
         let db = self
@@ -232,19 +237,24 @@ impl Fs {
         if sb.is_none() {
             *sb = Some(Sandbox::open(db).map_err(|e| e.to_string())?);
         }
-        f(sb.as_ref().unwrap()).map_err(|e| e.to_string())
+        let sb = sb.as_ref().unwrap();
+        sb.set_visibility(vis);
+        let r = f(sb).map_err(|e| e.to_string());
+        sb.set_visibility(None);
+        r
     }
 
-    fn sandbox_run(&self, sql: &str) -> Result<QueryResult> {
-        self.run_query(sql).map_err(|e| {
-            tracing::warn!("query {sql:?} refused: {e}");
-            FsError::Invalid(e)
-        })
+    fn sandbox_run(&self, sql: &str, vis: &Option<Arc<Visibility>>) -> Result<QueryResult> {
+        self.with_sandbox(vis.clone(), |sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
+            .map_err(|e| {
+                tracing::warn!("query {sql:?} refused: {e}");
+                FsError::Invalid(e)
+            })
     }
 
     /// Runs users' SQL through the sandbox (query folders and the CLI).
     pub fn run_query(&self, sql: &str) -> std::result::Result<QueryResult, String> {
-        self.with_sandbox(|sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
+        self.with_sandbox(None, |sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
     }
 
     /// Relative path from a virtual folder to a real path (for dir symlinks).
@@ -277,10 +287,7 @@ impl Fs {
             if attr.is_dir() {
                 let path = self.path_bytes(attr.ino)?;
                 let target = self.link_to(Self::depth(key), &path);
-                let v = self.vnode(
-                    VKey::Leaf(folder, name.clone()),
-                    Some((Arc::new(target), true)),
-                );
+                let v = self.vnode(self.leaf(folder, &name), Some((Arc::new(target), true)));
                 out.push((name, Target::Virtual(v)));
             } else {
                 out.push((name, Target::Real(self.overlay(attr))));
@@ -289,10 +296,46 @@ impl Fs {
         Ok(out)
     }
 
-    fn compute(&self, ino: u64, key: &VKey) -> Result<Vec<(Vec<u8>, Target)>> {
+    /// The key of a result file or directory symlink `name` in `folder`,
+    /// for the current viewer: each viewer has its own (their content and
+    /// targets come from what that viewer may see).
+    fn leaf(&self, folder: u64, name: &[u8]) -> VKey {
+        match super::perm::current_viewer() {
+            None => VKey::Leaf(folder, name.to_vec()),
+            Some(v) => {
+                // NUL never occurs in a name: no clash with another leaf.
+                let mut k = name.to_vec();
+                k.push(0);
+                k.extend_from_slice(&v.key());
+                VKey::Leaf(folder, k)
+            }
+        }
+    }
+
+    fn compute(
+        &self,
+        ino: u64,
+        key: &VKey,
+        vis: &Option<Arc<Visibility>>,
+    ) -> Result<Vec<(Vec<u8>, Target)>> {
+        let restricted = vis.as_ref().is_some_and(|v| !v.hidden.is_empty());
         match key {
             VKey::ByTag(terms) if terms.is_empty() => {
-                let names = self.meta().tag_names()?;
+                let mut names = self.meta().tag_names()?;
+                if restricted {
+                    // A tag held only by files out of the viewer's reach is
+                    // not shown (an unused tag is).
+                    let mut any: HashSet<String> = HashSet::new();
+                    let mut seen: HashSet<String> = HashSet::new();
+                    let pairs = self.meta().tag_files()?;
+                    for (t, f) in pairs {
+                        if !any.contains(&t) && self.reachable(vis, f)? {
+                            any.insert(t.clone());
+                        }
+                        seen.insert(t);
+                    }
+                    names.retain(|n| any.contains(n) || !seen.contains(n));
+                }
                 Ok(names
                     .into_iter()
                     .map(|n| {
@@ -302,7 +345,7 @@ impl Fs {
                     .collect())
             }
             VKey::ByTag(terms) => {
-                let (files, narrow) = {
+                let (mut files, mut narrow) = {
                     let m = self.meta();
                     let (sql, p) = query::files_sql(terms);
                     let files = m.listing(&sql, &p)?;
@@ -310,6 +353,21 @@ impl Fs {
                     let narrow = m.strings(&sql, &p)?;
                     (files, narrow)
                 };
+                if restricted {
+                    // Only files the viewer can reach, and only the tags
+                    // those files hold narrow.
+                    let mut kept = Vec::with_capacity(files.len());
+                    let mut held: HashSet<String> = HashSet::new();
+                    for (n, i) in files {
+                        if self.reachable(vis, i.ino)? {
+                            let tags = self.meta().file_tags(i.ino)?;
+                            held.extend(tags.into_iter().map(|(t, _)| t));
+                            kept.push((n, i));
+                        }
+                    }
+                    files = kept;
+                    narrow.retain(|t| held.contains(t));
+                }
                 // Tags already named by the path do not narrow.
                 let used: HashSet<&str> = terms
                     .iter()
@@ -344,20 +402,26 @@ impl Fs {
                     })
                     .collect())
             }
-            VKey::Sql(sql) => self.sql_entries(ino, key, sql),
+            VKey::Sql(sql) => self.sql_entries(ino, key, sql, vis),
             VKey::Saved(name) => {
                 let sql = match saved::shipped(name) {
                     Some(s) => s.to_string(),
                     None => self.meta().saved_query(name)?.ok_or(FsError::NotFound)?,
                 };
-                self.sql_entries(ino, key, &sql)
+                self.sql_entries(ino, key, &sql, vis)
             }
             VKey::Leaf(..) => Err(FsError::NotDir),
         }
     }
 
-    fn sql_entries(&self, ino: u64, key: &VKey, sql: &str) -> Result<Vec<(Vec<u8>, Target)>> {
-        let r = self.sandbox_run(sql)?;
+    fn sql_entries(
+        &self,
+        ino: u64,
+        key: &VKey,
+        sql: &str,
+        vis: &Option<Arc<Visibility>>,
+    ) -> Result<Vec<(Vec<u8>, Target)>> {
+        let r = self.sandbox_run(sql, vis)?;
         if r.truncated {
             tracing::warn!("query {sql:?}: only the first {ROW_CAP} rows are shown");
         }
@@ -391,6 +455,11 @@ impl Fs {
             };
             let Some(attr) = found else { continue };
             if attr.nlink == 0 || attr.ino == ROOT || is_virtual(attr.ino) {
+                continue;
+            }
+            // An id or path names a file whatever the views showed: only
+            // files the viewer can reach are listed.
+            if !self.reachable(vis, attr.ino)? {
                 continue;
             }
             let base = |p: &[u8]| p.rsplit(|&c| c == b'/').next().unwrap_or(b"").to_vec();
@@ -453,7 +522,7 @@ impl Fs {
         ]
         .into_iter()
         .map(|(n, d)| {
-            let v = self.vnode(VKey::Leaf(folder, n.clone()), Some((Arc::new(d), false)));
+            let v = self.vnode(self.leaf(folder, &n), Some((Arc::new(d), false)));
             (n, Target::Virtual(v))
         })
         .collect()
@@ -461,13 +530,15 @@ impl Fs {
 
     fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(l) = self.virt.cache.lock().get(&ino) {
+        let ck = (ino, super::perm::current_viewer());
+        if let Some(l) = self.virt.cache.lock().get(&ck) {
             if l.generation == generation {
                 return Ok(l.clone());
             }
         }
         let key = self.vkey(ino)?;
-        let entries = self.compute(ino, &key)?;
+        let vis = self.visibility()?;
+        let entries = self.compute(ino, &key, &vis)?;
         let index = entries
             .iter()
             .enumerate()
@@ -482,7 +553,7 @@ impl Fs {
         if c.len() > 256 {
             c.clear();
         }
-        c.insert(ino, l.clone());
+        c.insert(ck, l.clone());
         Ok(l)
     }
 
@@ -860,7 +931,7 @@ impl Fs {
 impl Fs {
     /// Checks users' SQL without running it.
     pub fn check_query(&self, sql: &str) -> std::result::Result<(), String> {
-        self.with_sandbox(|sb| sb.check(sql).map(|_| ()))
+        self.with_sandbox(None, |sb| sb.check(sql).map(|_| ()))
     }
 
     /// Every tag with the number of files holding it.
