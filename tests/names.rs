@@ -467,6 +467,7 @@ fn each_tag_is_listed_once_and_copies_converge() {
         "tar",
         &["--xattrs", "-tvvf", &archive.display().to_string()],
     );
+    assert!(listing.contains(" user.tag.jazz\n"), "{listing}");
     assert!(!listing.contains("user.tags"), "{listing}");
 
     // After a remount everything is still there.

@@ -131,6 +131,14 @@ fn nobody_sees_only_what_it_can_reach() {
     setxattr(&public.join("open.txt"), "user.tag.shared", b"", 0).unwrap();
     setxattr(&public.join("open.txt"), "user.tag.public", b"", 0).unwrap();
     fs::write(public.join("untagged.txt"), b"plain\n").unwrap();
+    // An ordinary xattr of the root-only file: its value needs read access.
+    setxattr(
+        &public.join("top.txt"),
+        "user.comment",
+        b"TOPSECRET note",
+        0,
+    )
+    .unwrap();
 
     // What root knows: the hash of top.txt and the id of a private file.
     let csv = |q: &str| fs::read_to_string(m.path("sql").join(q).join("result.csv")).unwrap();
@@ -195,6 +203,17 @@ fn nobody_sees_only_what_it_can_reach() {
         .join("SELECT count(*) AS c FROM files WHERE name LIKE '%zq7marker%'")
         .join("result.csv");
     assert_eq!(run_as(true, "cat", &[count.to_str().unwrap()]).1, "c\n0\n");
+    let note = m
+        .path("sql")
+        .join("SELECT name AS n, value AS v FROM xattrs WHERE name = 'user.comment'")
+        .join("result.csv");
+    assert_eq!(
+        run_as(true, "cat", &[note.to_str().unwrap()]).1,
+        "n,v\nuser.comment,\n"
+    );
+    assert!(run_as(false, "cat", &[note.to_str().unwrap()])
+        .1
+        .contains("user.comment,TOPSECRET note\n"));
     assert_eq!(run_as(false, "cat", &[count.to_str().unwrap()]).1, "c\n4\n");
     // A private file cannot be reached through a tag folder by its name.
     let direct = m.path("by-tag/shared").join(format!("{MARKER}-0.txt"));

@@ -888,8 +888,8 @@ impl Meta {
     }
 
     /// One (parent, name) naming `ino`, if any.
-    /// Every directory that has a name: (ino, parent, perm, uid, gid).
-    pub fn dir_perms(&self) -> Result<Vec<(u64, u64, u32, u32, u32)>> {
+    /// Every directory that has a name.
+    pub fn dir_perms(&self) -> Result<Vec<DirPerm>> {
         let mut s = self.conn.prepare_cached(q::DIR_PERMS)?;
         let rows = s.query_map([], |r| {
             Ok((
@@ -1212,6 +1212,9 @@ impl Meta {
 }
 
 /// Lower-case hex of `bytes`.
+/// A directory for the reachability rule: (ino, parent, perm, uid, gid).
+pub type DirPerm = (u64, u64, u32, u32, u32);
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -73,7 +73,7 @@ struct VNode {
 #[derive(Default)]
 pub(super) struct Virt {
     table: parking_lot::Mutex<Table>,
-    cache: parking_lot::Mutex<HashMap<(u64, Option<super::perm::Viewer>), Arc<Listing>>>,
+    cache: parking_lot::Mutex<HashMap<ListingKey, Arc<Listing>>>,
     /// What each viewer may reach, per metadata generation.
     pub(super) vis: parking_lot::Mutex<super::perm::VisCache>,
     sandbox: parking_lot::Mutex<Option<Sandbox>>,
@@ -85,6 +85,9 @@ pub(super) struct Virt {
 /// A file created in a tag folder: the folder's terms and the name it was
 /// created with.
 type Staged = (Vec<Term>, Vec<u8>);
+
+/// A folder and the viewer its listing is for (`None`: everything).
+type ListingKey = (u64, Option<super::perm::Viewer>);
 
 #[derive(Default)]
 struct Table {
