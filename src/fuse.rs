@@ -347,7 +347,7 @@ impl Filesystem for FuseFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -356,16 +356,21 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         guard("rename", parent.0, || {
-            reply_empty(
+            let go = || {
                 self.fs.rename(
                     parent.0,
                     name.as_bytes(),
                     newparent.0,
                     newname.as_bytes(),
                     flags.bits(),
-                ),
-                reply,
-            )
+                )
+            };
+            let r = if is_virtual(parent.0) || is_virtual(newparent.0) {
+                with_viewer(viewer(req), go)
+            } else {
+                go()
+            };
+            reply_empty(r, reply)
         })
     }
 

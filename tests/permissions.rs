@@ -234,3 +234,37 @@ fn nobody_sees_only_what_it_can_reach() {
     assert!(again.contains(&top_hash));
     m.stop();
 }
+
+#[test]
+fn supplementary_groups_count() {
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let mut m = Mount::with_args(dir.path(), &["--allow-other"]);
+    chmod(&m.store, 0o700);
+    let team = m.path("team");
+    fs::create_dir(&team).unwrap();
+    fs::write(team.join("plan-g7.txt"), b"plan").unwrap();
+    setxattr(&team.join("plan-g7.txt"), "user.tag.work", b"", 0).unwrap();
+    std::os::unix::fs::chown(&team, Some(0), Some(4242)).unwrap();
+    chmod(&team, 0o750);
+    let ls = |groups: &str, p: &Path| {
+        let o = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", groups, "ls"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let files = m
+        .path("sql")
+        .join("SELECT id, path FROM files WHERE kind = 'file'");
+    // In group 4242 (a supplementary group): reachable, listed.
+    assert_eq!(ls("--groups=4242", &files), "plan-g7.txt\n");
+    assert_eq!(ls("--groups=4242", &m.path("by-tag/work")), "plan-g7.txt\n");
+    // Without it: not.
+    assert_eq!(ls("--clear-groups", &files), "");
+    assert_eq!(ls("--clear-groups", &m.path("by-tag")), "");
+    assert_eq!(ls("--groups=4242", &m.path("by-tag")), "work\n");
+    m.stop();
+}
