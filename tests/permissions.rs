@@ -203,6 +203,23 @@ fn nobody_sees_only_what_it_can_reach() {
         .join("SELECT count(*) AS c FROM files WHERE name LIKE '%zq7marker%'")
         .join("result.csv");
     assert_eq!(run_as(true, "cat", &[count.to_str().unwrap()]).1, "c\n0\n");
+    // The filter function itself tells a hidden folder from no folder not.
+    let private_dir = csv("SELECT ino AS i FROM files WHERE name = 'private'")
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    for ino in [private_dir.as_str(), "987654321"] {
+        let q = m
+            .path("sql")
+            .join(format!("SELECT qfs_visible({ino}) AS v"))
+            .join("result.csv");
+        assert_eq!(
+            run_as(true, "cat", &[q.to_str().unwrap()]).1,
+            "v\n0\n",
+            "{ino}"
+        );
+    }
     let note = m
         .path("sql")
         .join("SELECT name AS n, value AS v FROM xattrs WHERE name = 'user.comment'")

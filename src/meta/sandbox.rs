@@ -115,6 +115,17 @@ pub struct Visibility {
     pub groups: Vec<u32>,
     /// Directories whose entries the caller cannot reach.
     pub hidden: HashSet<u64>,
+    /// Directories whose entries the caller can reach (consulted when
+    /// `hidden` is not empty: an unknown number is not reachable, so a
+    /// query cannot tell a hidden directory from a missing one).
+    pub reachable: HashSet<u64>,
+}
+
+impl Visibility {
+    /// Whether entries of directory `dir` are reachable.
+    pub fn sees(&self, dir: u64) -> bool {
+        self.hidden.is_empty() || self.reachable.contains(&dir)
+    }
 }
 
 impl Visibility {
@@ -485,7 +496,7 @@ fn register_visibility(conn: &Connection, vis: &VisCell) -> rusqlite::Result<()>
     conn.create_scalar_function("qfs_visible", 1, flags, move |ctx| {
         let Some(v) = get(&v) else { return Ok(true) };
         let parent: Option<i64> = ctx.get(0)?;
-        Ok(parent.is_some_and(|p| !v.hidden.contains(&(p as u64))))
+        Ok(parent.is_some_and(|p| v.sees(p as u64)))
     })?;
     let v = vis.clone();
     conn.create_scalar_function("qfs_readable", 3, flags, move |ctx| {

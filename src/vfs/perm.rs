@@ -112,7 +112,7 @@ impl Fs {
             uid: v.uid,
             gid: v.gid,
             groups: v.groups.clone(),
-            hidden: Default::default(),
+            ..Default::default()
         };
         let search = |uid: u32, gid: u32, perm: u32| vis.bits(uid, gid, perm) & 1 != 0;
         // ino -> (parent, searchable by the viewer)
@@ -146,11 +146,17 @@ impl Fs {
                 reachable.insert(c, ok);
             }
         }
-        vis.hidden = reachable
-            .into_iter()
-            .filter(|&(_, ok)| !ok)
-            .map(|(d, _)| d)
-            .collect();
+        for (d, ok) in reachable {
+            if ok {
+                vis.reachable.insert(d);
+            } else {
+                vis.hidden.insert(d);
+            }
+        }
+        if vis.hidden.is_empty() {
+            // Every directory is reachable: nothing to look up per row.
+            vis.reachable = Default::default();
+        }
         let vis = Arc::new(vis);
         let mut c = self.virt.vis.lock();
         if c.map.len() > 64 {
@@ -163,11 +169,9 @@ impl Fs {
     /// Whether some name of `ino` is reachable under `vis`.
     pub(super) fn reachable(&self, vis: &Option<Arc<Visibility>>, ino: u64) -> Result<bool> {
         match vis {
-            Some(v) if !v.hidden.is_empty() => Ok(self
-                .meta()
-                .parents(ino)?
-                .iter()
-                .any(|p| !v.hidden.contains(p))),
+            Some(v) if !v.hidden.is_empty() => {
+                Ok(self.meta().parents(ino)?.iter().any(|&p| v.sees(p)))
+            }
             _ => Ok(true),
         }
     }
