@@ -17,7 +17,7 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::meta::{kind, Inode};
-use crate::vfs::{is_virtual, Caller, Fs, SetAttr, SetTime};
+use crate::vfs::{is_virtual, with_viewer, Caller, Fs, SetAttr, SetTime, Viewer};
 
 /// How long the kernel may cache entries and attributes of real nodes. Every
 /// change goes through this mount (one owner), so the kernel's own
@@ -204,6 +204,12 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// The caller of a request with its supplementary groups, for what query
+/// folders show it (read from /proc only for query folders).
+fn viewer(req: &Request) -> Viewer {
+    Viewer::of_process(req.uid(), req.gid(), req.pid())
+}
+
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
@@ -270,8 +276,14 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if self.fs.runs_queries(parent.0) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if !is_virtual(parent.0) {
+            return guard("lookup", parent.0, || {
+                reply_entry(parent.0, self.fs.lookup(parent.0, name.as_bytes()), reply)
+            });
+        }
+        let who = viewer(req);
+        if with_viewer(who.clone(), || self.fs.runs_queries(parent.0)) {
             let fs = self.fs.clone();
             let name = name.to_owned();
             return self.pool.submit(Box::new(move |full| {
@@ -279,12 +291,14 @@ impl Filesystem for FuseFs {
                     return reply.error(busy());
                 }
                 guard("lookup", parent.0, || {
-                    reply_entry(parent.0, fs.lookup(parent.0, name.as_bytes()), reply)
+                    let r = with_viewer(who, || fs.lookup(parent.0, name.as_bytes()));
+                    reply_entry(parent.0, r, reply)
                 })
             }));
         }
         guard("lookup", parent.0, || {
-            reply_entry(parent.0, self.fs.lookup(parent.0, name.as_bytes()), reply)
+            let r = with_viewer(who, || self.fs.lookup(parent.0, name.as_bytes()));
+            reply_entry(parent.0, r, reply)
         })
     }
 
@@ -378,15 +392,25 @@ impl Filesystem for FuseFs {
         })
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("unlink", parent.0, || {
-            reply_empty(self.fs.unlink(parent.0, name.as_bytes()), reply)
+            let r = if is_virtual(parent.0) {
+                with_viewer(viewer(req), || self.fs.unlink(parent.0, name.as_bytes()))
+            } else {
+                self.fs.unlink(parent.0, name.as_bytes())
+            };
+            reply_empty(r, reply)
         })
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("rmdir", parent.0, || {
-            reply_empty(self.fs.rmdir(parent.0, name.as_bytes()), reply)
+            let r = if is_virtual(parent.0) {
+                with_viewer(viewer(req), || self.fs.rmdir(parent.0, name.as_bytes()))
+            } else {
+                self.fs.rmdir(parent.0, name.as_bytes())
+            };
+            reply_empty(r, reply)
         })
     }
 
@@ -414,7 +438,7 @@ impl Filesystem for FuseFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -423,16 +447,21 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         guard("rename", parent.0, || {
-            reply_empty(
+            let go = || {
                 self.fs.rename(
                     parent.0,
                     name.as_bytes(),
                     newparent.0,
                     newname.as_bytes(),
                     flags.bits(),
-                ),
-                reply,
-            )
+                )
+            };
+            let r = if is_virtual(parent.0) || is_virtual(newparent.0) {
+                with_viewer(viewer(req), go)
+            } else {
+                go()
+            };
+            reply_empty(r, reply)
         })
     }
 
@@ -453,17 +482,21 @@ impl Filesystem for FuseFs {
         })
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if self.fs.runs_queries(ino.0) {
-            // A result file whose listing left the cache is made again.
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if is_virtual(ino.0) && with_viewer(viewer(req), || self.fs.runs_queries(ino.0)) {
+            // A result file whose listing left the cache is made again, for
+            // the viewer it belongs to.
             let fs = self.fs.clone();
+            let who = viewer(req);
             return self.pool.submit(Box::new(move |full| {
                 if full {
                     return reply.error(busy());
                 }
-                guard("open", ino.0, || match fs.open(ino.0) {
-                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-                    Err(e) => reply.error(errno(&e)),
+                guard("open", ino.0, || {
+                    match with_viewer(who, || fs.open(ino.0)) {
+                        Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                        Err(e) => reply.error(errno(&e)),
+                    }
                 })
             }));
         }
@@ -560,22 +593,28 @@ impl Filesystem for FuseFs {
         guard("fsync", ino.0, || reply_empty(self.fs.fsync(fh.0), reply))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.fs.runs_queries(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let answer = |r: crate::error::Result<u64>, reply: ReplyOpen| match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        };
+        if !is_virtual(ino.0) {
+            return guard("opendir", ino.0, || answer(self.fs.opendir(ino.0), reply));
+        }
+        let who = viewer(req);
+        if with_viewer(who.clone(), || self.fs.runs_queries(ino.0)) {
             let fs = self.fs.clone();
             return self.pool.submit(Box::new(move |full| {
                 if full {
                     return reply.error(busy());
                 }
-                guard("opendir", ino.0, || match fs.opendir(ino.0) {
-                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                    Err(e) => reply.error(errno(&e)),
+                guard("opendir", ino.0, || {
+                    answer(with_viewer(who, || fs.opendir(ino.0)), reply)
                 })
             }));
         }
-        guard("opendir", ino.0, || match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
+        guard("opendir", ino.0, || {
+            answer(with_viewer(who, || self.fs.opendir(ino.0)), reply)
         })
     }
 

@@ -31,6 +31,7 @@ pub mod error;
 pub mod exchange;
 pub mod fuse;
 pub mod meta;
+pub mod names;
 pub mod query;
 pub mod qvfs;
 pub mod store;

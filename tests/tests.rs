@@ -7,6 +7,8 @@ mod exercise;
 mod faults;
 mod hostile;
 mod mount;
+mod names;
+mod permissions;
 mod programs;
 mod qvfs;
 mod semantics;

@@ -1,6 +1,11 @@
 -- One row per name of every file, directory, symlink and device in the tree
 -- (a hard-linked file has one row per name; `id` is the same).
 --
+-- A caller sees only names it could reach through the real tree (search
+-- permission on every ancestor directory, as the kernel checks it), and a
+-- file's hash only when it may read the file (a hash confirms a guess of
+-- the content). Root sees everything.
+--
 -- Built straight on the name table, so a query pays only for the columns it
 -- reads: `path` and `parent` walk up the tree with a correlated recursive
 -- subquery that runs only for rows whose path is asked for.
@@ -42,6 +47,7 @@ SELECT
     i.ctime / 1000000000 AS ctime,
     i.btime / 1000000000 AS btime,
     datetime(i.mtime / 1000000000, 'unixepoch') AS modified,
-    lower(hex(i.chash)) AS hash,
+    CASE WHEN qfs_readable(i.uid, i.gid, i.perm) THEN lower(hex(i.chash)) END AS hash,
     CAST(i.target AS TEXT) AS target
 FROM main.dentries d JOIN main.inodes i ON i.ino = d.ino
+WHERE qfs_visible(d.parent)

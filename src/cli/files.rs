@@ -4,8 +4,10 @@
 //! exactly what a copy through the mount would make.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use queryfs::error::FsError;
 use queryfs::meta::{kind, Inode};
+use queryfs::names::bytes_json;
 use queryfs::store::{self, Access, Store};
 use queryfs::vfs::{Caller, Fs, SetAttr, SetTime, ROOT};
 use serde::Serialize;
@@ -36,21 +39,33 @@ fn open_read(dir: &Path) -> Result<Store> {
     Ok(store::open(dir, Access::Read, false)?)
 }
 
-/// Splits a store path into its parent and last name.
-fn split(path: &str) -> Result<(String, String)> {
-    let trimmed = path.trim_end_matches('/');
-    let (parent, name) = match trimmed.rsplit_once('/') {
-        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
-        None => ("/", trimmed),
-    };
-    if name.is_empty() || name == "." || name == ".." {
-        bail!("{path:?} does not name an entry");
-    }
-    Ok((parent.to_string(), name.to_string()))
+/// A store path's bytes (names are bytes; they need not be UTF-8).
+pub(super) fn bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
 }
 
-fn resolve(fs: &Fs, path: &str) -> Result<Inode> {
-    fs.resolve(path).map_err(|e| anyhow!("{path}: {e}"))
+/// A store path for messages (bytes that are not UTF-8 shown escaped).
+pub(super) fn show(p: &[u8]) -> String {
+    Path::new(OsStr::from_bytes(p)).display().to_string()
+}
+
+/// Splits a store path into its parent and last name.
+fn split(path: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    let end = path.iter().rposition(|&c| c != b'/').map_or(0, |i| i + 1);
+    let trimmed = &path[..end];
+    let (parent, name): (&[u8], &[u8]) = match trimmed.iter().rposition(|&c| c == b'/') {
+        Some(i) => (if i == 0 { b"/" } else { &trimmed[..i] }, &trimmed[i + 1..]),
+        None => (b"/", trimmed),
+    };
+    if name.is_empty() || name == b"." || name == b".." {
+        bail!("{:?} does not name an entry", show(path));
+    }
+    Ok((parent.to_vec(), name.to_vec()))
+}
+
+pub(super) fn resolve(fs: &Fs, path: &[u8]) -> Result<Inode> {
+    fs.resolve_bytes(path)
+        .map_err(|e| anyhow!("{}: {e}", show(path)))
 }
 
 fn kind_name(k: u32) -> &'static str {
@@ -318,7 +333,7 @@ fn disk_xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 
 pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
     let (dest, sources) = a.paths.split_last().unwrap();
-    let dest = dest.to_string_lossy().to_string();
+    let dest = bytes(dest);
     let s = open_write(dir, "put")?;
     let fs = &s.fs;
     let total: u64 = sources.iter().map(|p| disk_bytes(p)).sum();
@@ -331,10 +346,10 @@ pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
     };
     // Into an existing directory, each source keeps its name; otherwise the
     // one source takes the destination's name.
-    let target = match fs.resolve(&dest) {
+    let target = match fs.resolve_bytes(dest) {
         Ok(i) if i.is_dir() => Some(i.ino),
         Ok(_) | Err(FsError::NotFound) => None,
-        Err(e) => bail!("{dest}: {e}"),
+        Err(e) => bail!("{}: {e}", show(dest)),
     };
     match target {
         Some(d) => {
@@ -350,11 +365,14 @@ pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
         }
         None => {
             if sources.len() != 1 {
-                bail!("{dest}: not a directory in the store (needed for several sources)");
+                bail!(
+                    "{}: not a directory in the store (needed for several sources)",
+                    show(dest)
+                );
             }
-            let (parent, name) = split(&dest)?;
+            let (parent, name) = split(dest)?;
             let pi = resolve(fs, &parent)?;
-            p.put(&sources[0], pi.ino, name.as_bytes())?;
+            p.put(&sources[0], pi.ino, &name)?;
         }
     }
     p.bar.finish_and_clear();
@@ -367,7 +385,7 @@ pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
 #[derive(clap::Args)]
 pub struct GetArgs {
     /// Path in the store.
-    src: String,
+    src: PathBuf,
     /// Destination on disk.
     dest: PathBuf,
 }
@@ -451,12 +469,13 @@ impl FromBytes for std::ffi::OsStr {
 
 pub fn get(dir: &Path, a: GetArgs) -> Result<Outcome> {
     let s = open_read(dir)?;
-    let i = resolve(&s.fs, &a.src)?;
+    let src = bytes(&a.src);
+    let i = resolve(&s.fs, src)?;
     let dest = if a.dest.is_dir() {
-        let name = split(&a.src)
+        let name = split(src)
             .map(|(_, n)| n)
-            .unwrap_or_else(|_| "root".into());
-        a.dest.join(name)
+            .unwrap_or_else(|_| b"root".to_vec());
+        a.dest.join(OsStr::from_bytes(&name))
     } else {
         a.dest.clone()
     };
@@ -472,7 +491,7 @@ pub fn get(dir: &Path, a: GetArgs) -> Result<Outcome> {
 pub struct LsArgs {
     /// Directory (or file) in the store; default the root.
     #[arg(default_value = "/")]
-    path: String,
+    path: PathBuf,
     /// Long listing: mode, links, owner, size, mtime, name.
     #[arg(short, long)]
     long: bool,
@@ -481,10 +500,12 @@ pub struct LsArgs {
     json: bool,
 }
 
+/// Names, paths and targets are strings when UTF-8, else
+/// `{"bytes": "<base64>"}` (see `queryfs::names`).
 #[derive(Serialize)]
 struct EntryJson<'a> {
-    name: String,
-    path: String,
+    name: serde_json::Value,
+    path: serde_json::Value,
     ino: u64,
     kind: &'a str,
     mode: String,
@@ -498,13 +519,13 @@ struct EntryJson<'a> {
     ctime_ns: i64,
     btime_ns: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    target: Option<String>,
+    target: Option<serde_json::Value>,
 }
 
-fn entry_json(fs: &Fs, name: String, path: String, i: &Inode) -> EntryJson<'static> {
+fn entry_json(fs: &Fs, name: &[u8], path: &[u8], i: &Inode) -> EntryJson<'static> {
     EntryJson {
-        name,
-        path,
+        name: bytes_json(name),
+        path: bytes_json(path),
         ino: i.ino,
         kind: kind_name(i.kind),
         mode: format!("{:04o}", i.perm),
@@ -518,9 +539,7 @@ fn entry_json(fs: &Fs, name: String, path: String, i: &Inode) -> EntryJson<'stat
         ctime_ns: i.ctime,
         btime_ns: i.btime,
         target: if i.kind == kind::SYMLINK {
-            fs.readlink(i.ino)
-                .ok()
-                .map(|t| String::from_utf8_lossy(&t).into_owned())
+            fs.readlink(i.ino).ok().map(|t| bytes_json(&t))
         } else {
             None
         },
@@ -550,46 +569,41 @@ fn fmt_time(ns: i64) -> String {
     )
 }
 
-fn join(parent: &str, name: &str) -> String {
-    if parent.ends_with('/') {
-        format!("{parent}{name}")
-    } else {
-        format!("{parent}/{name}")
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = parent.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
     }
+    p.extend_from_slice(name);
+    p
 }
 
 pub fn ls(dir: &Path, a: LsArgs) -> Result<Outcome> {
     let s = open_read(dir)?;
     let fs = &s.fs;
-    let i = resolve(fs, &a.path)?;
-    let entries: Vec<(String, String, Inode)> = if i.is_dir() {
+    let path = bytes(&a.path);
+    let i = resolve(fs, path)?;
+    let entries: Vec<(Vec<u8>, Vec<u8>, Inode)> = if i.is_dir() {
         fs.list(i.ino)?
             .into_iter()
             .map(|e| {
-                let n = String::from_utf8_lossy(&e.name).into_owned();
-                (n.clone(), join(&a.path, &n), e.attr)
+                let p = join(path, &e.name);
+                (e.name, p, e.attr)
             })
             .collect()
     } else {
-        let n = split(&a.path).map(|(_, n)| n).unwrap_or_default();
-        vec![(n, a.path.clone(), i)]
+        let n = split(path).map(|(_, n)| n).unwrap_or_default();
+        vec![(n, path.to_vec(), i)]
     };
+    // Names are written as the bytes they are.
     let mut out = std::io::stdout().lock();
     for (name, path, e) in entries {
         if a.json {
-            json_line(&mut out, &entry_json(fs, name, path, &e))?;
+            json_line(&mut out, &entry_json(fs, &name, &path, &e))?;
         } else if a.long {
-            let suffix = if e.kind == kind::SYMLINK {
-                format!(
-                    " -> {}",
-                    String::from_utf8_lossy(&fs.readlink(e.ino).unwrap_or_default())
-                )
-            } else {
-                String::new()
-            };
-            writeln!(
+            write!(
                 out,
-                "{} {:>3} {:>5} {:>5} {:>12} {} {name}{suffix}",
+                "{} {:>3} {:>5} {:>5} {:>12} {} ",
                 mode_string(&e),
                 e.nlink,
                 e.uid,
@@ -597,31 +611,40 @@ pub fn ls(dir: &Path, a: LsArgs) -> Result<Outcome> {
                 e.size,
                 fmt_time(e.mtime)
             )?;
+            out.write_all(&name)?;
+            if e.kind == kind::SYMLINK {
+                out.write_all(b" -> ")?;
+                out.write_all(&fs.readlink(e.ino).unwrap_or_default())?;
+            }
+            out.write_all(b"\n")?;
         } else {
-            writeln!(out, "{name}")?;
+            out.write_all(&name)?;
+            out.write_all(b"\n")?;
         }
     }
     Ok(Outcome::Ok)
 }
 
-pub fn stat(dir: &Path, json: bool, paths: &[String]) -> Result<Outcome> {
+pub fn stat(dir: &Path, json: bool, paths: &[PathBuf]) -> Result<Outcome> {
     let s = open_read(dir)?;
     let fs = &s.fs;
     let mut out = std::io::stdout().lock();
     for p in paths {
+        let p = bytes(p);
         let i = resolve(fs, p)?;
-        let name = split(p).map(|(_, n)| n).unwrap_or_else(|_| "/".into());
-        let e = entry_json(fs, name, p.clone(), &i);
+        let name = split(p).map(|(_, n)| n).unwrap_or_else(|_| b"/".to_vec());
+        let e = entry_json(fs, &name, p, &i);
         if json {
             json_line(&mut out, &e)?;
         } else {
-            writeln!(out, "  path: {}", e.path)?;
-            writeln!(
-                out,
-                "  kind: {}{}",
-                e.kind,
-                e.target.map(|t| format!(" -> {t}")).unwrap_or_default()
-            )?;
+            out.write_all(b"  path: ")?;
+            out.write_all(p)?;
+            write!(out, "\n  kind: {}", e.kind)?;
+            if i.kind == kind::SYMLINK {
+                out.write_all(b" -> ")?;
+                out.write_all(&fs.readlink(i.ino).unwrap_or_default())?;
+            }
+            out.write_all(b"\n")?;
             writeln!(
                 out,
                 "   ino: {}   links: {}   size: {}",
@@ -646,12 +669,13 @@ pub fn stat(dir: &Path, json: bool, paths: &[String]) -> Result<Outcome> {
 
 // ----- cat, mkdir, rm, mv -----
 
-pub fn cat(dir: &Path, paths: &[String]) -> Result<Outcome> {
+pub fn cat(dir: &Path, paths: &[PathBuf]) -> Result<Outcome> {
     let s = open_read(dir)?;
     let fs = &s.fs;
     let mut out = std::io::stdout().lock();
     for p in paths {
-        let i = resolve(fs, p)?;
+        let i = resolve(fs, bytes(p))?;
+        let p = p.display();
         if i.is_dir() {
             bail!("{p}: is a directory");
         }
@@ -675,19 +699,23 @@ pub fn cat(dir: &Path, paths: &[String]) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-pub fn mkdir(dir: &Path, parents: bool, paths: &[String]) -> Result<Outcome> {
+pub fn mkdir(dir: &Path, parents: bool, paths: &[PathBuf]) -> Result<Outcome> {
     let s = open_write(dir, "mkdir")?;
     let fs = &s.fs;
     let who = Caller::current();
-    for p in paths {
+    for path in paths {
+        let p = path.display();
         if parents {
             let mut cur = ROOT;
-            for part in p.split('/').filter(|x| !x.is_empty() && *x != ".") {
-                cur = match fs.lookup(cur, part.as_bytes()) {
+            for part in bytes(path)
+                .split(|&c| c == b'/')
+                .filter(|x| !x.is_empty() && *x != b".")
+            {
+                cur = match fs.lookup(cur, part) {
                     Ok(i) if i.is_dir() => i.ino,
-                    Ok(_) => bail!("{p}: {part} is not a directory"),
+                    Ok(_) => bail!("{p}: {} is not a directory", show(part)),
                     Err(FsError::NotFound) => {
-                        fs.mkdir(cur, part.as_bytes(), 0o755, who)
+                        fs.mkdir(cur, part, 0o755, who)
                             .map_err(|e| anyhow!("{p}: {e}"))?
                             .ino
                     }
@@ -695,9 +723,9 @@ pub fn mkdir(dir: &Path, parents: bool, paths: &[String]) -> Result<Outcome> {
                 };
             }
         } else {
-            let (parent, name) = split(p)?;
+            let (parent, name) = split(bytes(path))?;
             let pi = resolve(fs, &parent)?;
-            fs.mkdir(pi.ino, name.as_bytes(), 0o755, who)
+            fs.mkdir(pi.ino, &name, 0o755, who)
                 .map_err(|e| anyhow!("{p}: {e}"))?;
         }
     }
@@ -718,40 +746,39 @@ fn remove_tree(fs: &Fs, parent: u64, name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-pub fn rm(dir: &Path, recursive: bool, paths: &[String]) -> Result<Outcome> {
+pub fn rm(dir: &Path, recursive: bool, paths: &[PathBuf]) -> Result<Outcome> {
     let s = open_write(dir, "rm")?;
     let fs = &s.fs;
-    for p in paths {
-        let (parent, name) = split(p)?;
+    for path in paths {
+        let p = path.display();
+        let (parent, name) = split(bytes(path))?;
         let pi = resolve(fs, &parent)?;
-        let i = fs
-            .lookup(pi.ino, name.as_bytes())
-            .map_err(|e| anyhow!("{p}: {e}"))?;
+        let i = fs.lookup(pi.ino, &name).map_err(|e| anyhow!("{p}: {e}"))?;
         if i.is_dir() && !recursive {
             bail!("{p}: is a directory (use -r)");
         }
-        remove_tree(fs, pi.ino, name.as_bytes()).map_err(|e| anyhow!("{p}: {e}"))?;
+        remove_tree(fs, pi.ino, &name).map_err(|e| anyhow!("{p}: {e}"))?;
     }
     fs.sync_all()?;
     Ok(Outcome::Ok)
 }
 
-pub fn mv(dir: &Path, src: &str, dest: &str) -> Result<Outcome> {
+pub fn mv(dir: &Path, src: &Path, dest: &Path) -> Result<Outcome> {
     let s = open_write(dir, "mv")?;
     let fs = &s.fs;
-    let (sp, sn) = split(src)?;
+    let (sp, sn) = split(bytes(src))?;
     let spi = resolve(fs, &sp)?;
-    fs.lookup(spi.ino, sn.as_bytes())
-        .map_err(|e| anyhow!("{src}: {e}"))?;
-    let (dp, dn) = match fs.resolve(dest) {
+    fs.lookup(spi.ino, &sn)
+        .map_err(|e| anyhow!("{}: {e}", src.display()))?;
+    let (dp, dn) = match fs.resolve_bytes(bytes(dest)) {
         Ok(d) if d.is_dir() => (d.ino, sn.clone()),
         _ => {
-            let (p, n) = split(dest)?;
+            let (p, n) = split(bytes(dest))?;
             (resolve(fs, &p)?.ino, n)
         }
     };
-    fs.rename(spi.ino, sn.as_bytes(), dp, dn.as_bytes(), 0)
-        .map_err(|e| anyhow!("moving {src} to {dest}: {e}"))?;
+    fs.rename(spi.ino, &sn, dp, &dn, 0)
+        .map_err(|e| anyhow!("moving {} to {}: {e}", src.display(), dest.display()))?;
     fs.sync_all()?;
     Ok(Outcome::Ok)
 }

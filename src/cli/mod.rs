@@ -51,7 +51,7 @@ enum Cmd {
     /// Print files of the store to standard output.
     Cat {
         #[arg(required = true)]
-        paths: Vec<String>,
+        paths: Vec<PathBuf>,
     },
     /// Create directories in the store.
     Mkdir {
@@ -59,23 +59,23 @@ enum Cmd {
         #[arg(short, long)]
         parents: bool,
         #[arg(required = true)]
-        paths: Vec<String>,
+        paths: Vec<PathBuf>,
     },
     /// Remove files (and with -r, directory trees) from the store.
     Rm {
         #[arg(short, long)]
         recursive: bool,
         #[arg(required = true)]
-        paths: Vec<String>,
+        paths: Vec<PathBuf>,
     },
     /// Rename or move within the store.
-    Mv { src: String, dest: String },
+    Mv { src: PathBuf, dest: PathBuf },
     /// Show the attributes of paths in the store.
     Stat {
         #[arg(long)]
         json: bool,
         #[arg(required = true)]
-        paths: Vec<String>,
+        paths: Vec<PathBuf>,
     },
     /// Store statistics: files, logical and stored bytes, dedup ratio, sizes.
     Info {

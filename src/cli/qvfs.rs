@@ -19,7 +19,7 @@ pub struct ExportArgs {
     out: PathBuf,
     /// Folder of the store to export; its contents become the image's root.
     #[arg(long, default_value = "/", value_name = "PATH")]
-    from: String,
+    from: PathBuf,
     /// Leave out files over 2^31-1 bytes (each is reported) instead of refusing.
     #[arg(long)]
     skip_large: bool,
@@ -41,7 +41,7 @@ pub struct ImportArgs {
     image: PathBuf,
     /// Folder of the store to import into (created if missing).
     #[arg(long, default_value = "/", value_name = "PATH")]
-    into: String,
+    into: PathBuf,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -91,10 +91,21 @@ fn explain(e: ExchangeError) -> anyhow::Error {
     }
 }
 
+/// A store folder for export and import: QVFS images hold Unicode names
+/// (UTF-16 long names), so the folder must be named in UTF-8.
+fn utf8_store_path(p: &Path, what: &str) -> Result<String> {
+    p.to_str().map(str::to_string).ok_or_else(|| {
+        anyhow!(
+            "{what} {}: not UTF-8; a QVFS image holds Unicode names only",
+            p.display()
+        )
+    })
+}
+
 pub fn export(dir: &Path, a: ExportArgs) -> Result<Outcome> {
     let s = store::open(dir, Access::Read, false)?;
     let opts = ExportOptions {
-        from: a.from.clone(),
+        from: utf8_store_path(&a.from, "--from")?,
         skip_large: a.skip_large,
         metadata: !a.no_meta,
     };
@@ -145,7 +156,8 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
     // One commit per 25 ms instead of several per file; all of it is
     // committed (and synced) before the summary.
     s.fs.start_group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)?;
-    let r = exchange::import(&s.fs, &img, &check, &a.into, &mut |n| b.inc(n))
+    let into = utf8_store_path(&a.into, "--into")?;
+    let r = exchange::import(&s.fs, &img, &check, &into, &mut |n| b.inc(n))
         .map_err(|e| anyhow!("{}: {}", a.image.display(), explain(e)));
     b.finish_and_clear();
     s.fs.stop_group_commit().context("committing the import")?;
@@ -159,7 +171,7 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
         println!(
             "{} into {}: {}{}",
             a.image.display(),
-            a.into,
+            into,
             r.counts,
             if r.metadata {
                 ""

@@ -1,7 +1,7 @@
 //! `tag`, `tags` and `query`: tags and SQL from the command line.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
@@ -14,13 +14,13 @@ use super::{json_line, Outcome};
 pub enum TagCmd {
     /// Tag a file: TAG or TAG=VALUE.
     Add {
-        path: String,
+        path: PathBuf,
         #[arg(required = true)]
         tags: Vec<String>,
     },
     /// Untag a file.
     Rm {
-        path: String,
+        path: PathBuf,
         #[arg(required = true)]
         tags: Vec<String>,
     },
@@ -28,7 +28,7 @@ pub enum TagCmd {
     Ls {
         #[arg(long)]
         json: bool,
-        path: String,
+        path: PathBuf,
     },
 }
 
@@ -72,7 +72,8 @@ pub fn tag(dir: &Path, cmd: TagCmd) -> Result<Outcome> {
     match cmd {
         TagCmd::Add { path, tags } => {
             let s = open(dir, Some("tag add"))?;
-            let i = s.fs.resolve(&path).map_err(|e| anyhow!("{path}: {e}"))?;
+            let i = super::files::resolve(&s.fs, super::files::bytes(&path))?;
+            let path = path.display();
             for t in &tags {
                 let (n, v) = queryfs::query::parse_item(t).map_err(|e| anyhow!("{t:?}: {e}"))?;
                 let name = format!("user.tag.{n}");
@@ -83,7 +84,8 @@ pub fn tag(dir: &Path, cmd: TagCmd) -> Result<Outcome> {
         }
         TagCmd::Rm { path, tags } => {
             let s = open(dir, Some("tag rm"))?;
-            let i = s.fs.resolve(&path).map_err(|e| anyhow!("{path}: {e}"))?;
+            let i = super::files::resolve(&s.fs, super::files::bytes(&path))?;
+            let path = path.display();
             let mut missing = false;
             for t in &tags {
                 let name = format!("user.tag.{t}");
@@ -104,7 +106,7 @@ pub fn tag(dir: &Path, cmd: TagCmd) -> Result<Outcome> {
         }
         TagCmd::Ls { json, path } => {
             let s = open(dir, None)?;
-            let i = s.fs.resolve(&path).map_err(|e| anyhow!("{path}: {e}"))?;
+            let i = super::files::resolve(&s.fs, super::files::bytes(&path))?;
             let tags = s.fs.file_tags(i.ino)?;
             let mut out = std::io::stdout().lock();
             for (n, v) in &tags {
@@ -195,15 +197,18 @@ pub fn query(dir: &Path, a: QueryArgs) -> Result<Outcome> {
                     json_line(&mut out, &r.row_json(i))?;
                 }
             } else {
-                let cells: Vec<Vec<String>> = r
+                // Cells as their bytes (a name that is not UTF-8 is written
+                // as it is); widths count the characters a terminal shows.
+                let cells: Vec<Vec<Vec<u8>>> = r
                     .rows
                     .iter()
                     .map(|row| row.iter().map(value_text).collect())
                     .collect();
+                let width = |c: &[u8]| String::from_utf8_lossy(c).chars().count();
                 let mut w: Vec<usize> = r.columns.iter().map(|c| c.chars().count()).collect();
                 for row in &cells {
                     for (i, c) in row.iter().enumerate() {
-                        w[i] = w[i].max(c.chars().count());
+                        w[i] = w[i].max(width(c));
                     }
                 }
                 // Columns align up to this width; longer cells run over
@@ -212,21 +217,26 @@ pub fn query(dir: &Path, a: QueryArgs) -> Result<Outcome> {
                 for x in w.iter_mut() {
                     *x = (*x).min(WIDEST);
                 }
-                let line = |out: &mut dyn Write, row: &[String]| -> std::io::Result<()> {
-                    let parts: Vec<String> = row
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            let pad = w[i].saturating_sub(c.chars().count());
-                            format!("{c}{}", " ".repeat(pad))
-                        })
-                        .collect();
-                    writeln!(out, "{}", parts.join("  ").trim_end())
+                let line = |out: &mut dyn Write, row: &[Vec<u8>]| -> std::io::Result<()> {
+                    let mut l = Vec::new();
+                    for (i, c) in row.iter().enumerate() {
+                        if i > 0 {
+                            l.extend_from_slice(b"  ");
+                        }
+                        l.extend_from_slice(c);
+                        l.resize(l.len() + w[i].saturating_sub(width(c)), b' ');
+                    }
+                    while l.last() == Some(&b' ') {
+                        l.pop();
+                    }
+                    l.push(b'\n');
+                    out.write_all(&l)
                 };
-                line(&mut out, &r.columns)?;
+                let head: Vec<Vec<u8>> = r.columns.iter().map(|c| c.clone().into_bytes()).collect();
+                line(&mut out, &head)?;
                 line(
                     &mut out,
-                    &w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>(),
+                    &w.iter().map(|n| vec![b'-'; *n]).collect::<Vec<_>>(),
                 )?;
                 for row in &cells {
                     line(&mut out, row)?;

@@ -874,6 +874,37 @@ impl Meta {
     }
 
     /// One (parent, name) naming `ino`, if any.
+    /// Every directory that has a name.
+    pub fn dir_perms(&self) -> Result<Vec<DirPerm>> {
+        let mut s = self.conn.prepare_cached(q::DIR_PERMS)?;
+        let rows = s.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The directories holding a name of `ino` (several for hard links).
+    pub fn parents(&self, ino: u64) -> Result<Vec<u64>> {
+        let mut s = self.conn.prepare_cached(q::DENTRY_PARENTS)?;
+        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
+            Ok(r.get::<_, i64>(0)? as u64)
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every (tag, file) pair.
+    pub fn tag_files(&self) -> Result<Vec<(String, u64)>> {
+        let mut s = self.conn.prepare_cached(q::TAG_FILES)?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn parent_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>> {
         Ok(self
             .conn
@@ -1167,6 +1198,9 @@ impl Meta {
 }
 
 /// Lower-case hex of `bytes`.
+/// A directory for the reachability rule: (ino, parent, perm, uid, gid).
+pub type DirPerm = (u64, u64, u32, u32, u32);
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

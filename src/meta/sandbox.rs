@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use super::sqlmem;
@@ -82,11 +82,34 @@ pub enum QueryError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// One value of a result. Text is kept as the bytes SQLite holds: a name
+/// that is not UTF-8 (legal on Linux) comes through unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl From<ValueRef<'_>> for Cell {
+    fn from(v: ValueRef<'_>) -> Cell {
+        match v {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(i) => Cell::Integer(i),
+            ValueRef::Real(f) => Cell::Real(f),
+            ValueRef::Text(t) => Cell::Text(t.to_vec()),
+            ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+        }
+    }
+}
+
 /// Rows of a query.
 #[derive(Debug, Clone)]
 pub struct QueryResult {
     pub columns: Vec<String>,
-    pub rows: Vec<Vec<Value>>,
+    pub rows: Vec<Vec<Cell>>,
     /// More rows existed than the cap allowed.
     pub truncated: bool,
 }
@@ -102,9 +125,53 @@ impl QueryResult {
     }
 }
 
+/// What the caller of a query may see: the views show only files the
+/// caller could reach through the real tree (search permission on every
+/// ancestor directory), and a file's `hash` only when the caller may read
+/// it. `None` (root, or an in-process caller) sees everything.
+#[derive(Debug, Clone, Default)]
+pub struct Visibility {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// Directories whose entries the caller cannot reach.
+    pub hidden: HashSet<u64>,
+    /// Directories whose entries the caller can reach (consulted when
+    /// `hidden` is not empty: an unknown number is not reachable, so a
+    /// query cannot tell a hidden directory from a missing one).
+    pub reachable: HashSet<u64>,
+}
+
+impl Visibility {
+    /// Whether entries of directory `dir` are reachable.
+    pub fn sees(&self, dir: u64) -> bool {
+        self.hidden.is_empty() || self.reachable.contains(&dir)
+    }
+}
+
+impl Visibility {
+    /// The permission bits (`rwx` as 4|2|1) the caller has on a node.
+    pub fn bits(&self, uid: u32, gid: u32, perm: u32) -> u32 {
+        if self.uid == 0 {
+            return 7;
+        }
+        if self.uid == uid {
+            (perm >> 6) & 7
+        } else if self.gid == gid || self.groups.contains(&gid) {
+            (perm >> 3) & 7
+        } else {
+            perm & 7
+        }
+    }
+}
+
+type VisCell = Arc<Mutex<Option<Arc<Visibility>>>>;
+
 /// A read-only, sandboxed connection to a store's database.
 pub struct Sandbox {
     conn: Connection,
+    /// Who the running query is for (read by the `qfs_visible` functions).
+    vis: VisCell,
     /// What the authorizer saw while the last statement was prepared.
     seen: Arc<Mutex<Seen>>,
     /// Deadline of the running statement, in ns after `base`; 0 = none.
@@ -147,6 +214,8 @@ impl Sandbox {
         conn.pragma_update(None, "temp_store", if slot.is_some() { 2 } else { 1 })?;
         register_functions(&conn)?;
         super::safefn::register(&conn)?;
+        let vis: VisCell = Arc::default();
+        register_visibility(&conn, &vis)?;
         // Each documented view reads the tables under it only through an
         // inner view whose name holds a secret of this connection; the
         // authorizer admits base-table reads only when SQLite names such an
@@ -203,6 +272,7 @@ impl Sandbox {
         )?;
         Ok(Sandbox {
             conn,
+            vis,
             seen,
             deadline,
             base,
@@ -217,6 +287,11 @@ impl Sandbox {
     /// Bytes of heap SQLite holds for this connection (0 without the cap).
     pub fn heap_used(&self) -> i64 {
         self.slot.as_ref().map_or(0, |s| s.used())
+    }
+
+    /// Whom the next queries are for; `None` sees everything.
+    pub fn set_visibility(&self, v: Option<Arc<Visibility>>) {
+        *self.vis.lock().unwrap_or_else(|e| e.into_inner()) = v;
     }
 
     /// Checks that `sql` is one statement the sandbox admits, without running it.
@@ -302,11 +377,11 @@ impl Sandbox {
                 }
                 let mut row = Vec::with_capacity(n);
                 for i in 0..n {
-                    let v = r.get::<_, Value>(i)?;
+                    let v = Cell::from(r.get_ref(i)?);
                     bytes += VALUE_OVERHEAD
                         + match &v {
-                            Value::Text(t) => t.len(),
-                            Value::Blob(b) => 2 * b.len(),
+                            Cell::Text(t) => t.len(),
+                            Cell::Blob(b) => 2 * b.len(),
                             _ => 0,
                         };
                     row.push(v);
@@ -478,6 +553,34 @@ fn authorize(
     }
 }
 
+/// The functions the views filter with, reading the caller of the running
+/// query: `qfs_restricted()` (1 when some directory is out of the caller's
+/// reach), `qfs_visible(parent)` (1 when entries of directory `parent` are
+/// reachable) and `qfs_readable(uid, gid, perm)` (1 when the caller may
+/// read a node with those ids and bits). For a caller who sees everything
+/// each is one lock and a constant.
+fn register_visibility(conn: &Connection, vis: &VisCell) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8;
+    let get = |v: &VisCell| v.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let v = vis.clone();
+    conn.create_scalar_function("qfs_restricted", 0, flags, move |_| {
+        Ok(get(&v).is_some_and(|v| !v.hidden.is_empty()))
+    })?;
+    let v = vis.clone();
+    conn.create_scalar_function("qfs_visible", 1, flags, move |ctx| {
+        let Some(v) = get(&v) else { return Ok(true) };
+        let parent: Option<i64> = ctx.get(0)?;
+        Ok(parent.is_some_and(|p| v.sees(p as u64)))
+    })?;
+    let v = vis.clone();
+    conn.create_scalar_function("qfs_readable", 3, flags, move |ctx| {
+        let Some(v) = get(&v) else { return Ok(true) };
+        let (uid, gid, perm): (i64, i64, i64) = (ctx.get(0)?, ctx.get(1)?, ctx.get(2)?);
+        Ok(v.bits(uid as u32, gid as u32, perm as u32) & 4 != 0)
+    })?;
+    Ok(())
+}
+
 fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     conn.create_scalar_function("qfs_user", 1, flags, |ctx| {
@@ -545,26 +648,27 @@ pub fn account_name(id: u32, user: bool) -> String {
     id.to_string()
 }
 
-/// A value as JSON (blobs as lowercase hex).
-pub fn value_json(v: &Value) -> serde_json::Value {
+/// A value as JSON: blobs as lowercase hex, text that is not UTF-8 as
+/// `{"bytes": "<base64>"}` (see [`crate::names`]).
+pub fn value_json(v: &Cell) -> serde_json::Value {
     match v {
-        Value::Null => serde_json::Value::Null,
-        Value::Integer(i) => (*i).into(),
-        Value::Real(f) => serde_json::Number::from_f64(*f)
+        Cell::Null => serde_json::Value::Null,
+        Cell::Integer(i) => (*i).into(),
+        Cell::Real(f) => serde_json::Number::from_f64(*f)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
-        Value::Text(s) => s.clone().into(),
-        Value::Blob(b) => super::hex(b).into(),
+        Cell::Text(s) => crate::names::bytes_json(s),
+        Cell::Blob(b) => super::hex(b).into(),
     }
 }
 
-/// A value as text for tables and CSV (NULL as empty).
-pub fn value_text(v: &Value) -> String {
+/// A value as bytes for tables and CSV (NULL as empty, text as it is).
+pub fn value_text(v: &Cell) -> Vec<u8> {
     match v {
-        Value::Null => String::new(),
-        Value::Integer(i) => i.to_string(),
-        Value::Real(f) => f.to_string(),
-        Value::Text(s) => s.clone(),
-        Value::Blob(b) => super::hex(b),
+        Cell::Null => Vec::new(),
+        Cell::Integer(i) => i.to_string().into_bytes(),
+        Cell::Real(f) => f.to_string().into_bytes(),
+        Cell::Text(s) => s.clone(),
+        Cell::Blob(b) => super::hex(b).into_bytes(),
     }
 }

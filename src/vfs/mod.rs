@@ -54,7 +54,9 @@ use crate::meta::{kind, BlobData, Checkpointer, ChunkRef, Inode, Meta, NewInode}
 use crate::query;
 use crate::qvfs::Container;
 
+mod perm;
 mod virt;
+pub use perm::{with_viewer, Viewer};
 pub use virt::{is_virtual, QUERY_BUDGET, RESERVED, ROW_CAP};
 
 /// Longest name of one directory entry, in bytes.
@@ -812,9 +814,17 @@ impl Fs {
 
     /// Resolves a path relative to the root ("/a/b" or "a/b").
     pub fn resolve(&self, path: &str) -> Result<Inode> {
+        self.resolve_bytes(path.as_bytes())
+    }
+
+    /// Resolves a path of any bytes (names need not be UTF-8).
+    pub fn resolve_bytes(&self, path: &[u8]) -> Result<Inode> {
         let mut cur = self.getattr(ROOT)?;
-        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
-            if part == ".." {
+        for part in path
+            .split(|&c| c == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+        {
+            if part == b".." {
                 let parent = self
                     .meta()
                     .parent_of(cur.ino)?
@@ -826,20 +836,25 @@ impl Fs {
             if !cur.is_dir() {
                 return Err(FsError::NotDir);
             }
-            cur = self.lookup(cur.ino, part.as_bytes())?;
+            cur = self.lookup(cur.ino, part)?;
         }
         Ok(cur)
     }
 
-    /// The path of an inode (one of its names), for messages and listings.
+    /// The path of an inode (one of its names), for messages.
     pub fn path_of(&self, ino: u64) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.path_bytes(ino)?).into_owned())
+    }
+
+    /// The path of an inode (one of its names), as the bytes it is.
+    pub fn path_bytes(&self, ino: u64) -> Result<Vec<u8>> {
         let m = self.meta();
         let mut parts = Vec::new();
         let mut cur = ino;
         let mut steps = 0;
         while cur != ROOT {
             let (p, name) = m.parent_of(cur)?.ok_or(FsError::NotFound)?;
-            parts.push(String::from_utf8_lossy(&name).into_owned());
+            parts.push(name);
             cur = p;
             steps += 1;
             if steps > 4096 {
@@ -847,7 +862,15 @@ impl Fs {
             }
         }
         parts.reverse();
-        Ok(format!("/{}", parts.join("/")))
+        let mut out = Vec::new();
+        for p in parts {
+            out.push(b'/');
+            out.extend_from_slice(&p);
+        }
+        if out.is_empty() {
+            out.push(b'/');
+        }
+        Ok(out)
     }
 
     // ----- creating -----
@@ -1480,7 +1503,11 @@ impl Fs {
         m.xattr(ino, name)?.ok_or(FsError::NoAttr)
     }
 
-    /// Names, each followed by NUL, as listxattr(2) returns them.
+    /// Names, each followed by NUL, as listxattr(2) returns them. Each tag
+    /// is listed once, as `user.tag.<name>`; `user.tags` (the whole set in
+    /// one value) can be read and set but is not listed, so tools that copy
+    /// every listed xattr (`rsync -aX`, `cp -a`, `tar --xattrs`) carry each
+    /// tag exactly once and a second run finds nothing to change.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         if is_virtual(ino) {
             return Ok(Vec::new());
@@ -1489,9 +1516,6 @@ impl Fs {
         self.inode(&m, ino)?;
         let mut out = Vec::new();
         let tags = m.file_tags(ino)?;
-        if !tags.is_empty() {
-            out.extend_from_slice(b"user.tags\0");
-        }
         for (n, _) in tags {
             out.extend_from_slice(b"user.tag.");
             out.extend_from_slice(n.as_bytes());

@@ -30,11 +30,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::types::Value;
-
 use super::{Caller, DirEntry, Fs, Handle, ROOT};
 use crate::error::{FsError, Result};
-use crate::meta::sandbox::{value_text, QueryError, QueryResult, Sandbox};
+use crate::meta::sandbox::{value_text, Cell, QueryError, QueryResult, Sandbox, Visibility};
 use crate::meta::{kind, Inode};
 use crate::query::{self, saved, Term};
 
@@ -101,6 +99,8 @@ struct VNode {
 pub(super) struct Virt {
     table: parking_lot::Mutex<Table>,
     cache: parking_lot::Mutex<Cache>,
+    /// What each viewer may reach, per metadata generation.
+    pub(super) vis: parking_lot::Mutex<super::perm::VisCache>,
     /// Idle sandbox connections (one is taken per running query).
     sandboxes: parking_lot::Mutex<Vec<Sandbox>>,
     /// Names that a rename within a tag folder took away from a file:
@@ -187,15 +187,18 @@ struct Listing {
 }
 
 /// Listings by folder, bounded in number and bytes.
+/// A folder and the viewer its listing is for (`None`: everything).
+type ListingKey = (u64, Option<super::perm::Viewer>);
+
 #[derive(Default)]
 struct Cache {
-    map: HashMap<u64, Arc<Listing>>,
+    map: HashMap<ListingKey, Arc<Listing>>,
     bytes: usize,
 }
 
 impl Cache {
-    fn insert(&mut self, ino: u64, l: Arc<Listing>) {
-        if let Some(old) = self.map.remove(&ino) {
+    fn insert(&mut self, key: ListingKey, l: Arc<Listing>) {
+        if let Some(old) = self.map.remove(&key) {
             self.bytes -= old.bytes;
         }
         if l.bytes > CACHE_BYTES {
@@ -204,13 +207,13 @@ impl Cache {
         while !self.map.is_empty()
             && (self.bytes + l.bytes > CACHE_BYTES || self.map.len() >= CACHE_LISTINGS)
         {
-            let k = *self.map.keys().next().expect("not empty");
+            let k = self.map.keys().next().expect("not empty").clone();
             if let Some(old) = self.map.remove(&k) {
                 self.bytes -= old.bytes;
             }
         }
         self.bytes += l.bytes;
-        self.map.insert(ino, l);
+        self.map.insert(key, l);
     }
 }
 
@@ -356,7 +359,7 @@ impl Fs {
                     .cache
                     .lock()
                     .map
-                    .get(&ino)
+                    .get(&(ino, super::perm::current_viewer()))
                     .is_none_or(|l| l.generation != generation)
             }
             Ok(VKey::Leaf(..)) => self
@@ -382,6 +385,7 @@ impl Fs {
     /// Calls `f` with the sandbox, opening it on first use; errors as text.
     fn with_sandbox<T>(
         &self,
+        vis: Option<Arc<Visibility>>,
         f: impl FnOnce(&Sandbox) -> std::result::Result<T, QueryError>,
     ) -> std::result::Result<T, String> {
         let db = self
@@ -397,7 +401,9 @@ impl Fs {
             Some(sb) => sb,
             None => Sandbox::open(db).map_err(|e| e.to_string())?,
         };
+        sb.set_visibility(vis);
         let r = f(&sb).map_err(|e| e.to_string());
+        sb.set_visibility(None);
         let mut idle = self.virt.sandboxes.lock();
         if idle.len() < IDLE_SANDBOXES {
             idle.push(sb);
@@ -405,24 +411,27 @@ impl Fs {
         r
     }
 
-    fn sandbox_run(&self, sql: &str) -> Result<QueryResult> {
-        self.with_sandbox(|sb| sb.run_capped(sql, QUERY_BUDGET, ROW_CAP, FOLDER_BYTES_CAP))
-            .map_err(|e| {
-                tracing::warn!("query {sql:?} refused: {e}");
-                FsError::Invalid(e)
-            })
+    fn sandbox_run(&self, sql: &str, vis: &Option<Arc<Visibility>>) -> Result<QueryResult> {
+        self.with_sandbox(vis.clone(), |sb| {
+            sb.run_capped(sql, QUERY_BUDGET, ROW_CAP, FOLDER_BYTES_CAP)
+        })
+        .map_err(|e| {
+            tracing::warn!("query {sql:?} refused: {e}");
+            FsError::Invalid(e)
+        })
     }
 
     /// Runs users' SQL through the sandbox (query folders and the CLI).
     pub fn run_query(&self, sql: &str) -> std::result::Result<QueryResult, String> {
-        self.with_sandbox(|sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
+        self.with_sandbox(None, |sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
     }
 
     /// Relative path from a virtual folder to a real path (for dir symlinks).
-    fn link_to(&self, depth: usize, real: &str) -> Vec<u8> {
-        let mut s = "../".repeat(depth);
-        s.push_str(real.trim_start_matches('/'));
-        s.into_bytes()
+    fn link_to(&self, depth: usize, real: &[u8]) -> Vec<u8> {
+        let mut s = "../".repeat(depth).into_bytes();
+        let start = real.iter().position(|&c| c != b'/').unwrap_or(real.len());
+        s.extend_from_slice(&real[start..]);
+        s
     }
 
     fn depth(key: &VKey) -> usize {
@@ -448,16 +457,16 @@ impl Fs {
             // its real path. A symlink with a relative target shows as a
             // symlink rewritten to reach what it reaches at its real place.
             let target = if attr.is_dir() {
-                let path = self.path_of(attr.ino)?;
+                let path = self.path_bytes(attr.ino)?;
                 Some(self.link_to(Self::depth(key), &path))
             } else if attr.kind == kind::SYMLINK {
                 let t = self.readlink(attr.ino)?;
                 if t.starts_with(b"/") {
                     None
                 } else {
-                    let path = self.path_of(attr.ino)?;
-                    let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                    let mut l = self.link_to(Self::depth(key), dir);
+                    let path = self.path_bytes(attr.ino)?;
+                    let cut = path.iter().rposition(|&c| c == b'/').unwrap_or(0);
+                    let mut l = self.link_to(Self::depth(key), &path[..cut]);
                     if !l.ends_with(b"/") {
                         l.push(b'/');
                     }
@@ -469,10 +478,7 @@ impl Fs {
             };
             match target {
                 Some(target) => {
-                    let v = self.vnode(
-                        VKey::Leaf(folder, name.clone()),
-                        Some((Arc::new(target), true)),
-                    );
+                    let v = self.vnode(self.leaf(folder, &name), Some((Arc::new(target), true)));
                     out.push((name, Target::Alias(v, attr.ino)));
                 }
                 None => out.push((name, Target::Real(self.overlay(attr)))),
@@ -481,16 +487,49 @@ impl Fs {
         Ok(out)
     }
 
-    /// The entries of a folder; result files it makes are added to `files`.
+    /// The key of a result file or directory symlink `name` in `folder`,
+    /// for the current viewer: each viewer has its own (their content and
+    /// targets come from what that viewer may see).
+    fn leaf(&self, folder: u64, name: &[u8]) -> VKey {
+        match super::perm::current_viewer() {
+            None => VKey::Leaf(folder, name.to_vec()),
+            Some(v) => {
+                // NUL never occurs in a name: no clash with another leaf.
+                let mut k = name.to_vec();
+                k.push(0);
+                k.extend_from_slice(&v.key());
+                VKey::Leaf(folder, k)
+            }
+        }
+    }
+
+    /// The entries of a folder as `vis` may see them; result files it
+    /// makes are added to `files`.
     fn compute(
         &self,
         ino: u64,
         key: &VKey,
         files: &mut Vec<Arc<Vec<u8>>>,
+        vis: &Option<Arc<Visibility>>,
     ) -> Result<Vec<(Vec<u8>, Target)>> {
+        let restricted = vis.as_ref().is_some_and(|v| !v.hidden.is_empty());
         match key {
             VKey::ByTag(terms) if terms.is_empty() => {
-                let names = self.meta().tag_names()?;
+                let mut names = self.meta().tag_names()?;
+                if restricted {
+                    // A tag held only by files out of the viewer's reach is
+                    // not shown (an unused tag is).
+                    let mut any: HashSet<String> = HashSet::new();
+                    let mut seen: HashSet<String> = HashSet::new();
+                    let pairs = self.meta().tag_files()?;
+                    for (t, f) in pairs {
+                        if !any.contains(&t) && self.reachable(vis, f)? {
+                            any.insert(t.clone());
+                        }
+                        seen.insert(t);
+                    }
+                    names.retain(|n| any.contains(n) || !seen.contains(n));
+                }
                 Ok(names
                     .into_iter()
                     .map(|n| {
@@ -500,7 +539,7 @@ impl Fs {
                     .collect())
             }
             VKey::ByTag(terms) => {
-                let (files, narrow) = {
+                let (mut files, mut narrow) = {
                     let m = self.meta();
                     let (sql, p) = query::files_sql(terms);
                     let files = m.listing(&sql, &p)?;
@@ -508,6 +547,21 @@ impl Fs {
                     let narrow = m.strings(&sql, &p)?;
                     (files, narrow)
                 };
+                if restricted {
+                    // Only files the viewer can reach, and only the tags
+                    // those files hold narrow.
+                    let mut kept = Vec::with_capacity(files.len());
+                    let mut held: HashSet<String> = HashSet::new();
+                    for (n, i) in files {
+                        if self.reachable(vis, i.ino)? {
+                            let tags = self.meta().file_tags(i.ino)?;
+                            held.extend(tags.into_iter().map(|(t, _)| t));
+                            kept.push((n, i));
+                        }
+                    }
+                    files = kept;
+                    narrow.retain(|t| held.contains(t));
+                }
                 // Tags already named by the path do not narrow.
                 let used: HashSet<&str> = terms
                     .iter()
@@ -542,13 +596,13 @@ impl Fs {
                     })
                     .collect())
             }
-            VKey::Sql(sql) => self.sql_entries(ino, key, sql, files),
+            VKey::Sql(sql) => self.sql_entries(ino, key, sql, files, vis),
             VKey::Saved(name) => {
                 let sql = match saved::shipped(name) {
                     Some(s) => s.to_string(),
                     None => self.meta().saved_query(name)?.ok_or(FsError::NotFound)?,
                 };
-                self.sql_entries(ino, key, &sql, files)
+                self.sql_entries(ino, key, &sql, files, vis)
             }
             VKey::Leaf(..) => Err(FsError::NotDir),
         }
@@ -560,8 +614,9 @@ impl Fs {
         key: &VKey,
         sql: &str,
         files: &mut Vec<Arc<Vec<u8>>>,
+        vis: &Option<Arc<Visibility>>,
     ) -> Result<Vec<(Vec<u8>, Target)>> {
-        let r = self.sandbox_run(sql)?;
+        let r = self.sandbox_run(sql, vis)?;
         if r.truncated {
             tracing::warn!("query {sql:?}: only the first {ROW_CAP} rows are shown");
         }
@@ -577,12 +632,18 @@ impl Fs {
             return self.result_files(ino, r, files);
         }
         let mut rows = Vec::new();
+        // Paths and names are bytes (text or blob): a name need not be UTF-8.
+        let bytes = |v: Option<&Cell>| match v {
+            Some(Cell::Text(b) | Cell::Blob(b)) => Some(b.clone()),
+            _ => None,
+        };
         for row in &r.rows {
-            let found = match (id_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
-                (Some(Value::Integer(i)), _) if *i > 0 => self.meta().inode(*i as u64)?,
-                (_, Some(Value::Text(p))) => match self.resolve(p) {
+            let path = bytes(path_col.map(|c| &row[c]));
+            let found = match (id_col.map(|c| &row[c]), &path) {
+                (Some(Cell::Integer(i)), _) if *i > 0 => self.meta().inode(*i as u64)?,
+                (_, Some(p)) => match self.resolve_bytes(p) {
                     Ok(i) => Some(i),
-                    Err(FsError::NotFound | FsError::NotDir) => None,
+                    Err(FsError::NotFound | FsError::NotDir | FsError::NameTooLong) => None,
                     Err(e) => return Err(e),
                 },
                 _ => None,
@@ -591,13 +652,18 @@ impl Fs {
             if attr.nlink == 0 || attr.ino == ROOT || is_virtual(attr.ino) {
                 continue;
             }
+            // An id or path names a file whatever the views showed: only
+            // files the viewer can reach are listed.
+            if !self.reachable(vis, attr.ino)? {
+                continue;
+            }
             // A name that no directory may show (`.`, `..`, with `/` or
             // NUL, too long) gives way to the path's last part, then to the
             // file's real name.
-            let base = |p: &str| p.rsplit('/').next().unwrap_or("").as_bytes().to_vec();
-            let name = match (name_col.map(|c| &row[c]), path_col.map(|c| &row[c])) {
-                (Some(Value::Text(n)), _) if listable(n.as_bytes()) => n.as_bytes().to_vec(),
-                (_, Some(Value::Text(p))) if listable(&base(p)) => base(p),
+            let base = |p: &[u8]| p.rsplit(|&c| c == b'/').next().unwrap_or(b"").to_vec();
+            let name = match (bytes(name_col.map(|c| &row[c])), &path) {
+                (Some(n), _) if listable(&n) => n,
+                (_, Some(p)) if listable(&base(p)) => base(p),
                 _ => match self.meta().parent_of(attr.ino)? {
                     Some((_, n)) => n,
                     None => continue,
@@ -626,13 +692,19 @@ impl Fs {
                 RESULT_FILE_CAP >> 20
             ))
         };
-        let esc = |s: &str, out: &mut Vec<u8>| {
-            if s.contains([',', '"', '\n', '\r']) {
+        // CSV holds text as the bytes it is (a name need not be UTF-8).
+        let esc = |s: &[u8], out: &mut Vec<u8>| {
+            if s.iter().any(|c| b",\"\n\r".contains(c)) {
                 out.push(b'"');
-                out.extend_from_slice(s.replace('"', "\"\"").as_bytes());
+                for &c in s {
+                    if c == b'"' {
+                        out.push(b'"');
+                    }
+                    out.push(c);
+                }
                 out.push(b'"');
             } else {
-                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(s);
             }
         };
         let mut csv = Vec::new();
@@ -640,7 +712,7 @@ impl Fs {
             if i > 0 {
                 csv.push(b',');
             }
-            esc(c, &mut csv);
+            esc(c.as_bytes(), &mut csv);
         }
         csv.push(b'\n');
         for row in &r.rows {
@@ -689,7 +761,7 @@ impl Fs {
         .map(|(n, d)| {
             let d = Arc::new(d);
             files.push(d.clone());
-            let v = self.vnode(VKey::Leaf(folder, n.clone()), Some((d, false)));
+            let v = self.vnode(self.leaf(folder, &n), Some((d, false)));
             (n, Target::Virtual(v))
         })
         .collect())
@@ -697,14 +769,16 @@ impl Fs {
 
     fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(l) = self.virt.cache.lock().map.get(&ino) {
+        let ck = (ino, super::perm::current_viewer());
+        if let Some(l) = self.virt.cache.lock().map.get(&ck) {
             if l.generation == generation {
                 return Ok(l.clone());
             }
         }
         let key = self.vkey(ino)?;
+        let vis = self.visibility()?;
         let mut files = Vec::new();
-        let entries = self.compute(ino, &key, &mut files)?;
+        let entries = self.compute(ino, &key, &mut files, &vis)?;
         let index: HashMap<Vec<u8>, usize> = entries
             .iter()
             .enumerate()
@@ -722,7 +796,7 @@ impl Fs {
             files,
             bytes,
         });
-        self.virt.cache.lock().insert(ino, l.clone());
+        self.virt.cache.lock().insert(ck, l.clone());
         Ok(l)
     }
 
@@ -1434,7 +1508,7 @@ impl Fs {
 impl Fs {
     /// Checks users' SQL without running it.
     pub fn check_query(&self, sql: &str) -> std::result::Result<(), String> {
-        self.with_sandbox(|sb| sb.check(sql).map(|_| ()))
+        self.with_sandbox(None, |sb| sb.check(sql).map(|_| ()))
     }
 
     /// Every tag with the number of files holding it.

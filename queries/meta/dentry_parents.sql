@@ -1,0 +1,1 @@
+SELECT parent FROM dentries WHERE ino = :ino

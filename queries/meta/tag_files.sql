@@ -1,0 +1,1 @@
+SELECT tag, ino FROM file_tags
