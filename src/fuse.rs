@@ -869,14 +869,17 @@ pub fn serve(
     // kernel's cache by a thread of their own: a notification waits for the
     // directory's lock, which the kernel may hold until the reply of the
     // very request that made the change.
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, Vec<u8>)>();
+    let (tx, rx) = std::sync::mpsc::channel::<crate::vfs::NameReport>();
     let notifier = session.notifier();
     let invalidator = std::thread::Builder::new()
         .name("queryfs-inval".into())
         .spawn(move || {
-            for (parent, name) in rx {
+            for (parent, name, ack) in rx {
                 // ENOENT: the kernel did not hold that name; nothing to drop.
                 let _ = notifier.inval_entry(INodeNo(parent), OsStr::from_bytes(&name));
+                if let Some(ack) = ack {
+                    let _ = ack.try_send(());
+                }
             }
         })?;
     fs.on_real_names_changed(Some(tx));

@@ -342,10 +342,11 @@ for a, b in out:
     }
 }
 
-fn stats(v: &[f64]) -> (f64, f64) {
+/// Median, 99th percentile and maximum.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (s[s.len() / 2], *s.last().unwrap())
+    (s[s.len() / 2], s[s.len() * 99 / 100], *s.last().unwrap())
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -526,17 +527,30 @@ fn hostile_sql_folder_names_are_answered_in_time_and_change_nothing() {
 
     let (ls, ops) = lister.finish();
     let hwm = vm_hwm_kib(pid);
-    let (ls_med, ls_max) = stats(&ls);
-    let (op_med, op_max) = stats(&ops);
+    let (ls_med, ls_p99, ls_max) = stats(&ls);
+    let (op_med, op_p99, op_max) = stats(&ops);
     eprintln!(
-        "root listings: {} samples, median {ls_med:.2} ms, max {ls_max:.2} ms; \
-         stat+read of a file: median {op_med:.2} ms, max {op_max:.2} ms; mount VmHWM {} MiB",
+        "root listings: {} samples, median {ls_med:.2} ms, p99 {ls_p99:.2} ms, max {ls_max:.2} ms; \
+         stat+read of a file: median {op_med:.2} ms, p99 {op_p99:.2} ms, max {op_max:.2} ms; \
+         mount VmHWM {} MiB",
         ls.len(),
         hwm / 1024
     );
     assert!(ls.len() >= 50, "only {} root listings", ls.len());
-    assert!(ls_max < 100.0, "a root listing took {ls_max:.1} ms");
-    assert!(op_max < 100.0, "a stat+read took {op_max:.1} ms");
+    // A FUSE thread held by a query would stall listings for the query's
+    // whole budget (2 s). The other tests of this binary run beside this
+    // one on a 2-core machine: a few samples may wait for the CPU, so 99 in
+    // 100 must be under 100 ms and none may reach half the budget.
+    assert!(
+        ls_p99 < 100.0,
+        "1 root listing in 100 took {ls_p99:.1} ms or more"
+    );
+    assert!(ls_max < 1000.0, "a root listing took {ls_max:.1} ms");
+    assert!(
+        op_p99 < 100.0,
+        "1 stat+read in 100 took {op_p99:.1} ms or more"
+    );
+    assert!(op_max < 1000.0, "a stat+read took {op_max:.1} ms");
     assert!(
         hwm < 256 * 1024,
         "the mount's peak RSS was {} MiB",

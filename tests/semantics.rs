@@ -189,6 +189,20 @@ fn saved(m: &Mount, before: &BTreeMap<String, Vec<u8>>, what: &str) {
     assert!(inbox(m).is_empty(), "{what}: {:?}", inbox(m));
 }
 
+/// After an editor's save that moved the original aside as `note-a.txt~`
+/// and removed it through the folder: the old file is not deleted (queryfs
+/// cannot tell an editor's backup from a file the user renamed), it only
+/// left the folder; then as [`saved`].
+fn saved_keeping_the_backup(m: &Mount, before: &BTreeMap<String, Vec<u8>>, what: &str) {
+    let backup = m.path("notes/note-a.txt~");
+    if backup.exists() {
+        assert_eq!(read(m, "notes/note-a.txt~"), "one two\n", "{what}");
+        assert_eq!(tags(&backup), "", "{what}: the backup keeps no folder tag");
+        fs::remove_file(&backup).unwrap();
+    }
+    saved(m, before, what);
+}
+
 /// README row "atomic save": `sed -i` and Python `os.replace` through a tag
 /// folder replace the real file at its real place.
 #[test]
@@ -246,7 +260,8 @@ fn editor_saves_through_a_tag_folder() {
          os.unlink(d + 'note-a.txt~')\n",
         &m.mp,
     );
-    saved(&m, &before, "vim's sequence by hand");
+    assert!(m.path("notes/note-a.txt~").exists());
+    saved_keeping_the_backup(&m, &before, "vim's sequence by hand");
 
     // The real vim. Under /tmp vim skips the backup ('backupskip'), so it
     // is cleared to make vim rename the original aside as it does
@@ -268,7 +283,7 @@ fn editor_saves_through_a_tag_folder() {
             ],
             &m.mp,
         );
-        saved(&m, &before, opts);
+        saved_keeping_the_backup(&m, &before, opts);
     }
 
     // Emacs: rename to name~, write a new name, keep the backup.
@@ -569,4 +584,95 @@ fn table_rows_through_a_tag_folder() {
 /// a moment (far below the 1 s the kernel would otherwise keep them).
 fn settle_kernel() {
     std::thread::sleep(std::time::Duration::from_millis(50));
+}
+
+/// Findings of the adversarial review, each a way to lose a real file
+/// through a tag folder that must not work any more.
+#[test]
+fn review_findings_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    fs::create_dir(m.path("notes")).unwrap();
+
+    // A: a write to the old real name right after a rename through the
+    // folder must not land in the renamed file (the kernel's cached entry
+    // of the old name is dropped before the rename returns).
+    for i in 0..40 {
+        let a = format!("notes/a{i}");
+        write_tagged(&m, &a, &format!("orig{i}\n"), "w");
+        let _ = fs::read(m.path(&a));
+        let _ = names(&m.path("by-tag/w"));
+        fs::rename(
+            m.path(&format!("by-tag/w/a{i}")),
+            m.path(&format!("by-tag/w/b{i}")),
+        )
+        .unwrap();
+        fs::write(m.path(&a), format!("NEW{i}\n")).unwrap();
+        assert_eq!(
+            read(&m, &format!("notes/b{i}")),
+            format!("orig{i}\n"),
+            "try {i}"
+        );
+        assert_eq!(read(&m, &a), format!("NEW{i}\n"), "try {i}");
+    }
+
+    // 0: rename through the folder, a new file under the old name, then
+    // rm of the renamed file through the folder: it only loses the tag.
+    write_tagged(&m, "notes/report.txt", "mine\n", "r");
+    fs::rename(
+        m.path("by-tag/r/report.txt"),
+        m.path("by-tag/r/report-final.txt"),
+    )
+    .unwrap();
+    fs::write(m.path("by-tag/r/report.txt"), "other\n").unwrap();
+    fs::remove_file(m.path("by-tag/r/report-final.txt")).unwrap();
+    assert_eq!(read(&m, "notes/report-final.txt"), "mine\n");
+    assert_eq!(tags(&m.path("notes/report-final.txt")), "");
+
+    // 0b: a file with a home of its own renamed onto a vacated name stays
+    // in its own directory.
+    fs::create_dir(m.path("other")).unwrap();
+    write_tagged(&m, "notes/x.txt", "x\n", "v");
+    write_tagged(&m, "other/y.txt", "y\n", "v");
+    fs::rename(m.path("by-tag/v/x.txt"), m.path("by-tag/v/x-old.txt")).unwrap();
+    fs::rename(m.path("by-tag/v/y.txt"), m.path("by-tag/v/x.txt")).unwrap();
+    assert_eq!(read(&m, "other/x.txt"), "y\n");
+    assert_eq!(read(&m, "notes/x-old.txt"), "x\n");
+
+    // 1: `ln tmp final && rm tmp` in a tag folder (as git does) keeps the
+    // file under its new name.
+    fs::create_dir(m.path("by-tag/g")).unwrap();
+    fs::write(m.path("by-tag/g/tmp_obj"), "object\n").unwrap();
+    fs::hard_link(m.path("by-tag/g/tmp_obj"), m.path("by-tag/g/final_obj")).unwrap();
+    fs::remove_file(m.path("by-tag/g/tmp_obj")).unwrap();
+    settle_kernel();
+    assert_eq!(names(&m.path("by-tag/g")), set(&["final_obj"]));
+    assert_eq!(read(&m, "by-tag/g/final_obj"), "object\n");
+    assert_eq!(read(&m, "inbox/final_obj"), "object\n");
+
+    // 10: only one-term folders list narrowing tags: a walk of /by-tag
+    // meets a file with 8 tags 8 + 8*7 times, not every ordering.
+    fs::write(m.path("notes/many.txt"), "many\n").unwrap();
+    for t in 0..8 {
+        setxattr(&m.path("notes/many.txt"), &format!("user.tag.m{t}"), b"", 0).unwrap();
+    }
+    let out = Command::new("find")
+        .arg(m.path("by-tag"))
+        .arg("-name")
+        .arg("many.txt")
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(seen, 8 + 8 * 7, "a walk met many.txt {seen} times");
+    m.stop();
+
+    // 0c: a user's own /inbox is never taken for the one queryfs makes:
+    // nothing in it is deleted through a tag folder.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut m2 = Mount::new(dir2.path());
+    fs::create_dir(m2.path("inbox")).unwrap();
+    write_tagged(&m2, "inbox/letter.txt", "dear\n", "post");
+    fs::remove_file(m2.path("by-tag/post/letter.txt")).unwrap();
+    assert_eq!(read(&m2, "inbox/letter.txt"), "dear\n");
+    m2.stop();
 }

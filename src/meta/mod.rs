@@ -905,6 +905,15 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every (parent, name) of `ino`.
+    pub fn names_of(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut s = self.conn.prepare_cached(q::DENTRY_NAMES)?;
+        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn parent_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>> {
         Ok(self
             .conn

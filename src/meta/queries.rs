@@ -29,6 +29,7 @@ queries! {
     DENTRY_ANY => "dentry_any",
     DENTRY_PARENT => "dentry_parent",
     DENTRY_PARENTS => "dentry_parents",
+    DENTRY_NAMES => "dentry_names",
     DIR_PERMS => "dir_perms",
     TAG_FILES => "tag_files",
     CHUNK_LIST => "chunk_list",

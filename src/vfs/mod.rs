@@ -57,7 +57,7 @@ use crate::qvfs::Container;
 mod perm;
 mod virt;
 pub use perm::{with_viewer, Viewer};
-pub use virt::{is_virtual, QUERY_BUDGET, RESERVED, ROW_CAP};
+pub use virt::{is_virtual, NameReport, QUERY_BUDGET, RESERVED, ROW_CAP};
 
 /// Longest name of one directory entry, in bytes.
 pub const NAME_MAX: usize = 255;
@@ -1030,7 +1030,7 @@ impl Fs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Inode> {
         check_name(newname)?;
         if is_virtual(newparent) {
-            return self.v_link(ino, newparent);
+            return self.v_link(ino, newparent, newname);
         }
         if is_virtual(ino) {
             return Err(FsError::NotPermitted);
@@ -1194,7 +1194,8 @@ impl Fs {
             // The kernel moves its cached entry to the new name, with the
             // inode it had: a real file, symlink or directory moved into a
             // query folder is shown there as another node (an alias).
-            self.changed_behind_kernel(newparent, newname);
+            // (After the reply: the kernel holds that folder's lock.)
+            self.report_name(newparent, newname, false);
             return Ok(());
         }
         if virt::is_reserved(parent, name) || virt::is_reserved(newparent, newname) {

@@ -62,6 +62,8 @@ const CACHE_LISTINGS: usize = 256;
 const IDLE_SANDBOXES: usize = 4;
 /// Where files made through a tag folder live (see `v_create`).
 pub const INBOX: &[u8] = b"inbox";
+/// The store key holding the inode number of the `/inbox` queryfs made.
+const INBOX_KEY: &str = "inbox_ino";
 
 pub fn is_virtual(ino: u64) -> bool {
     ino & VIRT != 0
@@ -108,10 +110,6 @@ pub(super) struct Virt {
     /// that takes the name in the folder (create or rename) takes that
     /// real place: the save of an editor that moves the original aside.
     vacated: parking_lot::Mutex<HashMap<(u64, Vec<u8>), Vacated>>,
-    /// Files whose place a new file took through a tag folder (the
-    /// editor's backup): ino -> its real (parent, name) then. Removing
-    /// one through a tag folder deletes it.
-    superseded: parking_lot::Mutex<HashMap<u64, (u64, Vec<u8>)>>,
     /// Where to report real names changed on behalf of a query folder:
     /// the kernel saw the operation in the folder only, and its cache of
     /// the real names must be dropped (see [`Fs::on_real_names_changed`]).
@@ -119,7 +117,35 @@ pub(super) struct Virt {
 }
 
 /// Where real names changed behind the kernel are sent: (parent, name).
-pub type NameReports = std::sync::mpsc::Sender<(u64, Vec<u8>)>;
+/// The sender of an acknowledgement is set when the request waits for the
+/// kernel to have dropped the name.
+pub type NameReport = (u64, Vec<u8>, Option<std::sync::mpsc::SyncSender<()>>);
+pub type NameReports = std::sync::mpsc::Sender<NameReport>;
+
+thread_local! {
+    /// The directories of the request this thread serves through a query
+    /// folder: the kernel holds their locks until the reply.
+    static REQUEST_DIRS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Marks the directories of the running request until dropped.
+struct RequestDirs((u64, u64));
+
+impl RequestDirs {
+    fn set(a: u64, b: u64) -> RequestDirs {
+        RequestDirs(REQUEST_DIRS.with(|c| c.replace((a, b))))
+    }
+}
+
+impl Drop for RequestDirs {
+    fn drop(&mut self) {
+        REQUEST_DIRS.with(|c| c.set(self.0));
+    }
+}
+
+/// How long a request through a query folder waits for the kernel to drop
+/// the real names it changed before it answers.
+const INVAL_WAIT: Duration = Duration::from_millis(200);
 
 /// A name left by a rename within a tag folder.
 #[derive(Clone)]
@@ -129,8 +155,6 @@ struct Vacated {
     /// Its real place before the rename.
     parent: u64,
     name: Vec<u8>,
-    /// Its real place after the rename.
-    now: (u64, Vec<u8>),
     /// When: a name is taken over only shortly after it was left (an
     /// editor creates the new file right after moving the old one aside).
     at: std::time::Instant,
@@ -139,7 +163,7 @@ struct Vacated {
 /// How long a vacated name waits for a file to take its place.
 const VACATED_FOR: Duration = Duration::from_secs(30);
 
-/// Most remembered vacated names and superseded files (per session).
+/// Most remembered vacated names (per session).
 const MEMORY_CAP: usize = 4096;
 
 #[derive(Default)]
@@ -567,9 +591,14 @@ impl Fs {
                     .iter()
                     .flat_map(|t| t.any.iter().map(|a| a.tag()))
                     .collect();
+                // Only a one-term folder lists the tags that narrow it: a
+                // deeper folder (`/by-tag/a/b/`) is found by name in any
+                // order but lists only its files. Otherwise every ordering
+                // of a file's tags is a listed path, and `find`, `du` or a
+                // backup of the mount meets a file with n tags n! times.
                 let subs: Vec<String> = narrow
                     .into_iter()
-                    .filter(|t| !used.contains(t.as_str()))
+                    .filter(|t| terms.len() == 1 && !used.contains(t.as_str()))
                     .collect();
                 let taken: HashSet<Vec<u8>> = subs.iter().map(|s| s.as_bytes().to_vec()).collect();
                 let mut out = self.real_entries(ino, key, files, &taken)?;
@@ -849,6 +878,11 @@ impl Fs {
         if let Some(&i) = l.index.get(name) {
             return self.target_attr(&l.entries[i].1);
         }
+        if matches!(key, VKey::ByTag(_)) {
+            if let Ok(i) = self.other_inbox_name(parent, name) {
+                return Ok(self.overlay(i));
+            }
+        }
         if let VKey::ByTag(terms) = key {
             // Any valid term is a folder, listed or not (OR, NOT, values,
             // tags that do not narrow); a plain tag must exist.
@@ -1052,9 +1086,31 @@ impl Fs {
 
     /// Reports `name` in real directory `parent` as changed behind the
     /// kernel's back.
+    ///
+    /// The request waits (up to [`INVAL_WAIT`]) until the kernel has
+    /// dropped the name, so that the caller's next call cannot find the
+    /// stale one: a write to the old name of a file renamed through a folder
+    /// must not land in the renamed file. A name in a directory of the
+    /// request itself is dropped after the reply (the kernel holds that
+    /// directory's lock until then), and so is every name when the kernel
+    /// is slow to take the lock (another request holds it).
     pub(super) fn changed_behind_kernel(&self, parent: u64, name: &[u8]) {
-        if let Some(tx) = self.virt.changed.lock().as_ref() {
-            let _ = tx.send((parent, name.to_vec()));
+        let (a, b) = REQUEST_DIRS.with(|c| c.get());
+        self.report_name(parent, name, parent != a && parent != b);
+    }
+
+    /// Reports a changed name, waiting for the kernel if `wait`.
+    pub(super) fn report_name(&self, parent: u64, name: &[u8], wait: bool) {
+        let Some(tx) = self.virt.changed.lock().clone() else {
+            return;
+        };
+        if wait {
+            let (ack, done) = std::sync::mpsc::sync_channel(1);
+            if tx.send((parent, name.to_vec(), Some(ack))).is_ok() {
+                let _ = done.recv_timeout(INVAL_WAIT);
+            }
+        } else {
+            let _ = tx.send((parent, name.to_vec(), None));
         }
     }
 
@@ -1106,7 +1162,11 @@ impl Fs {
         match self.lookup(ROOT, INBOX) {
             Ok(i) if i.is_dir() => Ok(i),
             Ok(_) => Err(FsError::Exists),
-            Err(FsError::NotFound) => self.real_mkdir(ROOT, INBOX, 0o755, caller),
+            Err(FsError::NotFound) => {
+                let i = self.real_mkdir(ROOT, INBOX, 0o755, caller)?;
+                self.tx(|m, _| Ok(m.store_set(INBOX_KEY, &i.ino.to_string())?))?;
+                Ok(i)
+            }
             Err(e) => Err(e),
         }
     }
@@ -1141,7 +1201,7 @@ impl Fs {
 
     /// The numbered slot `dir` of /inbox: its name there, if it is one.
     fn slot_of(&self, dir: u64) -> Result<Option<(u64, Vec<u8>)>> {
-        let Ok(inbox) = self.lookup(ROOT, INBOX) else {
+        let Some(inbox) = self.our_inbox()? else {
             return Ok(None);
         };
         let place = self.meta().parent_of(dir)?;
@@ -1149,11 +1209,22 @@ impl Fs {
     }
 
     fn is_inbox_dir(&self, dir: u64) -> Result<bool> {
-        match self.lookup(ROOT, INBOX) {
-            Ok(i) if i.ino == dir => Ok(true),
-            Ok(_) => Ok(self.slot_of(dir)?.is_some()),
-            Err(_) => Ok(false),
+        match self.our_inbox()? {
+            Some(i) if i.ino == dir => Ok(true),
+            Some(_) => Ok(self.slot_of(dir)?.is_some()),
+            None => Ok(false),
         }
+    }
+
+    /// `/inbox` when queryfs made it (its inode number is kept in the
+    /// store): a user's own folder of that name is never taken for it, so
+    /// nothing of it is deleted through a tag folder.
+    fn our_inbox(&self) -> Result<Option<Inode>> {
+        let Ok(i) = self.lookup(ROOT, INBOX) else {
+            return Ok(None);
+        };
+        let ours = self.meta().store_get(INBOX_KEY)?;
+        Ok((i.is_dir() && ours == Some(i.ino.to_string())).then_some(i))
     }
 
     /// The one real name of `i` when it lies in /inbox (or a slot): a file
@@ -1218,12 +1289,11 @@ impl Fs {
     /// xattrs, and the old file becomes a backup that removing through a
     /// tag folder deletes.
     fn succeed(&self, new: u64, v: &Vacated) -> Result<()> {
-        self.inherit(new, v.ino)?;
-        Self::remember(&mut self.virt.superseded.lock(), v.ino, v.now.clone());
-        Ok(())
+        self.inherit(new, v.ino)
     }
 
     pub(super) fn v_mkdir(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+        let _dirs = RequestDirs::set(parent, 0);
         let terms = self.terms_of(parent)?;
         let s = std::str::from_utf8(name)
             .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
@@ -1244,6 +1314,7 @@ impl Fs {
     }
 
     pub(super) fn v_rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let _dirs = RequestDirs::set(parent, 0);
         let terms = self.terms_of(parent)?;
         let s = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
         let term = query::parse_term(s).map_err(|_| FsError::NotFound)?;
@@ -1283,6 +1354,7 @@ impl Fs {
     /// left (it exists for its tags, as a file exists for its names); any
     /// other file loses the innermost term's tags and stays where it is.
     pub(super) fn v_unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let _dirs = RequestDirs::set(parent, 0);
         let terms = self.terms_of(parent)?;
         if terms.is_empty() {
             return Err(FsError::IsDir);
@@ -1290,16 +1362,13 @@ impl Fs {
         if terms.iter().all(|t| t.negated) {
             return Err(FsError::NotPermitted);
         }
-        let i = self.entry_in(parent, name)?;
-        let backup = self.virt.superseded.lock().get(&i.ino).cloned();
-        if let Some((p, n)) = backup {
-            if self.lookup(p, &n).is_ok_and(|x| x.ino == i.ino) {
-                self.virt.superseded.lock().remove(&i.ino);
-                self.real_unlink(p, &n)?;
-                self.tidy_slot(p);
-                return Ok(());
-            }
-        }
+        let i = match self.entry_in(parent, name) {
+            Err(FsError::NotFound) => self.other_inbox_name(parent, name)?,
+            r => r?,
+        };
+        // A file with a home outside /inbox is never deleted through a tag
+        // folder (an editor's old copy included: what looks like a backup
+        // may be a file the user renamed): it only loses the folder's tag.
         if let Some((p, n)) = self.inbox_place(&i)? {
             let all: Vec<&Term> = terms.iter().collect();
             self.untag(i.ino, &all)?;
@@ -1309,16 +1378,86 @@ impl Fs {
             }
             return Ok(());
         }
+        if let Some((p, n)) = self.inbox_name(&i, name)? {
+            // One of several names in /inbox (`ln tmp final && rm tmp`, as
+            // git does): that name goes, as in a directory; the file stays.
+            self.real_unlink(p, &n)?;
+            self.tidy_slot(p);
+            return Ok(());
+        }
         self.untag_from(i.ino, &terms)
     }
 
-    pub(super) fn v_link(&self, ino: u64, newparent: u64) -> Result<Inode> {
+    pub(super) fn v_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Inode> {
+        let _dirs = RequestDirs::set(newparent, 0);
         if is_virtual(ino) {
             return Err(FsError::NotPermitted);
         }
         let terms = self.terms_of(newparent)?;
+        let i = self.getattr(ino)?;
+        if !i.is_dir() && self.inbox_names(ino)?.len() == i.nlink as usize {
+            // A file that lives only in /inbox gets a real second name
+            // there (`ln tmp final && rm tmp` must keep the file).
+            let (p, _) = self.place_of(ino)?;
+            let (np, nn) = if self.is_free(p, newname)? {
+                (p, newname.to_vec())
+            } else {
+                self.inbox_slot(newname, Caller::ROOT)?
+            };
+            self.link(ino, np, &nn)?;
+            self.changed_behind_kernel(np, &nn);
+        }
         self.tag_into(ino, &terms)?;
         self.getattr(ino)
+    }
+
+    /// An entry of `folder` listed under another name that also has the
+    /// real name `name` in /inbox (after `ln tmp final` in the folder the
+    /// file is listed once, as `final`; `rm tmp` means this file).
+    fn other_inbox_name(&self, folder: u64, name: &[u8]) -> Result<Inode> {
+        let l = self.listing(folder)?;
+        for (_, t) in &l.entries {
+            if let Target::Real(i) = t {
+                if i.nlink > 1
+                    && !i.is_dir()
+                    && self.inbox_names(i.ino)?.iter().any(|(_, n)| n == name)
+                {
+                    return Ok(i.clone());
+                }
+            }
+        }
+        Err(FsError::NotFound)
+    }
+
+    /// Every real name of `ino` that lies in /inbox (or a slot).
+    fn inbox_names(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        // (Bound first: the metadata lock must not be held in the loop.)
+        let names = self.meta().names_of(ino)?;
+        for (p, n) in names {
+            if self.is_inbox_dir(p)? {
+                out.push((p, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// For a file with several names, all in /inbox: the name to remove
+    /// when `shown` is removed through a tag folder (the name it is shown
+    /// by, else its first one).
+    fn inbox_name(&self, i: &Inode, shown: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
+        if i.is_dir() || i.nlink < 2 {
+            return Ok(None);
+        }
+        let names = self.inbox_names(i.ino)?;
+        if names.len() != i.nlink as usize {
+            return Ok(None);
+        }
+        Ok(names
+            .iter()
+            .find(|(_, n)| n == shown)
+            .or(names.first())
+            .cloned())
     }
 
     /// rename(2) where either side is in a query folder; the README's
@@ -1335,6 +1474,7 @@ impl Fs {
         newname: &[u8],
         flags: u32,
     ) -> Result<()> {
+        let _dirs = RequestDirs::set(parent, newparent);
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let from = self.side(parent)?;
         let to = self.side(newparent)?;
@@ -1450,8 +1590,16 @@ impl Fs {
             self.tidy_slot(ep);
             return Ok(());
         }
-        if let Some(v) = self.take_vacated(folder, newname, e.ino)? {
-            // Onto a name a file just left: that file's real place.
+        let made_here = self.inbox_place(e)?.is_some();
+        if let Some(v) = made_here
+            .then(|| self.take_vacated(folder, newname, e.ino))
+            .transpose()?
+            .flatten()
+        {
+            // A file made through the folder, onto a name a file just left:
+            // that file's real place (an editor writing a temporary file,
+            // moving the original aside and renaming the temporary file).
+            // A file with a home of its own stays in its own directory.
             self.real_rename(ep, &en, v.parent, &v.name, libc::RENAME_NOREPLACE)?;
             self.tidy_slot(ep);
             return self.succeed(e.ino, &v);
@@ -1471,7 +1619,6 @@ impl Fs {
             ino: e.ino,
             parent: ep,
             name: en,
-            now: (np, nn),
             at: std::time::Instant::now(),
         };
         Self::remember(&mut self.virt.vacated.lock(), (folder, name.to_vec()), v);
@@ -1489,6 +1636,7 @@ impl Fs {
         perm: u32,
         caller: Caller,
     ) -> Result<(Inode, u64)> {
+        let _dirs = RequestDirs::set(parent, 0);
         let terms = self.terms_of(parent)?;
         Self::settable(&terms)?;
         if let Some(v) = self.take_vacated(parent, name, 0)? {

@@ -1,0 +1,1 @@
+SELECT parent, name FROM dentries WHERE ino = :ino ORDER BY parent, name
