@@ -676,3 +676,33 @@ fn review_findings_lose_nothing() {
     assert_eq!(read(&m2, "inbox/letter.txt"), "dear\n");
     m2.stop();
 }
+
+/// Review finding 3: `rsync -aX` into a tag folder strips the folder's tag
+/// from its temporary file before renaming it over the entry; the save
+/// still reaches the real file and no stray copy is left in /inbox.
+#[test]
+fn rsync_with_xattrs_into_a_tag_folder_leaves_no_stray() {
+    if !Command::new("rsync")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        panic!("rsync is needed (.ci/run installs it)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    fs::create_dir(m.path("docs")).unwrap();
+    write_tagged(&m, "docs/a.txt", "hello\n", "x");
+    let src = dir.path().join("a.txt");
+    fs::write(&src, "newcontent\n").unwrap();
+    let (ok, out) = run(
+        "rsync",
+        &["-aX", src.to_str().unwrap(), "by-tag/x/a.txt"],
+        &m.mp,
+    );
+    assert!(ok, "rsync -aX: {out}");
+    settle_kernel();
+    assert_eq!(read(&m, "docs/a.txt"), "newcontent\n");
+    assert!(inbox(&m).is_empty(), "strays: {:?}", inbox(&m));
+    m.stop();
+}

@@ -144,8 +144,9 @@ impl Drop for RequestDirs {
 }
 
 /// How long a request through a query folder waits for the kernel to drop
-/// the real names it changed before it answers.
-const INVAL_WAIT: Duration = Duration::from_millis(200);
+/// the real names it changed before it answers: at most the kernel's entry
+/// timeout (1 s), after which a stale name has expired anyway.
+const INVAL_WAIT: Duration = Duration::from_secs(1);
 
 /// A name left by a rename within a tag folder.
 #[derive(Clone)]
@@ -878,10 +879,8 @@ impl Fs {
         if let Some(&i) = l.index.get(name) {
             return self.target_attr(&l.entries[i].1);
         }
-        if matches!(key, VKey::ByTag(_)) {
-            if let Ok(i) = self.other_inbox_name(parent, name) {
-                return Ok(self.overlay(i));
-            }
+        if let Ok(i) = self.inbox_alias(parent, name) {
+            return Ok(self.overlay(i));
         }
         if let VKey::ByTag(terms) = key {
             // Any valid term is a folder, listed or not (OR, NOT, values,
@@ -986,7 +985,31 @@ impl Fs {
             Some(Target::Virtual(v)) if self.v_getattr(*v)?.is_dir() => Err(FsError::IsDir),
             // A query result is no file of the tree.
             Some(Target::Virtual(_)) => Err(FsError::NotPermitted),
-            None => Err(FsError::NotFound),
+            None => self.inbox_alias(parent, name),
+        }
+    }
+
+    /// A file of /inbox that tools still address through a tag folder by a
+    /// name it is not listed under: another of its names there (after `ln
+    /// tmp final`), or a file made through a folder and then stripped of
+    /// every tag (rsync -X removes the folder's tag from its temporary file
+    /// before renaming it over the entry). Nothing else: a name of the
+    /// folder never reaches a file of another folder.
+    fn inbox_alias(&self, folder: u64, name: &[u8]) -> Result<Inode> {
+        if !matches!(self.vkey(folder)?, VKey::ByTag(t) if !t.is_empty()) {
+            return Err(FsError::NotFound);
+        }
+        if let Ok(i) = self.other_inbox_name(folder, name) {
+            return Ok(i);
+        }
+        let Some(inbox) = self.our_inbox()? else {
+            return Err(FsError::NotFound);
+        };
+        match self.lookup(inbox.ino, name) {
+            Ok(i) if !i.is_dir() && i.nlink == 1 && self.meta().file_tags(i.ino)?.is_empty() => {
+                Ok(i)
+            }
+            _ => Err(FsError::NotFound),
         }
     }
 
@@ -1362,10 +1385,7 @@ impl Fs {
         if terms.iter().all(|t| t.negated) {
             return Err(FsError::NotPermitted);
         }
-        let i = match self.entry_in(parent, name) {
-            Err(FsError::NotFound) => self.other_inbox_name(parent, name)?,
-            r => r?,
-        };
+        let i = self.entry_in(parent, name)?;
         // A file with a home outside /inbox is never deleted through a tag
         // folder (an editor's old copy included: what looks like a backup
         // may be a file the user renamed): it only loses the folder's tag.
