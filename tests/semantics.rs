@@ -704,5 +704,15 @@ fn rsync_with_xattrs_into_a_tag_folder_leaves_no_stray() {
     settle_kernel();
     assert_eq!(read(&m, "docs/a.txt"), "newcontent\n");
     assert!(inbox(&m).is_empty(), "strays: {:?}", inbox(&m));
+
+    // Review finding 7: `cp -a` of a tree into a tag folder sets the mode
+    // and owner of the folders it makes; that succeeds.
+    let tree = dir.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("sub/f.txt"), "f\n").unwrap();
+    run_ok("chmod", &["750", tree.join("sub").to_str().unwrap()], &m.mp);
+    fs::create_dir(m.path("by-tag/y")).unwrap();
+    run_ok("cp", &["-a", tree.to_str().unwrap(), "by-tag/y/"], &m.mp);
+    assert_eq!(read(&m, "by-tag/y/tree/sub/f.txt"), "f\n");
     m.stop();
 }
