@@ -10,18 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
+use crate::tags::{names, set};
 use crate::util::*;
-
-fn names(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect()
-}
-
-fn set(items: &[&str]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
 
 /// Runs a program; returns (success, stdout + stderr).
 fn run(prog: &str, args: &[&str], cwd: &Path) -> (bool, String) {
@@ -226,16 +216,16 @@ fn atomic_save_replaces_the_real_file() {
     );
     saved(&m, &before, "os.replace");
 
-    // The same from a second tag folder level (by-tag/notes/work).
-    setxattr(&m.path("notes/note-a.txt"), "user.tag.work", b"", 0).unwrap();
+    // The same from a second tag folder level (by-tag/notes/office).
+    setxattr(&m.path("notes/note-a.txt"), "user.tag.office", b"", 0).unwrap();
     fs::write(m.path("notes/note-a.txt"), "one two\n").unwrap();
     run_ok(
         "sed",
-        &["-i", "s/one/ONE/", "by-tag/notes/work/note-a.txt"],
+        &["-i", "s/one/ONE/", "by-tag/notes/office/note-a.txt"],
         &m.mp,
     );
     assert_eq!(read(&m, "notes/note-a.txt"), "ONE two\n");
-    assert_eq!(tags(&m.path("notes/note-a.txt")), "notes,work");
+    assert_eq!(tags(&m.path("notes/note-a.txt")), "notes,office");
     assert!(inbox(&m).is_empty(), "{:?}", inbox(&m));
     m.stop();
 }
