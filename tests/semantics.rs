@@ -706,3 +706,23 @@ fn rsync_with_xattrs_into_a_tag_folder_leaves_no_stray() {
     assert_eq!(read(&m, "by-tag/y/tree/sub/f.txt"), "f\n");
     m.stop();
 }
+
+/// Review finding 9: a save through a tag folder after the vacated real
+/// place's directory was removed makes the new file in /inbox, not ENOENT.
+#[test]
+fn a_vacated_place_whose_directory_went_is_no_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    fs::create_dir_all(m.path("gone/deeper")).unwrap();
+    write_tagged(&m, "gone/deeper/n.txt", "old\n", "z");
+    fs::rename(m.path("by-tag/z/n.txt"), m.path("by-tag/z/n.txt~")).unwrap();
+    fs::create_dir(m.path("kept")).unwrap();
+    fs::rename(m.path("gone/deeper/n.txt~"), m.path("kept/n.txt~")).unwrap();
+    fs::remove_dir(m.path("gone/deeper")).unwrap();
+    fs::write(m.path("by-tag/z/n.txt"), "new\n").unwrap();
+    settle_kernel();
+    assert_eq!(read(&m, "by-tag/z/n.txt"), "new\n");
+    assert_eq!(read(&m, "inbox/n.txt"), "new\n");
+    assert_eq!(read(&m, "kept/n.txt~"), "old\n");
+    m.stop();
+}

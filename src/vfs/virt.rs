@@ -1277,7 +1277,14 @@ impl Fs {
         self.meta().parent_of(ino)?.ok_or(FsError::NotFound)
     }
 
+    /// Whether `name` is free in `parent`, which must still be a directory
+    /// (a vacated place whose directory was removed since is no place).
     fn is_free(&self, parent: u64, name: &[u8]) -> Result<bool> {
+        match self.getattr(parent) {
+            Ok(d) if d.is_dir() && d.nlink > 0 => {}
+            Ok(_) | Err(FsError::NotFound | FsError::Stale) => return Ok(false),
+            Err(e) => return Err(e),
+        }
         match self.lookup(parent, name) {
             Err(FsError::NotFound) => Ok(true),
             Ok(_) => Ok(false),
@@ -1310,8 +1317,7 @@ impl Fs {
     }
 
     /// `new` took the place that `v.ino` left: it inherits its tags and
-    /// xattrs, and the old file becomes a backup that removing through a
-    /// tag folder deletes.
+    /// xattrs (the old file stays where the rename put it).
     fn succeed(&self, new: u64, v: &Vacated) -> Result<()> {
         self.inherit(new, v.ino)
     }
