@@ -726,3 +726,21 @@ fn a_vacated_place_whose_directory_went_is_no_place() {
     assert_eq!(read(&m, "kept/n.txt~"), "old\n");
     m.stop();
 }
+
+/// Review finding 11: a move between tag folders under a new name renames
+/// the real file where it is (and retags it).
+#[test]
+fn mv_between_tag_folders_with_a_new_name_renames_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    fs::create_dir(m.path("docs")).unwrap();
+    write_tagged(&m, "docs/f.txt", "f\n", "x");
+    fs::create_dir(m.path("by-tag/sub")).unwrap();
+    run_ok("mv", &["by-tag/x/f.txt", "by-tag/sub/g.txt"], &m.mp);
+    settle_kernel();
+    assert_eq!(read(&m, "docs/g.txt"), "f\n");
+    assert!(!m.path("docs/f.txt").exists());
+    assert_eq!(tags(&m.path("docs/g.txt")), "sub");
+    assert_eq!(names(&m.path("by-tag/sub")), set(&["g.txt"]));
+    m.stop();
+}

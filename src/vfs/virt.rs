@@ -1551,6 +1551,12 @@ impl Fs {
             }
             (Side::Tags(f), Side::Tags(t)) => {
                 Self::settable(&t)?;
+                if newname != name {
+                    // Given another name: renamed where it really is (EEXIST
+                    // there, before anything changes, if the name is taken).
+                    let (p, n) = self.place_of(i.ino)?;
+                    self.real_rename(p, &n, p, newname, libc::RENAME_NOREPLACE)?;
+                }
                 if f.last().is_some_and(|t| !t.negated) {
                     self.untag_from(i.ino, &f)?;
                 }
