@@ -483,11 +483,11 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if is_virtual(ino.0) && with_viewer(viewer(req), || self.fs.runs_queries(ino.0)) {
+        let who = is_virtual(ino.0).then(|| viewer(req));
+        if let Some(who) = who.filter(|w| with_viewer(w.clone(), || self.fs.runs_queries(ino.0))) {
             // A result file whose listing left the cache is made again, for
             // the viewer it belongs to.
             let fs = self.fs.clone();
-            let who = viewer(req);
             return self.pool.submit(Box::new(move |full| {
                 if full {
                     return reply.error(busy());

@@ -648,16 +648,17 @@ fn truncating_sets_times_like_a_local_filesystem() {
         );
     };
     let mtime = || fs::metadata(&p).unwrap().mtime();
-    // open(O_TRUNC) of an empty file: POSIX marks mtime and ctime.
-    File::create(&p).unwrap();
-    old();
-    drop(
+    let open_trunc = || {
         OpenOptions::new()
             .write(true)
             .truncate(true)
             .open(&p)
-            .unwrap(),
-    );
+            .unwrap();
+    };
+    // open(O_TRUNC) of an empty file: POSIX marks mtime and ctime.
+    File::create(&p).unwrap();
+    old();
+    open_trunc();
     assert!(
         mtime() > 978_307_200,
         "O_TRUNC of an empty file kept the old mtime"
@@ -665,13 +666,7 @@ fn truncating_sets_times_like_a_local_filesystem() {
     // open(O_TRUNC) of a full file empties it and sets the times.
     fs::write(&p, b"some content").unwrap();
     old();
-    drop(
-        OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap(),
-    );
+    open_trunc();
     assert_eq!(fs::metadata(&p).unwrap().len(), 0);
     assert!(mtime() > 978_307_200);
     // truncate(2) and ftruncate(2) to the current size set them too (ext4).

@@ -114,6 +114,9 @@ pub(super) struct Virt {
     /// the kernel saw the operation in the folder only, and its cache of
     /// the real names must be dropped (see [`Fs::on_real_names_changed`]).
     changed: parking_lot::Mutex<Option<NameReports>>,
+    /// The stored inode number of the `/inbox` queryfs made (outer `None`:
+    /// not read yet).
+    inbox_ino: parking_lot::Mutex<Option<Option<u64>>>,
 }
 
 /// Where real names changed behind the kernel are sent: (parent, name).
@@ -1173,6 +1176,12 @@ impl Fs {
         Ok(r)
     }
 
+    fn real_link(&self, ino: u64, p: u64, n: &[u8]) -> Result<Inode> {
+        let r = self.link(ino, p, n)?;
+        self.changed_behind_kernel(p, n);
+        Ok(r)
+    }
+
     fn real_mkdir(&self, p: u64, n: &[u8], perm: u32, caller: Caller) -> Result<Inode> {
         let r = self.mkdir(p, n, perm, caller)?;
         self.changed_behind_kernel(p, n);
@@ -1189,6 +1198,7 @@ impl Fs {
             Err(FsError::NotFound) => {
                 let i = self.real_mkdir(ROOT, INBOX, 0o755, caller)?;
                 self.tx(|m, _| Ok(m.store_set(INBOX_KEY, &i.ino.to_string())?))?;
+                *self.virt.inbox_ino.lock() = Some(Some(i.ino));
                 Ok(i)
             }
             Err(e) => Err(e),
@@ -1247,8 +1257,18 @@ impl Fs {
         let Ok(i) = self.lookup(ROOT, INBOX) else {
             return Ok(None);
         };
-        let ours = self.meta().store_get(INBOX_KEY)?;
-        Ok((i.is_dir() && ours == Some(i.ino.to_string())).then_some(i))
+        Ok((i.is_dir() && self.inbox_ino()? == Some(i.ino)).then_some(i))
+    }
+
+    /// The inode number of the `/inbox` queryfs made, read from the store
+    /// once per mount (only [`Fs::inbox`] changes it).
+    fn inbox_ino(&self) -> Result<Option<u64>> {
+        let mut known = self.virt.inbox_ino.lock();
+        if known.is_none() {
+            let stored = self.meta().store_get(INBOX_KEY)?;
+            *known = Some(stored.and_then(|v| v.parse().ok()));
+        }
+        Ok(known.flatten())
     }
 
     /// The one real name of `i` when it lies in /inbox (or a slot): a file
@@ -1431,8 +1451,7 @@ impl Fs {
             } else {
                 self.inbox_slot(newname, Caller::ROOT)?
             };
-            self.link(ino, np, &nn)?;
-            self.changed_behind_kernel(np, &nn);
+            self.real_link(ino, np, &nn)?;
         }
         self.tag_into(ino, &terms)?;
         self.getattr(ino)
