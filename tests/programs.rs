@@ -49,6 +49,11 @@ fn git(cwd: &Path, args: &[&str]) -> String {
         "init.defaultBranch=main",
         "-c",
         "gc.auto=0",
+        // `git commit` starts `git maintenance run --auto --detach`: a
+        // detached git that may still sit in the repository when the test
+        // unmounts (EBUSY). In the foreground it is done with the command.
+        "-c",
+        "maintenance.autoDetach=false",
         "-c",
         "protocol.file.allow=always",
     ];
@@ -1400,13 +1405,15 @@ done
             .env("GIT_AUTHOR_EMAIL", "programs@queryfs.test")
             .env("GIT_COMMITTER_NAME", "Program Test")
             .env("GIT_COMMITTER_EMAIL", "programs@queryfs.test")
-            .env("GIT_CONFIG_COUNT", "3")
+            .env("GIT_CONFIG_COUNT", "4")
             .env("GIT_CONFIG_KEY_0", "core.fsync")
             .env("GIT_CONFIG_VALUE_0", "all")
             .env("GIT_CONFIG_KEY_1", "core.fsyncMethod")
             .env("GIT_CONFIG_VALUE_1", "fsync")
             .env("GIT_CONFIG_KEY_2", "gc.auto")
             .env("GIT_CONFIG_VALUE_2", "0")
+            .env("GIT_CONFIG_KEY_3", "maintenance.autoDetach")
+            .env("GIT_CONFIG_VALUE_3", "false")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
