@@ -17,7 +17,7 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::meta::{kind, Inode};
-use crate::vfs::{is_virtual, with_viewer, Caller, Fs, SetAttr, SetTime, Viewer};
+use crate::vfs::{is_virtual, with_pid, with_viewer, Caller, Fs, SetAttr, SetTime, Viewer};
 
 /// How long the kernel may cache entries and attributes of real nodes. Every
 /// change goes through this mount (one owner), so the kernel's own
@@ -279,7 +279,15 @@ impl Filesystem for FuseFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if !is_virtual(parent.0) {
             return guard("lookup", parent.0, || {
-                reply_entry(parent.0, self.fs.lookup(parent.0, name.as_bytes()), reply)
+                let r = self.fs.lookup(parent.0, name.as_bytes());
+                if let Ok(i) = &r {
+                    if i.is_dir() {
+                        // Just moved into a tag folder: the kernel's name
+                        // of it there must go first (see `Fs::wait_moved`).
+                        self.fs.wait_moved(i.ino);
+                    }
+                }
+                reply_entry(parent.0, r, reply)
             });
         }
         let who = viewer(req);
@@ -395,7 +403,9 @@ impl Filesystem for FuseFs {
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("unlink", parent.0, || {
             let r = if is_virtual(parent.0) {
-                with_viewer(viewer(req), || self.fs.unlink(parent.0, name.as_bytes()))
+                with_viewer(viewer(req), || {
+                    with_pid(req.pid(), || self.fs.unlink(parent.0, name.as_bytes()))
+                })
             } else {
                 self.fs.unlink(parent.0, name.as_bytes())
             };
@@ -755,7 +765,10 @@ impl Filesystem for FuseFs {
     ) {
         guard("create", parent.0, || {
             let mode = mode & !(umask & 0o777);
-            match self.fs.create(parent.0, name.as_bytes(), mode, caller(req)) {
+            let r = with_pid(req.pid(), || {
+                self.fs.create(parent.0, name.as_bytes(), mode, caller(req))
+            });
+            match r {
                 Ok((i, fh)) => reply.created(
                     ttl(parent.0, i.ino),
                     &attr(&i),

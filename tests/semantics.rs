@@ -744,3 +744,196 @@ fn mv_between_tag_folders_with_a_new_name_renames_in_place() {
     assert_eq!(names(&m.path("by-tag/sub")), set(&["g.txt"]));
     m.stop();
 }
+
+/// Every file under `root` (following nothing: directories walked,
+/// symlinks by target): relative path -> content.
+fn tree_of(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let md = fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                out.insert(format!("{rel}/"), Vec::new());
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// README row "cp -r DIR /by-tag/x/" (review findings 2 and 4): a tree
+/// copied into a tag folder reads back as the tree, whatever names repeat
+/// at its levels; `cp -r` twice, `rsync -a` and `rsync -aX` again change
+/// nothing; a walk meets each file once; `rm -r` of the folder takes the
+/// copies and the tags the tree made.
+#[test]
+fn tree_copies_read_back_as_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    let mp = m.mp.clone();
+    let src = dir.path().join("proj");
+    fs::create_dir_all(src.join("sub/deep")).unwrap();
+    fs::write(src.join("README"), "TOP\n").unwrap();
+    fs::write(src.join("sub/README"), "SUB\n").unwrap();
+    fs::write(src.join("sub/deep/README"), "DEEP\n").unwrap();
+    fs::write(src.join("sub/other"), "other\n").unwrap();
+    let s = src.to_str().unwrap();
+    run_ok("mkdir", &["by-tag/c"], &mp);
+    // Both runs succeed, and neither README is written over the other.
+    run_ok("cp", &["-r", s, "by-tag/c/"], &mp);
+    run_ok("cp", &["-r", s, "by-tag/c/"], &mp);
+    assert_eq!(tree_of(&m.path("by-tag/c/proj")), tree_of(&src));
+    assert_eq!(names(&m.path("by-tag/c")), set(&["proj"]));
+    assert_eq!(names(&m.path("by-tag/c/proj")), set(&["README", "sub"]));
+    assert_eq!(inbox(&m).len(), 4, "{:?}", inbox(&m));
+    // The tags of where a file was put are not listed as xattrs (rsync -X
+    // would take them off); user.tags shows them.
+    let f = m.path("by-tag/c/proj/sub/README");
+    assert_eq!(tags(&f), "c,proj,sub");
+    let listed = listxattr(&f);
+    assert!(
+        !listed.iter().any(|n| n.starts_with("user.tag")),
+        "{listed:?}"
+    );
+
+    let before = real_tree(&m);
+    for flags in ["-a", "-aX", "-aX"] {
+        let (ok, out) = run("rsync", &[flags, s, "by-tag/c/"], &mp);
+        assert!(ok, "rsync {flags}: {out}");
+        settle_kernel();
+        assert_eq!(real_tree(&m), before, "after rsync {flags}");
+    }
+    let (ok, out) = run("find", &["by-tag/c", "-type", "f"], &mp);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let back = dir.path().join("back");
+    run_ok("cp", &["-r", "by-tag/c/proj", back.to_str().unwrap()], &mp);
+    assert_eq!(tree_of(&back), tree_of(&src));
+
+    run_ok("rm", &["-r", "by-tag/c"], &mp);
+    assert!(inbox(&m).is_empty(), "{:?}", inbox(&m));
+    assert!(
+        names(&m.path("by-tag")).is_empty(),
+        "{:?}",
+        names(&m.path("by-tag"))
+    );
+    assert_eq!(fs::read(src.join("sub/README")).unwrap(), b"SUB\n");
+    m.stop();
+}
+
+/// README row "unlink, then create" (review finding 12): `install`,
+/// `cp --remove-destination` and `tar -x` over an entry replace the real
+/// file at its real place, tags kept; `rm` and a later `cp` by two
+/// processes only untag and make a new file.
+#[test]
+fn unlink_then_create_replaces_the_real_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    let mp = m.mp.clone();
+    for f in ["c", "d", "e"] {
+        write_tagged(&m, &format!("docs/{f}"), &format!("old{f}\n"), "x");
+        setxattr(&m.path(&format!("docs/{f}")), "user.note", b"kept", 0).unwrap();
+    }
+    let new = dir.path().join("new");
+    fs::create_dir(&new).unwrap();
+    for f in ["c", "d", "e"] {
+        fs::write(new.join(f), format!("new{f}\n")).unwrap();
+    }
+    let p = |f: &str| new.join(f).to_str().unwrap().to_string();
+    run_ok("install", &["-m", "644", &p("c"), "by-tag/x/c"], &mp);
+    run_ok("cp", &["--remove-destination", &p("d"), "by-tag/x/d"], &mp);
+    let tar = dir.path().join("e.tar");
+    run_ok(
+        "tar",
+        &[
+            "-C",
+            new.to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            "e",
+        ],
+        &mp,
+    );
+    run_ok(
+        "tar",
+        &["-C", "by-tag/x", "-xf", tar.to_str().unwrap()],
+        &mp,
+    );
+    settle_kernel();
+    for f in ["c", "d", "e"] {
+        let real = m.path(&format!("docs/{f}"));
+        assert_eq!(read(&m, &format!("docs/{f}")), format!("new{f}\n"));
+        assert_eq!(tags(&real), "x", "{f}");
+        assert_eq!(getxattr(&real, "user.note").as_deref(), Ok(&b"kept"[..]));
+    }
+    assert_eq!(names(&m.path("by-tag/x")), set(&["c", "d", "e"]));
+    assert_eq!(names(&m.path("docs")), set(&["c", "d", "e"]));
+    assert!(inbox(&m).is_empty(), "{:?}", inbox(&m));
+
+    // Two commands: rm untags (the file has a home), cp makes a new file.
+    run_ok("rm", &["by-tag/x/c"], &mp);
+    run_ok("cp", &[&p("d"), "by-tag/x/c"], &mp);
+    assert_eq!(read(&m, "docs/c"), "newc\n");
+    assert_eq!(tags(&m.path("docs/c")), "");
+    assert_eq!(read(&m, "by-tag/x/c"), "newd\n");
+    assert_eq!(inbox(&m), set(&["inbox/c"]));
+    m.stop();
+}
+
+/// Review finding 14: `rsync --delete` into a tag folder, and `rm -r`
+/// of a tag folder, walk its sub-folders; they take away only the folder's
+/// own tag, never the tags of the sub-folders they walk through.
+#[test]
+fn deleting_through_a_tag_folder_takes_only_its_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    let mp = m.mp.clone();
+    write_tagged(&m, "photos/p1.jpg", "p1\n", "x,family");
+    write_tagged(&m, "photos/p2.jpg", "p2\n", "x,work");
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("new.txt"), "new\n").unwrap();
+    let s = format!("{}/", src.display());
+    run_ok("rsync", &["-a", "--delete", &s, "by-tag/x/"], &mp);
+    assert_eq!(tags(&m.path("photos/p1.jpg")), "family");
+    assert_eq!(tags(&m.path("photos/p2.jpg")), "work");
+    assert_eq!(names(&m.path("by-tag/x")), set(&["new.txt"]));
+    assert_eq!(read(&m, "photos/p1.jpg"), "p1\n");
+    setxattr(&m.path("photos/p1.jpg"), "user.tags", b"y,family", 0).unwrap();
+    setxattr(&m.path("photos/p2.jpg"), "user.tags", b"y,work", 0).unwrap();
+    // In the sub-folder first: rm of y/family/p1.jpg takes y, not family.
+    run_ok("rm", &["by-tag/y/family/p1.jpg"], &mp);
+    assert_eq!(tags(&m.path("photos/p1.jpg")), "family");
+    run_ok("rm", &["-r", "by-tag/y"], &mp);
+    assert_eq!(tags(&m.path("photos/p2.jpg")), "work");
+    assert_eq!(names(&m.path("photos")), set(&["p1.jpg", "p2.jpg"]));
+    m.stop();
+}
+
+/// A directory moved into a tag folder is at once readable by its real
+/// path: the kernel's name of it in the folder is dropped before a lookup
+/// by the real path is answered (else ESTALE, now and then, under load).
+#[test]
+fn a_directory_moved_into_a_folder_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    let mp = m.mp.clone();
+    run_ok("mkdir", &["by-tag/album"], &mp);
+    for i in 0..40 {
+        write_tagged(&m, &format!("A/H{i}/01.flac"), &format!("{i}\n"), "");
+        fs::rename(
+            m.path(&format!("A/H{i}")),
+            m.path(&format!("by-tag/album/H{i}")),
+        )
+        .unwrap();
+        assert_eq!(read(&m, &format!("A/H{i}/01.flac")), format!("{i}\n"));
+        assert_eq!(tags(&m.path(&format!("A/H{i}"))), "album");
+    }
+    assert_eq!(names(&m.path("by-tag/album")).len(), 40);
+    m.stop();
+}

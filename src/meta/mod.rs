@@ -49,6 +49,8 @@ static MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../migrations/0002_tags_and_queries.sql")),
     M::up(include_str!("../../migrations/0003_blocks.sql")),
     M::up(include_str!("../../migrations/0004_quarantine.sql")),
+    M::up(include_str!("../../migrations/0005_placed_tags.sql")),
+    M::up(include_str!("../../migrations/0006_dentry_names.sql")),
 ];
 
 /// The migration list, for opening and for `validate()` in tests.
@@ -736,6 +738,34 @@ impl Meta {
         Ok(())
     }
 
+    /// Tags a file as made in a tag folder: `placed` is the term's position
+    /// in the folder's path (1 for the first). A tag the file already holds
+    /// keeps what it was (given by the user, or placed earlier).
+    pub fn place_file_tag(
+        &self,
+        ino: u64,
+        tag: &str,
+        value: Option<&str>,
+        placed: u32,
+        now: i64,
+    ) -> Result<()> {
+        self.create_tag(tag, now)?;
+        self.conn.prepare_cached(q::FILE_TAG_PLACE)?.execute(
+            named_params! {":ino": ino as i64, ":tag": tag, ":value": value, ":placed": placed},
+        )?;
+        Ok(())
+    }
+
+    /// A file's tags with their values and `placed` positions (0: given
+    /// by the user).
+    pub fn file_tags_placed(&self, ino: u64) -> Result<Vec<(String, Option<String>, u32)>> {
+        let mut s = self.conn.prepare_cached(q::FILE_TAGS_PLACED)?;
+        let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Untags a file; false if it did not hold the tag.
     pub fn delete_file_tag(&self, ino: u64, tag: &str) -> Result<bool> {
         Ok(self
@@ -795,6 +825,18 @@ impl Meta {
         let rows = s.query_map(rusqlite::params_from_iter(params.iter()), |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, Inode::from_row(r, 1)?))
         })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Rows of trusted SQL with bound parameters, each mapped by `f`.
+    pub fn rows<T>(
+        &self,
+        sql: &str,
+        params: &[rusqlite::types::Value],
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut s = self.conn.prepare_cached(sql)?;
+        let rows = s.query_map(rusqlite::params_from_iter(params.iter()), f)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -69,6 +69,8 @@ queries! {
     FILE_TAGS_GET => "file_tags_get",
     FILE_TAG_GET => "file_tag_get",
     FILE_TAG_SET => "file_tag_set",
+    FILE_TAG_PLACE => "file_tag_place",
+    FILE_TAGS_PLACED => "file_tags_placed",
     FILE_TAG_DELETE => "file_tag_delete",
     FILE_TAG_DELETE_ALL => "file_tag_delete_all",
     INODE_CHASH => "inode_chash",

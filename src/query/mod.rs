@@ -244,6 +244,17 @@ fn atom_sql(a: &Atom, params: &mut Vec<Value>) -> String {
 /// positive term, each kept if the other terms hold for it (probes of the
 /// `(ino, tag)` index, far cheaper than intersecting whole tag sets).
 fn matches_sql(terms: &[Term], params: &mut Vec<Value>) -> String {
+    matches_sql_among(terms, params, None)
+}
+
+/// [`matches_sql`] among the inodes of set `among` only (SQL giving inode
+/// numbers, with its one parameter): probes of the indexes for those few
+/// instead of a walk over every file of the first term.
+fn matches_sql_among(
+    terms: &[Term],
+    params: &mut Vec<Value>,
+    among: Option<(&str, Value)>,
+) -> String {
     let alts = |t: &Term, params: &mut Vec<Value>| -> String {
         let a: Vec<String> = t.any.iter().map(|a| atom_sql(a, params)).collect();
         a.join(" OR ")
@@ -261,6 +272,10 @@ fn matches_sql(terms: &[Term], params: &mut Vec<Value>) -> String {
             libc::S_IFREG
         ),
     };
+    if let Some((set, p)) = among {
+        sql.push_str(&format!(" AND m0.ino IN ({set})"));
+        params.push(p);
+    }
     for t in pos.iter().skip(1) {
         sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM file_tags WHERE ino = m0.ino AND ({}))",
@@ -279,8 +294,20 @@ fn matches_sql(terms: &[Term], params: &mut Vec<Value>) -> String {
 /// SQL listing the files matching `terms`: rows of `name, <inode columns>`
 /// (a file's first name, by parent and name), for [`crate::meta::Meta::listing`].
 pub fn files_sql(terms: &[Term]) -> (String, Vec<Value>) {
+    files_sql_named(terms, None)
+}
+
+/// [`files_sql`], only the files that have a real name `name` (the
+/// candidates for the entry `name` of the folder).
+pub fn files_sql_named(terms: &[Term], name: Option<&[u8]>) -> (String, Vec<Value>) {
     let mut params = Vec::new();
-    let m = matches_sql(terms, &mut params);
+    let among = name.map(|n| {
+        (
+            "SELECT n.ino FROM dentries n WHERE n.name = ?",
+            Value::Blob(n.to_vec()),
+        )
+    });
+    let m = matches_sql_among(terms, &mut params, among);
     let sql = format!(
         "WITH m(ino) AS ({m}) \
          SELECT (SELECT d.name FROM dentries d WHERE d.ino = i.ino ORDER BY d.parent, d.name LIMIT 1), \
@@ -288,6 +315,24 @@ pub fn files_sql(terms: &[Term]) -> (String, Vec<Value>) {
          FROM m JOIN inodes i ON i.ino = m.ino WHERE i.nlink > 0 AND i.ino <> 1 ORDER BY i.ino"
     );
     (sql, params)
+}
+
+/// SQL giving one row when file `ino` holds a placed tag that `terms` do
+/// not name (it is listed deeper, not in this folder).
+pub fn nested_one_sql(terms: &[Term], ino: u64) -> (String, Vec<Value>) {
+    let named = named_tags(terms);
+    let mut params = vec![Value::Integer(ino as i64)];
+    let not_named = if named.is_empty() {
+        String::new()
+    } else {
+        let marks = vec!["?"; named.len()].join(", ");
+        params.extend(named.iter().map(|t| Value::Text(t.to_string())));
+        format!(" AND tag NOT IN ({marks})")
+    };
+    (
+        format!("SELECT 'y' FROM file_tags WHERE ino = ? AND placed > 0{not_named} LIMIT 1"),
+        params,
+    )
 }
 
 /// SQL giving one row when some file matches `terms`, none otherwise.
@@ -298,15 +343,59 @@ pub fn any_match_sql(terms: &[Term]) -> (String, Vec<Value>) {
 }
 
 /// SQL listing the tags held by some file matching `terms` (the sub-folders
-/// that narrow further), for [`crate::meta::Meta::strings`].
+/// that narrow further), for [`crate::meta::Meta::strings`]. Placed tags
+/// (the path of a tree copied in) are not among them: that tree's
+/// sub-folders are listed level by level (see [`nested_sql`]).
 pub fn narrowing_sql(terms: &[Term]) -> (String, Vec<Value>) {
     let mut params = Vec::new();
     let m = matches_sql(terms, &mut params);
     let sql = format!(
         "WITH m(ino) AS ({m}) \
-         SELECT DISTINCT f.tag FROM m JOIN file_tags f ON f.ino = m.ino ORDER BY f.tag"
+         SELECT DISTINCT f.tag FROM m JOIN file_tags f ON f.ino = m.ino WHERE f.placed = 0 ORDER BY f.tag"
     );
     (sql, params)
+}
+
+/// The tags a folder names (those of its positive terms).
+pub fn named_tags(terms: &[Term]) -> Vec<&str> {
+    terms
+        .iter()
+        .filter(|t| !t.negated)
+        .flat_map(|t| t.any.iter().map(|a| a.tag()))
+        .collect()
+}
+
+/// SQL giving, for each file matching `terms` that holds a placed tag the
+/// folder does not name (a file of a tree copied in, from deeper in that
+/// tree), `(ino, tag, value)` of the first such tag along the path it was
+/// made in: the sub-folder it is in. See `migrations/0005_placed_tags.sql`.
+pub fn nested_sql(terms: &[Term]) -> (String, Vec<Value>) {
+    let mut params = Vec::new();
+    let m = matches_sql(terms, &mut params);
+    let named = named_tags(terms);
+    let not_named = if named.is_empty() {
+        String::new()
+    } else {
+        let marks = vec!["?"; named.len()].join(", ");
+        params.extend(named.iter().map(|t| Value::Text(t.to_string())));
+        format!(" AND f.tag NOT IN ({marks})")
+    };
+    let sql = format!(
+        "WITH m(ino) AS ({m}), \
+         p AS (SELECT f.ino AS ino, f.tag AS tag, f.value AS value, \
+               row_number() OVER (PARTITION BY f.ino ORDER BY f.placed, f.tag) AS r \
+               FROM m JOIN file_tags f ON f.ino = m.ino WHERE f.placed > 0{not_named}) \
+         SELECT ino, tag, value FROM p WHERE r = 1"
+    );
+    (sql, params)
+}
+
+/// The folder-name term of a tag with an optional value (`year=1959`).
+pub fn term_name(tag: &str, value: Option<&str>) -> String {
+    match value {
+        Some(v) => format!("{tag}={v}"),
+        None => tag.to_string(),
+    }
 }
 
 /// Decodes `%XX` escapes of a `/sql` folder name (`%2F` is `/`, `%25` is `%`).

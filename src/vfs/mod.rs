@@ -57,7 +57,7 @@ use crate::qvfs::Container;
 mod perm;
 mod virt;
 pub use perm::{with_viewer, Viewer};
-pub use virt::{is_virtual, NameReport, QUERY_BUDGET, RESERVED, ROW_CAP};
+pub use virt::{is_virtual, with_pid, NameReport, QUERY_BUDGET, RESERVED, ROW_CAP};
 
 /// Longest name of one directory entry, in bytes.
 pub const NAME_MAX: usize = 255;
@@ -1516,8 +1516,13 @@ impl Fs {
         let m = self.meta();
         self.inode(&m, ino)?;
         let mut out = Vec::new();
-        let tags = m.file_tags(ino)?;
-        for (n, _) in tags {
+        // Tags a file was given by the tag folder it was made in (placed)
+        // are not listed: they say where it was put, and `rsync -X`,
+        // `cp -a` or `tar --xattrs` into a tag folder would otherwise take
+        // them off the file they are writing, which then leaves the folder.
+        // `user.tags` and `getfattr -n user.tag.NAME` still show them.
+        let tags = m.file_tags_placed(ino)?;
+        for (n, _, _) in tags.into_iter().filter(|t| t.2 == 0) {
             out.extend_from_slice(b"user.tag.");
             out.extend_from_slice(n.as_bytes());
             out.push(0);

@@ -110,6 +110,18 @@ pub(super) struct Virt {
     /// that takes the name in the folder (create or rename) takes that
     /// real place: the save of an editor that moves the original aside.
     vacated: parking_lot::Mutex<HashMap<(u64, Vec<u8>), Vacated>>,
+    /// Entries that `rm` through a tag folder only untagged (a file with a
+    /// home of its own): (folder, name) -> that file's real place and the
+    /// process that removed it. When the same process then creates the
+    /// name in the folder (`install`, `cp --remove-destination`, `tar -x`
+    /// over an entry: unlink, then create), the new file replaces the old
+    /// one at its real place, as in a directory.
+    unlinked: parking_lot::Mutex<HashMap<(u64, Vec<u8>), Unlinked>>,
+    /// Real directories just moved into a tag folder by rename: the kernel
+    /// moved its cached name of the directory into the folder, and until
+    /// that name is dropped a lookup by the real path may fail with ESTALE
+    /// (the kernel cannot have one directory under two names).
+    moved: Arc<(parking_lot::Mutex<HashSet<u64>>, parking_lot::Condvar)>,
     /// Where to report real names changed on behalf of a query folder:
     /// the kernel saw the operation in the folder only, and its cache of
     /// the real names must be dropped (see [`Fs::on_real_names_changed`]).
@@ -126,9 +138,19 @@ pub type NameReport = (u64, Vec<u8>, Option<std::sync::mpsc::SyncSender<()>>);
 pub type NameReports = std::sync::mpsc::Sender<NameReport>;
 
 thread_local! {
+    /// The process of the request this thread serves (0: not known).
+    static REQUEST_PID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// The directories of the request this thread serves through a query
     /// folder: the kernel holds their locks until the reply.
     static REQUEST_DIRS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Runs `f` on behalf of process `pid` (for [`Virt::unlinked`]).
+pub fn with_pid<T>(pid: u32, f: impl FnOnce() -> T) -> T {
+    let old = REQUEST_PID.with(|c| c.replace(pid));
+    let r = f();
+    REQUEST_PID.with(|c| c.set(old));
+    r
 }
 
 /// Marks the directories of the running request until dropped.
@@ -163,6 +185,13 @@ struct Vacated {
     /// editor creates the new file right after moving the old one aside).
     at: std::time::Instant,
 }
+
+/// What was said about a file: its tags (name, value, placed position) and
+/// user xattrs (name, value).
+type Said = (Vec<(String, Option<String>, u32)>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// An entry `rm` only untagged: the file's real place, and the process.
+type Unlinked = (Vacated, u32);
 
 /// How long a vacated name waits for a file to take its place.
 const VACATED_FOR: Duration = Duration::from_secs(30);
@@ -567,13 +596,23 @@ impl Fs {
                     .collect())
             }
             VKey::ByTag(terms) => {
-                let (mut files, mut narrow) = {
+                let (mut files, mut narrow, nested) = {
                     let m = self.meta();
                     let (sql, p) = query::files_sql(terms);
                     let files = m.listing(&sql, &p)?;
                     let (sql, p) = query::narrowing_sql(terms);
                     let narrow = m.strings(&sql, &p)?;
-                    (files, narrow)
+                    let (sql, p) = query::nested_sql(terms);
+                    let nested: HashMap<u64, String> = m
+                        .rows(&sql, &p, |r| {
+                            let ino: i64 = r.get(0)?;
+                            let tag: String = r.get(1)?;
+                            let value: Option<String> = r.get(2)?;
+                            Ok((ino as u64, query::term_name(&tag, value.as_deref())))
+                        })?
+                        .into_iter()
+                        .collect();
+                    (files, narrow, nested)
                 };
                 if restricted {
                     // Only files the viewer can reach, and only the tags
@@ -600,15 +639,30 @@ impl Fs {
                 // order but lists only its files. Otherwise every ordering
                 // of a file's tags is a listed path, and `find`, `du` or a
                 // backup of the mount meets a file with n tags n! times.
-                let subs: Vec<String> = narrow
+                let mut subs: Vec<String> = narrow
                     .into_iter()
                     .filter(|t| terms.len() == 1 && !used.contains(t.as_str()))
                     .collect();
+                // A file of a tree copied in, from deeper in that tree, is
+                // listed in the sub-folder of the next directory of its path
+                // (at every depth), not here: the tree reads back as the
+                // tree, and a name here is the file made right here (`cp -r`
+                // of a tree with a README at two levels keeps both).
+                files.retain(|(_, i)| match nested.get(&i.ino) {
+                    Some(sub) => {
+                        if !subs.contains(sub) {
+                            subs.push(sub.clone());
+                        }
+                        false
+                    }
+                    None => true,
+                });
+                subs.sort();
                 let taken: HashSet<Vec<u8>> = subs.iter().map(|s| s.as_bytes().to_vec()).collect();
                 let mut out = self.real_entries(ino, key, files, &taken)?;
                 for s in subs {
                     let mut t = terms.clone();
-                    t.push(Term::tag(&s));
+                    t.push(query::parse_term(&s).unwrap_or_else(|_| Term::tag(&s)));
                     let v = self.vnode(VKey::ByTag(t), None);
                     out.push((s.into_bytes(), Target::Virtual(v)));
                 }
@@ -878,6 +932,9 @@ impl Fs {
             }
             _ => {}
         }
+        if let Some(i) = self.quick_entry(parent, name)? {
+            return Ok(i);
+        }
         let l = self.listing(parent)?;
         if let Some(&i) = l.index.get(name) {
             return self.target_attr(&l.entries[i].1);
@@ -982,6 +1039,9 @@ impl Fs {
     /// The real inode behind `name` in a query folder: a file, or the
     /// directory or symlink that a virtual symlink there stands for.
     fn entry_in(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+        if let Some(i) = self.quick_entry(parent, name)? {
+            return Ok(i);
+        }
         let l = self.listing(parent)?;
         match l.index.get(name).map(|&i| &l.entries[i].1) {
             Some(Target::Real(i)) => Ok(i.clone()),
@@ -993,28 +1053,61 @@ impl Fs {
         }
     }
 
+    /// The entry `name` of a tag folder when it is, without doubt, the one
+    /// regular file of that real name the folder holds: found with a few
+    /// indexed queries instead of the whole listing, which every change
+    /// makes stale (`rm -r` of a folder of n files would compute n
+    /// listings). `None` sends the caller to the listing: a name with `~`
+    /// (a clash suffix), the name of a tag (a sub-folder), several or no
+    /// candidates, a directory or symlink (shown as aliases), a file listed
+    /// deeper (placed), a viewer who may not see everything.
+    fn quick_entry(&self, folder: u64, name: &[u8]) -> Result<Option<Inode>> {
+        if name.contains(&b'~') || name.contains(&b'=') || !listable(name) {
+            return Ok(None);
+        }
+        let terms = match self.vkey(folder)? {
+            VKey::ByTag(t) if !t.is_empty() => t,
+            _ => return Ok(None),
+        };
+        if super::perm::current_viewer().is_some_and(|v| v.uid != 0)
+            && self.visibility()?.is_some_and(|v| !v.hidden.is_empty())
+        {
+            return Ok(None);
+        }
+        let m = self.meta();
+        if let Ok(s) = std::str::from_utf8(name) {
+            if m.tag_exists(s)? {
+                return Ok(None);
+            }
+        }
+        let (sql, p) = query::files_sql_named(&terms, Some(name));
+        let rows = m.listing(&sql, &p)?;
+        let mut hits = rows.into_iter().filter(|(n, _)| n == name);
+        let (Some((_, i)), None) = (hits.next(), hits.next()) else {
+            return Ok(None);
+        };
+        if i.kind != kind::FILE {
+            return Ok(None);
+        }
+        let (sql, p) = query::nested_one_sql(&terms, i.ino);
+        if !m.strings(&sql, &p)?.is_empty() {
+            return Ok(None);
+        }
+        drop(m);
+        Ok(Some(self.overlay(i)))
+    }
+
     /// A file of /inbox that tools still address through a tag folder by a
     /// name it is not listed under: another of its names there (after `ln
-    /// tmp final`), or a file made through a folder and then stripped of
-    /// every tag (rsync -X removes the folder's tag from its temporary file
-    /// before renaming it over the entry). Nothing else: a name of the
-    /// folder never reaches a file of another folder.
+    /// tmp final`). Nothing else: a name of the folder never reaches a file
+    /// of another folder (a file of /inbox stripped of its tags is in no
+    /// folder; rsync -X does not strip the tags a file was put in a folder
+    /// with, as they are not listed).
     fn inbox_alias(&self, folder: u64, name: &[u8]) -> Result<Inode> {
         if !matches!(self.vkey(folder)?, VKey::ByTag(t) if !t.is_empty()) {
             return Err(FsError::NotFound);
         }
-        if let Ok(i) = self.other_inbox_name(folder, name) {
-            return Ok(i);
-        }
-        let Some(inbox) = self.our_inbox()? else {
-            return Err(FsError::NotFound);
-        };
-        match self.lookup(inbox.ino, name) {
-            Ok(i) if !i.is_dir() && i.nlink == 1 && self.meta().file_tags(i.ino)?.is_empty() => {
-                Ok(i)
-            }
-            _ => Err(FsError::NotFound),
-        }
+        self.other_inbox_name(folder, name)
     }
 
     /// What putting a file into a folder of `terms` sets: every positive
@@ -1044,13 +1137,20 @@ impl Fs {
 
     /// Tags `ino` so that it matches `terms` (each positive term must say
     /// what to set: a tag, or `tag=value`).
+    /// A file living only in /inbox (made through a tag folder) gets them
+    /// as placed tags, numbered along the folder's path.
     fn tag_into(&self, ino: u64, terms: &[Term]) -> Result<()> {
         let set = Self::settable(terms)?;
+        let placed = self.lives_in_inbox(&self.getattr(ino)?)?;
         let now = super::now_ns();
         self.tx(|m, _| {
             let mut i = self.inode(m, ino)?;
-            for (n, v) in &set {
-                m.set_file_tag(ino, n, v.as_deref(), now)?;
+            for (k, (n, v)) in set.iter().enumerate() {
+                if placed {
+                    m.place_file_tag(ino, n, v.as_deref(), k as u32 + 1, now)?;
+                } else {
+                    m.set_file_tag(ino, n, v.as_deref(), now)?;
+                }
             }
             i.ctime = now;
             m.update_inode(&i)?;
@@ -1062,20 +1162,47 @@ impl Fs {
     /// xattrs of `from` that `ino` lacks: a file that takes another's place
     /// keeps what was said about it.
     fn inherit(&self, ino: u64, from: u64) -> Result<()> {
+        let said = self.said_about(from)?;
+        self.take_said(ino, said)
+    }
+
+    /// The tags (with values and placed positions) and user xattrs of
+    /// `ino`; nothing for a file that is gone.
+    fn said_about(&self, ino: u64) -> Result<Said> {
+        let m = self.meta();
+        if m.inode(ino)?.is_none() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let tags = m.file_tags_placed(ino)?;
+        let mut xattrs = Vec::new();
+        for n in m.xattr_names(ino)? {
+            if let Some(v) = m.xattr(ino, &n)? {
+                xattrs.push((n, v));
+            }
+        }
+        Ok((tags, xattrs))
+    }
+
+    /// Gives `ino` the tags of `said`, and its xattrs that `ino` lacks.
+    fn take_said(&self, ino: u64, said: Said) -> Result<()> {
+        let (tags, xattrs) = said;
+        if tags.is_empty() && xattrs.is_empty() {
+            return Ok(());
+        }
         let now = super::now_ns();
+        let placed = self.lives_in_inbox(&self.getattr(ino)?)?;
         self.tx(|m, _| {
-            if m.inode(from)?.is_none() {
-                return Ok(());
-            }
             let mut i = self.inode(m, ino)?;
-            for (n, v) in m.file_tags(from)? {
-                m.set_file_tag(ino, &n, v.as_deref(), now)?;
+            for (n, v, at) in &tags {
+                if placed && *at > 0 {
+                    m.place_file_tag(ino, n, v.as_deref(), *at, now)?;
+                } else {
+                    m.set_file_tag(ino, n, v.as_deref(), now)?;
+                }
             }
-            for n in m.xattr_names(from)? {
-                if m.xattr(ino, &n)?.is_none() {
-                    if let Some(v) = m.xattr(from, &n)? {
-                        m.set_xattr(ino, &n, &v)?;
-                    }
+            for (n, v) in &xattrs {
+                if m.xattr(ino, n)?.is_none() {
+                    m.set_xattr(ino, n, v)?;
                 }
             }
             i.ctime = now;
@@ -1091,6 +1218,27 @@ impl Fs {
             return Err(FsError::NotPermitted);
         }
         self.untag(ino, &[last])
+    }
+
+    /// Removes the tags of the first positive term of a folder from `ino`
+    /// (`x` of `/by-tag/x/family/`): what `rm` and `mv` out take away, so
+    /// that `rm -r /by-tag/x` or `rsync --delete SRC/ /by-tag/x/` only
+    /// ever take away `x`, never a tag of a sub-folder they walk through.
+    fn untag_first(&self, ino: u64, terms: &[Term]) -> Result<()> {
+        let first = terms
+            .iter()
+            .find(|t| !t.negated)
+            .ok_or(FsError::NotPermitted)?;
+        self.untag(ino, &[first])
+    }
+
+    /// Whether every name of `i` lies in /inbox (or a slot): a file that
+    /// exists because a tag folder made it.
+    fn lives_in_inbox(&self, i: &Inode) -> Result<bool> {
+        if i.is_dir() || i.nlink == 0 {
+            return Ok(false);
+        }
+        Ok(self.inbox_names(i.ino)?.len() == i.nlink as usize)
     }
 
     /// Removes the tags of `terms` from `ino`.
@@ -1138,6 +1286,46 @@ impl Fs {
             }
         } else {
             let _ = tx.send((parent, name.to_vec(), None));
+        }
+    }
+
+    /// A rename moved real directory `ino` into tag folder `folder` as
+    /// `name`: the kernel moves its cached name there after the reply. That
+    /// name is dropped right after the reply, and lookups by the real path
+    /// wait for it ([`Fs::wait_moved`]).
+    fn moved_into_folder(&self, ino: u64, folder: u64, name: &[u8]) {
+        let Some(tx) = self.virt.changed.lock().clone() else {
+            return;
+        };
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if tx.send((folder, name.to_vec(), Some(ack))).is_err() {
+            return;
+        }
+        self.virt.moved.0.lock().insert(ino);
+        let moved = self.virt.moved.clone();
+        let spawned = std::thread::Builder::new()
+            .name("queryfs-moved".into())
+            .spawn(move || {
+                let _ = done.recv_timeout(INVAL_WAIT);
+                moved.0.lock().remove(&ino);
+                moved.1.notify_all();
+            });
+        if spawned.is_err() {
+            self.virt.moved.0.lock().remove(&ino);
+        }
+    }
+
+    /// Waits (at most [`INVAL_WAIT`]) until the kernel's name of directory
+    /// `ino` in a tag folder, left there by a rename into the folder, is
+    /// dropped.
+    pub fn wait_moved(&self, ino: u64) {
+        let (set, cv) = &*self.virt.moved;
+        let mut m = set.lock();
+        let until = std::time::Instant::now() + INVAL_WAIT;
+        while m.contains(&ino) {
+            if cv.wait_until(&mut m, until).timed_out() {
+                break;
+            }
         }
     }
 
@@ -1336,6 +1524,24 @@ impl Fs {
         }
     }
 
+    /// An entry of `folder` that `rm` untagged moments ago in this very
+    /// process, whose file is still at the real place it had.
+    fn take_unlinked(&self, folder: u64, name: &[u8]) -> Result<Option<Vacated>> {
+        let pid = REQUEST_PID.with(|c| c.get());
+        let e = self.virt.unlinked.lock().remove(&(folder, name.to_vec()));
+        match e {
+            Some((v, by))
+                if by == pid
+                    && pid != 0
+                    && v.at.elapsed() < VACATED_FOR
+                    && matches!(self.lookup(v.parent, &v.name), Ok(i) if i.ino == v.ino) =>
+            {
+                Ok(Some(v))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// `new` took the place that `v.ino` left: it inherits its tags and
     /// xattrs (the old file stays where the rename put it).
     fn succeed(&self, new: u64, v: &Vacated) -> Result<()> {
@@ -1371,19 +1577,28 @@ impl Fs {
         if !terms.is_empty() {
             // A narrowing folder is not a thing of its own: removing it
             // succeeds once it shows nothing (what `rm -r` needs).
+            // A tag no file holds any more goes with it (the tags that
+            // `cp -r DIR /by-tag/x/` made for DIR's sub-directories go with
+            // `rm -r /by-tag/x`, as `mkdir /by-tag/x/NAME` made them).
             let mut t = terms;
-            t.push(term);
+            t.push(term.clone());
             let v = self.vnode(VKey::ByTag(t), None);
             let l = self.listing(v)?;
-            return if l
-                .entries
+            if l.entries
                 .iter()
                 .any(|(_, t)| matches!(t, Target::Real(_) | Target::Alias(..)))
             {
-                Err(FsError::NotEmpty)
-            } else {
-                Ok(())
-            };
+                return Err(FsError::NotEmpty);
+            }
+            if let Some(tag) = term.plain() {
+                self.tx(|m, _| {
+                    if m.tag_exists(tag)? && !m.tag_used(tag)? {
+                        m.delete_tag(tag)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            return Ok(());
         }
         let tag = term.plain().ok_or(FsError::NotPermitted)?.to_string();
         self.tx(|m, _| {
@@ -1419,7 +1634,10 @@ impl Fs {
         if let Some((p, n)) = self.inbox_place(&i)? {
             let all: Vec<&Term> = terms.iter().collect();
             self.untag(i.ino, &all)?;
-            if self.meta().file_tags(i.ino)?.is_empty() {
+            // Deleted when no tag is left that the user gave it: the tags of
+            // where it was put (a copied tree's path) do not keep it.
+            let left = self.meta().file_tags_placed(i.ino)?;
+            if left.iter().all(|(_, _, placed)| *placed > 0) {
                 self.real_unlink(p, &n)?;
                 self.tidy_slot(p);
             }
@@ -1432,7 +1650,27 @@ impl Fs {
             self.tidy_slot(p);
             return Ok(());
         }
-        self.untag_from(i.ino, &terms)
+        self.untag_first(i.ino, &terms)?;
+        if !i.is_dir() {
+            // The same process creating this name next replaces the file.
+            if let Ok((rp, rn)) = self.place_of(i.ino) {
+                let v = Vacated {
+                    ino: i.ino,
+                    parent: rp,
+                    name: rn,
+                    at: std::time::Instant::now(),
+                };
+                let pid = REQUEST_PID.with(|c| c.get());
+                if pid != 0 {
+                    Self::remember(
+                        &mut self.virt.unlinked.lock(),
+                        (parent, name.to_vec()),
+                        (v, pid),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn v_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Inode> {
@@ -1548,8 +1786,8 @@ impl Fs {
                 self.real_rename(p, &n, newparent, newname, flags)?;
                 self.tidy_slot(p);
                 if let Side::Tags(f) = from {
-                    if f.last().is_some_and(|t| !t.negated) {
-                        self.untag_from(i.ino, &f)?;
+                    if f.iter().any(|t| !t.negated) {
+                        self.untag_first(i.ino, &f)?;
                     }
                 }
                 Ok(())
@@ -1562,7 +1800,11 @@ impl Fs {
                 if newname != name {
                     self.real_rename(parent, name, parent, newname, libc::RENAME_NOREPLACE)?;
                 }
-                self.tag_into(i.ino, &t)
+                self.tag_into(i.ino, &t)?;
+                if i.is_dir() {
+                    self.moved_into_folder(i.ino, newparent, newname);
+                }
+                Ok(())
             }
             (Side::Query, Side::Tags(t)) => self.tag_into(i.ino, &t),
             (Side::Tags(_), Side::Tags(_)) if parent == newparent => {
@@ -1623,6 +1865,13 @@ impl Fs {
     ) -> Result<()> {
         let l = self.listing(folder)?;
         let (ep, en) = self.place_of(e.ino)?;
+        // A file of /inbox reached by a name the folder does not list (a
+        // tool took the folder's tags off its temporary file) is put back
+        // into the folder by the rename, as a rename keeps a file in its
+        // directory.
+        if !l.index.contains_key(name) && self.lives_in_inbox(e)? {
+            self.tag_into(e.ino, &self.terms_of(folder)?)?;
+        }
         if l.index.contains_key(newname) {
             let y = self.entry_in(folder, newname)?;
             if y.ino == e.ino {
@@ -1695,6 +1944,18 @@ impl Fs {
             let (attr, fh) = self.real_create(v.parent, &v.name, perm, caller)?;
             self.tag_into(attr.ino, &terms)?;
             self.succeed(attr.ino, &v)?;
+            return Ok((attr, fh));
+        }
+        if let Some(v) = self.take_unlinked(parent, name)? {
+            // The process that just removed this entry makes it anew
+            // (`install`, `cp --remove-destination`, `tar -x`): the old
+            // file's name goes and the new file takes its place, as unlink
+            // and create do in a directory; it keeps the old file's tags.
+            let said = self.said_about(v.ino)?;
+            self.real_unlink(v.parent, &v.name)?;
+            let (attr, fh) = self.real_create(v.parent, &v.name, perm, caller)?;
+            self.tag_into(attr.ino, &terms)?;
+            self.take_said(attr.ino, said)?;
             return Ok((attr, fh));
         }
         let (p, n) = self.inbox_slot(name, caller)?;

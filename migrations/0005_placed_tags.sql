@@ -1,0 +1,11 @@
+-- Why: a file made through a tag folder lives only in /inbox and exists for
+-- the tags of the folder it was made in (for `cp -r DIR /by-tag/x/`, the tags
+-- of its path: x, DIR, SUB). Those tags say where it was put, not what the
+-- user said about it. `placed` is 0 for a tag the user gave (setfattr, mv in,
+-- queryfs tag add), else the position (1, 2, …) of the term in the folder
+-- path the file was made in. A folder shows a file that holds a placed tag
+-- the folder does not name as `NAME~INO` (its own name belongs to the file
+-- made right there) and lists the next tag of its path as a sub-folder, so a
+-- copied tree reads back as the tree; a file of /inbox left with placed
+-- tags only by `rm` is deleted.
+ALTER TABLE file_tags ADD COLUMN placed INTEGER NOT NULL DEFAULT 0;
