@@ -217,9 +217,16 @@ fn set_time(t: TimeOrNow) -> SetTime {
     }
 }
 
-fn reply_entry(parent: u64, r: crate::error::Result<Inode>, reply: ReplyEntry) {
+/// Replies with an entry; the kernel then holds one more lookup of it,
+/// which a virtual node must know (it is not trimmed while held).
+fn reply_entry(fs: &Fs, parent: u64, r: crate::error::Result<Inode>, reply: ReplyEntry) {
     match r {
-        Ok(i) => reply.entry(ttl(parent, i.ino), &attr(&i), Generation(0)),
+        Ok(i) => {
+            if is_virtual(i.ino) {
+                fs.note_lookup(i.ino);
+            }
+            reply.entry(ttl(parent, i.ino), &attr(&i), Generation(0))
+        }
         Err(e) => reply.error(errno(&e)),
     }
 }
@@ -287,7 +294,7 @@ impl Filesystem for FuseFs {
                         self.fs.wait_moved(i.ino);
                     }
                 }
-                reply_entry(parent.0, r, reply)
+                reply_entry(&self.fs, parent.0, r, reply)
             });
         }
         let who = viewer(req);
@@ -300,14 +307,20 @@ impl Filesystem for FuseFs {
                 }
                 guard("lookup", parent.0, || {
                     let r = with_viewer(who, || fs.lookup(parent.0, name.as_bytes()));
-                    reply_entry(parent.0, r, reply)
+                    reply_entry(&fs, parent.0, r, reply)
                 })
             }));
         }
         guard("lookup", parent.0, || {
             let r = with_viewer(who, || self.fs.lookup(parent.0, name.as_bytes()));
-            reply_entry(parent.0, r, reply)
+            reply_entry(&self.fs, parent.0, r, reply)
         })
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if is_virtual(ino.0) {
+            self.fs.forget_virtual(ino.0, nlookup);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -373,6 +386,7 @@ impl Filesystem for FuseFs {
         guard("mknod", parent.0, || {
             let mode = mode & !(umask & 0o777);
             reply_entry(
+                &self.fs,
                 parent.0,
                 self.fs
                     .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req)),
@@ -393,6 +407,7 @@ impl Filesystem for FuseFs {
         guard("mkdir", parent.0, || {
             let mode = mode & !(umask & 0o777);
             reply_entry(
+                &self.fs,
                 parent.0,
                 self.fs.mkdir(parent.0, name.as_bytes(), mode, caller(req)),
                 reply,
@@ -434,6 +449,7 @@ impl Filesystem for FuseFs {
     ) {
         guard("symlink", parent.0, || {
             reply_entry(
+                &self.fs,
                 parent.0,
                 self.fs.symlink(
                     parent.0,
@@ -485,6 +501,7 @@ impl Filesystem for FuseFs {
     ) {
         guard("link", ino.0, || {
             reply_entry(
+                &self.fs,
                 newparent.0,
                 self.fs.link(ino.0, newparent.0, newname.as_bytes()),
                 reply,
@@ -662,14 +679,20 @@ impl Filesystem for FuseFs {
     ) {
         guard("readdirplus", ino.0, || {
             let r = pages(&self.fs, fh.0, offset, |cookie, e| {
-                reply.add(
+                let full = reply.add(
                     INodeNo(e.attr.ino),
                     cookie,
                     OsStr::from_bytes(&e.name),
                     ttl(ino.0, e.attr.ino),
                     &attr(&e.attr),
                     Generation(0),
-                )
+                );
+                // The kernel takes a lookup of each entry it links, all
+                // but `.` and `..`.
+                if !full && is_virtual(e.attr.ino) && e.name != b"." && e.name != b".." {
+                    self.fs.note_lookup(e.attr.ino);
+                }
+                full
             });
             match r {
                 Ok(()) => reply.ok(),

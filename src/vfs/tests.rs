@@ -776,3 +776,34 @@ fn inode_numbers_are_not_reused_within_a_mount() {
         fs.unlink(ROOT, name.as_bytes()).unwrap();
     }
 }
+
+/// The virtual node table stays bounded under a stream of distinct folder
+/// names once the kernel gives their lookups back, keeps every node the
+/// kernel still holds, and a folder trimmed away is found again by name.
+#[test]
+fn virtual_nodes_are_trimmed_once_forgotten() {
+    let fs = fs();
+    let by_tag = fs.lookup(ROOT, b"by-tag").unwrap().ino;
+    let held = fs.lookup(by_tag, b"!held").unwrap().ino;
+    fs.note_lookup(held);
+    let total = 3 * virt::NODE_CAP_FOR_TESTS;
+    for i in 0..total {
+        let name = format!("!t{i}");
+        let ino = fs.lookup(by_tag, name.as_bytes()).unwrap().ino;
+        // The kernel takes the lookup and, some time later, forgets it.
+        fs.note_lookup(ino);
+        fs.forget_virtual(ino, 1);
+    }
+    let n = fs.virtual_nodes();
+    assert!(
+        n <= 2 * virt::NODE_CAP_FOR_TESTS + 8,
+        "{n} virtual nodes after {total} distinct names"
+    );
+    // The held node was kept, with its number.
+    assert_eq!(fs.getattr(held).unwrap().ino, held);
+    assert_eq!(fs.lookup(by_tag, b"!held").unwrap().ino, held);
+    // A trimmed folder is found again (under a new number).
+    let again = fs.lookup(by_tag, b"!t0").unwrap();
+    assert!(again.is_dir());
+    assert!(fs.opendir(again.ino).is_ok());
+}

@@ -94,7 +94,19 @@ struct VNode {
     file: std::sync::Weak<Vec<u8>>,
     size: u64,
     link: bool,
+    /// Lookups the kernel holds (each entry reply is one; FORGET gives
+    /// them back): a node the kernel knows is never trimmed.
+    lookups: u64,
+    /// The table epoch it was last used in (see [`Table::trim`]).
+    seen: u64,
 }
+
+/// Virtual nodes kept before unused ones are trimmed: every distinct
+/// `/sql` folder name or result file is one, and a mount must not grow
+/// without bound under a stream of names.
+const NODE_CAP: usize = 32_768;
+#[cfg(test)]
+pub(super) const NODE_CAP_FOR_TESTS: usize = NODE_CAP;
 
 /// The virtual inode table and the listing cache.
 #[derive(Default)]
@@ -204,6 +216,27 @@ struct Table {
     next: u64,
     by_key: HashMap<VKey, u64>,
     nodes: HashMap<u64, VNode>,
+    /// Advanced by each trim; listings of older epochs may name trimmed
+    /// nodes and are computed again.
+    epoch: u64,
+    /// The size at which the next trim runs.
+    limit: usize,
+}
+
+impl Table {
+    /// Drops the nodes that the kernel does not hold and nobody used in
+    /// this epoch or the one before (a listing being computed, or cached
+    /// from the last epoch, uses only nodes of those). The roots stay.
+    fn trim(&mut self) {
+        self.epoch += 1;
+        let e = self.epoch;
+        let fixed = [BY_TAG, SQL, QUERIES];
+        self.nodes
+            .retain(|ino, n| fixed.contains(ino) || n.lookups > 0 || n.seen + 1 >= e);
+        let nodes = &self.nodes;
+        self.by_key.retain(|_, ino| nodes.contains_key(ino));
+        self.limit = NODE_CAP.max(2 * self.nodes.len());
+    }
 }
 
 #[derive(Clone)]
@@ -233,6 +266,8 @@ fn is_slot_name(n: &[u8]) -> bool {
 
 struct Listing {
     generation: u64,
+    /// The node table's epoch when it was computed.
+    epoch: u64,
     entries: Vec<(Vec<u8>, Target)>,
     index: HashMap<Vec<u8>, usize>,
     /// Result files of this listing: held here (never read through this
@@ -294,9 +329,13 @@ impl Fs {
             VKey::QueriesRoot => Some(QUERIES),
             _ => None,
         };
+        let epoch = t.epoch;
         let ino = match t.by_key.get(&key) {
             Some(&i) => i,
             None => {
+                if t.nodes.len() >= t.limit.max(NODE_CAP) {
+                    t.trim();
+                }
                 let i = fixed.unwrap_or_else(|| {
                     t.next = t.next.max(16) + 1;
                     VIRT | t.next
@@ -310,11 +349,17 @@ impl Fs {
                         file: std::sync::Weak::new(),
                         size: 0,
                         link: false,
+                        lookups: 0,
+                        seen: epoch,
                     },
                 );
                 i
             }
         };
+        let epoch = t.epoch;
+        if let Some(n) = t.nodes.get_mut(&ino) {
+            n.seen = epoch;
+        }
         if let Some((d, link)) = data {
             let n = t.nodes.get_mut(&ino).unwrap();
             n.size = d.len() as u64;
@@ -335,11 +380,31 @@ impl Fs {
             QUERIES => return Ok(VKey::QueriesRoot),
             _ => {}
         }
-        let t = self.virt.table.lock();
-        t.nodes
-            .get(&ino)
-            .map(|n| n.key.clone())
-            .ok_or(FsError::NotFound)
+        let mut t = self.virt.table.lock();
+        let epoch = t.epoch;
+        let n = t.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+        n.seen = epoch;
+        Ok(n.key.clone())
+    }
+
+    /// The kernel took one more lookup of virtual node `ino` (an entry
+    /// reply).
+    pub fn note_lookup(&self, ino: u64) {
+        if let Some(n) = self.virt.table.lock().nodes.get_mut(&ino) {
+            n.lookups += 1;
+        }
+    }
+
+    /// The kernel gave back `n` lookups of virtual node `ino` (FORGET).
+    pub fn forget_virtual(&self, ino: u64, n: u64) {
+        if let Some(v) = self.virt.table.lock().nodes.get_mut(&ino) {
+            v.lookups = v.lookups.saturating_sub(n);
+        }
+    }
+
+    /// How many virtual nodes the table holds (for tests and `info`).
+    pub fn virtual_nodes(&self) -> usize {
+        self.virt.table.lock().nodes.len()
     }
 
     /// Attributes of a virtual node.
@@ -856,9 +921,10 @@ impl Fs {
 
     fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
         let generation = self.generation.load(Ordering::Acquire);
+        let epoch = self.virt.table.lock().epoch;
         let ck = (ino, super::perm::current_viewer());
         if let Some(l) = self.virt.cache.lock().map.get(&ck) {
-            if l.generation == generation {
+            if l.generation == generation && l.epoch + 1 >= epoch {
                 return Ok(l.clone());
             }
         }
@@ -878,6 +944,7 @@ impl Fs {
             + files.iter().map(|f| f.len()).sum::<usize>();
         let l = Arc::new(Listing {
             generation,
+            epoch,
             entries,
             index,
             files,
