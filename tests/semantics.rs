@@ -382,6 +382,18 @@ fn mv_out_moves_the_real_file() {
     assert!(names(&m.path("Albums")).is_empty());
     assert_eq!(tags(&m.path("Home/H")), "");
 
+    // To another filesystem: the kernel answers EXDEV itself, mv copies
+    // and removes the entry, which only untags a file with a home: it
+    // stays in the store (the README row says so).
+    write_tagged(&m, "music/G.flac", "G\n", "jazz");
+    let out = dir.path().join("outside");
+    fs::create_dir(&out).unwrap();
+    run_ok("mv", &["by-tag/jazz/G.flac", out.to_str().unwrap()], &mp);
+    assert_eq!(fs::read(out.join("G.flac")).unwrap(), b"G\n");
+    assert_eq!(read(&m, "music/G.flac"), "G\n");
+    assert_eq!(tags(&m.path("music/G.flac")), "");
+    fs::remove_file(m.path("music/G.flac")).unwrap();
+
     // Out of a /sql folder: moved, tags untouched.
     let q = "sql/SELECT id, name FROM files WHERE name = 'F.flac'";
     assert_eq!(names(&m.path(q)), set(&["F.flac"]));
