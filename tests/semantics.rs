@@ -949,3 +949,55 @@ fn a_directory_moved_into_a_folder_stays_readable() {
     assert_eq!(names(&m.path("by-tag/album")).len(), 40);
     m.stop();
 }
+
+/// Four processes at once, 15 s each: ordinary tools through tag folders
+/// (cp, cp -r, rsync -a, sed -i, os.replace, install, rm, rm -r) beside
+/// writes, tags and renames by real path. Every file a process keeps by
+/// real path holds what it last wrote or saved, the mount never fails, and
+/// the store checks clean afterwards.
+#[test]
+fn concurrent_tools_through_tag_folders_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tag_stress.py");
+    let work = dir.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let procs: Vec<_> = (0..4)
+        .map(|k| {
+            Command::new("python3")
+                .arg(&script)
+                .arg(&m.mp)
+                .arg(k.to_string())
+                .arg("15")
+                .arg(&work)
+                .output_async()
+        })
+        .collect();
+    for p in procs {
+        let o = p.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains(" 0 bad: []"), "{out}");
+        eprintln!("{}", out.trim());
+    }
+    m.stop();
+    let r = qfs_ok(&m.store, &["fsck", "--verify"]);
+    assert!(r.contains("0 problems"), "{r}");
+}
+
+trait OutputAsync {
+    fn output_async(&mut self) -> std::process::Child;
+}
+
+impl OutputAsync for Command {
+    fn output_async(&mut self) -> std::process::Child {
+        self.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
