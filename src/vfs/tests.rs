@@ -807,3 +807,114 @@ fn virtual_nodes_are_trimmed_once_forgotten() {
     assert!(again.is_dir());
     assert!(fs.opendir(again.ino).is_ok());
 }
+
+/// A tag folder's entry looked up by name is the entry its listing shows
+/// under that name (the fast path by the name index must agree with the
+/// listing): random trees with repeated names, clash-like names, hard
+/// links, symlinks, directories, user tags and files made through folders.
+#[test]
+fn tag_folder_lookups_agree_with_listings() {
+    let names: [&[u8]; 7] = [b"a", b"b", b"a~1", b"x", b"n=1", b"\xff", b"y"];
+    for seed in 1..=40u64 {
+        let fs = fs();
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let c = Caller::ROOT;
+        let by_tag = fs.lookup(ROOT, b"by-tag").unwrap().ino;
+        for t in ["x", "y", "z"] {
+            fs.mkdir(by_tag, t.as_bytes(), 0o755, c).unwrap();
+        }
+        let dirs: Vec<u64> = (0..3)
+            .map(|i| {
+                fs.mkdir(ROOT, format!("d{i}").as_bytes(), 0o755, c)
+                    .unwrap()
+                    .ino
+            })
+            .collect();
+        let mut made = Vec::new();
+        for _ in 0..14 {
+            let d = dirs[next() as usize % dirs.len()];
+            let n = names[next() as usize % names.len()];
+            let i = match next() % 6 {
+                0 => fs.mkdir(d, n, 0o755, c).map(|i| i.ino),
+                1 => fs.symlink(d, n, b"../d0/a", c).map(|i| i.ino),
+                2 if !made.is_empty() => {
+                    let f = made[next() as usize % made.len()];
+                    fs.link(f, d, n).map(|i| i.ino)
+                }
+                _ => fs.create(d, n, 0o644, c).map(|(i, fh)| {
+                    fs.release(fh).unwrap();
+                    i.ino
+                }),
+            };
+            if let Ok(i) = i {
+                if fs.getattr(i).unwrap().kind == kind::FILE {
+                    made.push(i);
+                }
+                for t in ["x", "y", "z"] {
+                    if next() % 2 == 0 {
+                        let _ = fs.setxattr(i, format!("user.tag.{t}").as_bytes(), b"", 0);
+                    }
+                }
+            }
+        }
+        let folder = |path: &[&str]| {
+            let mut f = by_tag;
+            for p in path {
+                f = fs.lookup(f, p.as_bytes()).unwrap().ino;
+            }
+            f
+        };
+        // Files made through folders (placed tags, /inbox), some in a tree.
+        for _ in 0..4 {
+            let path: &[&str] = [&["x"][..], &["x", "y"], &["y"]][next() as usize % 3];
+            let n = names[next() as usize % names.len()];
+            if let Ok((_, fh)) = fs.create(folder(path), n, 0o644, c) {
+                fs.release(fh).unwrap();
+            }
+        }
+        let paths: [&[&str]; 7] = [
+            &["x"],
+            &["y"],
+            &["z"],
+            &["x", "y"],
+            &["y", "x"],
+            &["!x"],
+            &["x|z"],
+        ];
+        for path in paths {
+            let f = folder(path);
+            let fh = fs.opendir(f).unwrap();
+            let listed: Vec<DirEntry> = fs
+                .dir_page(fh, 0, 100_000)
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.name != b"." && e.name != b"..")
+                .collect();
+            fs.releasedir(fh).unwrap();
+            let inos: HashSet<u64> = listed.iter().map(|e| e.attr.ino).collect();
+            for e in &listed {
+                let got = fs.lookup(f, &e.name).unwrap();
+                assert_eq!(got.ino, e.attr.ino, "seed {seed} {path:?} {:?}", e.name);
+            }
+            for n in names {
+                if listed.iter().any(|e| e.name == n) {
+                    continue;
+                }
+                if let Ok(i) = fs.lookup(f, n) {
+                    assert!(
+                        is_virtual(i.ino) || inos.contains(&i.ino),
+                        "seed {seed} {path:?}: {n:?} reaches {} which the folder does not list",
+                        i.ino
+                    );
+                }
+            }
+        }
+    }
+}
