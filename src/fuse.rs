@@ -388,8 +388,10 @@ impl Filesystem for FuseFs {
             reply_entry(
                 &self.fs,
                 parent.0,
-                self.fs
-                    .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req)),
+                with_pid(req.pid(), || {
+                    self.fs
+                        .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req))
+                }),
                 reply,
             )
         })
@@ -483,7 +485,7 @@ impl Filesystem for FuseFs {
                 )
             };
             let r = if is_virtual(parent.0) || is_virtual(newparent.0) {
-                with_viewer(viewer(req), go)
+                with_viewer(viewer(req), || with_pid(req.pid(), go))
             } else {
                 go()
             };

@@ -435,7 +435,7 @@ fn relative_symlinks_resolve_as_at_their_place() {
     assert_eq!(read(&m, "by-tag/t/link"), "x content\n");
     assert_eq!(read(&m, "a/b/link"), "x content\n");
     // Deeper folders rewrite it for their depth.
-    run_ok("mkdir", &["by-tag/t/u"], &mp);
+    run_ok("mkdir", &["by-tag/u"], &mp);
     run_ok("mv", &["a/b/link", "by-tag/t/u/"], &mp);
     settle_kernel();
     assert_eq!(read(&m, "by-tag/t/u/link"), "x content\n");
@@ -547,9 +547,10 @@ fn table_rows_through_a_tag_folder() {
     assert_eq!(tags(&m.path("docs/sub/s.txt")), "");
     assert_eq!(read(&m, "docs/sub/s.txt"), "a2\n");
 
-    // cp -r and rsync: directories become tags, files new files in
-    // /inbox with the path's tags; the source is untouched; a second
-    // rsync changes nothing.
+    // cp -r and rsync: a directory made in a tag folder is a real
+    // directory in /inbox with the folder's tags, shown as a window; what
+    // is copied into it is real files there (no tags); the source is
+    // untouched; a second rsync changes nothing.
     let src = dir.path().join("src");
     fs::create_dir_all(src.join("disc")).unwrap();
     fs::write(src.join("1.txt"), "one\n").unwrap();
@@ -559,25 +560,26 @@ fn table_rows_through_a_tag_folder() {
     run_ok("rsync", &["-a", &s, "by-tag/r/"], &mp);
     assert_eq!(read(&m, "by-tag/r/1.txt"), "one\n");
     assert_eq!(read(&m, "by-tag/r/disc/2.txt"), "two\n");
-    assert_eq!(tags(&m.path("by-tag/r/disc/2.txt")), "disc,r");
+    assert_eq!(read(&m, "inbox/disc/2.txt"), "two\n");
+    assert_eq!(tags(&m.path("inbox/disc")), "r");
+    assert_eq!(tags(&m.path("by-tag/r/disc/2.txt")), "");
     let after_one = real_tree(&m);
     run_ok("rsync", &["-a", &s, "by-tag/r/"], &mp);
     assert_eq!(real_tree(&m), after_one);
     fs::rename(src.join("disc"), src.join("disc2")).unwrap();
     run_ok("cp", &["-r", src.to_str().unwrap(), "by-tag/c/"], &mp);
     assert_eq!(read(&m, "by-tag/c/src/disc2/2.txt"), "two\n");
-    assert_eq!(tags(&m.path("by-tag/c/src/1.txt")), "c,src");
+    assert_eq!(read(&m, "inbox/src/disc2/2.txt"), "two\n");
+    assert_eq!(tags(&m.path("inbox/src")), "c");
     assert_eq!(fs::read(src.join("disc2/2.txt")).unwrap(), b"two\n");
     assert_eq!(inbox(&m).len(), 4, "{:?}", inbox(&m));
-    // A known limit: inside a directory cp has just made, cp calls mkdir
-    // without looking first, and a sub-folder named by an existing tag
-    // (disc2, now) already exists: cp fails loudly for that directory,
-    // and nothing is lost.
-    run_ok("mkdir", &["by-tag/c2"], &mp);
-    let (ok, out) = run("cp", &["-r", src.to_str().unwrap(), "by-tag/c2/copy"], &mp);
-    assert!(!ok && out.contains("File exists"), "{out}");
+    // Inside a window names are plain names: a sub-directory named like
+    // a tag is a directory (no folder of that tag).
+    run_ok("mkdir", &["by-tag/c2", "by-tag/disc2"], &mp);
+    run_ok("cp", &["-r", src.to_str().unwrap(), "by-tag/c2/copy"], &mp);
     assert_eq!(fs::read(src.join("disc2/2.txt")).unwrap(), b"two\n");
     assert_eq!(read(&m, "by-tag/c2/copy/1.txt"), "one\n");
+    assert_eq!(read(&m, "by-tag/c2/copy/disc2/2.txt"), "two\n");
     m.stop();
 }
 
@@ -778,11 +780,12 @@ fn tree_of(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// README row "cp -r DIR /by-tag/x/" (review findings 2 and 4): a tree
-/// copied into a tag folder reads back as the tree, whatever names repeat
-/// at its levels; `cp -r` twice, `rsync -a` and `rsync -aX` again change
+/// README row "cp -r DIR /by-tag/x/" (review findings 2 and 4, second
+/// review F1-F13): a tree copied into a tag folder is a real tree in
+/// /inbox, read back exactly, whatever names repeat at its levels and in
+/// whatever order; `cp -r` twice, `rsync -a` and `rsync -aX` again change
 /// nothing; a walk meets each file once; `rm -r` of the folder takes the
-/// copies and the tags the tree made.
+/// copy and the folder's tag.
 #[test]
 fn tree_copies_read_back_as_the_tree() {
     let dir = tempfile::tempdir().unwrap();
@@ -803,10 +806,13 @@ fn tree_copies_read_back_as_the_tree() {
     assert_eq!(names(&m.path("by-tag/c")), set(&["proj"]));
     assert_eq!(names(&m.path("by-tag/c/proj")), set(&["README", "sub"]));
     assert_eq!(inbox(&m).len(), 4, "{:?}", inbox(&m));
-    // The tags of where a file was put are not listed as xattrs (rsync -X
-    // would take them off); user.tags shows them.
-    let f = m.path("by-tag/c/proj/sub/README");
-    assert_eq!(tags(&f), "c,proj,sub");
+    // The copy is a real tree in /inbox; only its top directory carries
+    // the folder's tag, and that tag (placed) is not listed as an xattr
+    // (rsync -X would take it off); user.tags shows it.
+    assert_eq!(read(&m, "inbox/proj/sub/README"), "SUB\n");
+    assert_eq!(tags(&m.path("by-tag/c/proj/sub/README")), "");
+    let f = m.path("by-tag/c/proj");
+    assert_eq!(tags(&f), "c");
     let listed = listxattr(&f);
     assert!(
         !listed.iter().any(|n| n.starts_with("user.tag")),
@@ -1000,4 +1006,169 @@ impl OutputAsync for Command {
             .spawn()
             .unwrap()
     }
+}
+
+/// The second review's findings, each a way a tree copied into a tag
+/// folder, or a save through one, lost or hid a file.
+#[test]
+fn second_review_findings_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    let mp = m.mp.clone();
+    let t = |rel: &str, c: &str| {
+        let p = dir.path().join("src").join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, c).unwrap();
+    };
+    // F1: paths of the same set of names; F2: a file named like a
+    // directory elsewhere; F13: a directory named like a term.
+    t("T/a/f", "one\n");
+    t("T/a/a/f", "two\n");
+    t("T/a/b/g", "ab\n");
+    t("T/b/a/g", "ba\n");
+    t("T/foo", "binary\n");
+    t("T/cmd/foo/main.go", "go\n");
+    t("T/!old/part", "old\n");
+    t("T/year=1/part", "hive\n");
+    let src = dir.path().join("src/T");
+    let s = src.to_str().unwrap();
+    for (tool, folder) in [("rsync", "x"), ("cp", "y"), ("tar", "z")] {
+        run_ok("mkdir", &[&format!("by-tag/{folder}")], &mp);
+        match tool {
+            "rsync" => run_ok("rsync", &["-a", s, &format!("by-tag/{folder}/")], &mp),
+            "cp" => run_ok("cp", &["-r", s, &format!("by-tag/{folder}/")], &mp),
+            _ => {
+                let tar = dir.path().join("t.tar");
+                let (tar, parent) = (tar.to_str().unwrap(), dir.path().join("src"));
+                run_ok(
+                    "tar",
+                    &["-C", parent.to_str().unwrap(), "--xattrs", "-cf", tar, "T"],
+                    &mp,
+                );
+                run_ok(
+                    "tar",
+                    &["-C", &format!("by-tag/{folder}"), "--xattrs", "-xf", tar],
+                    &mp,
+                );
+                // Again, over the first copy (tar unlinks and makes anew).
+                run_ok(
+                    "tar",
+                    &["-C", &format!("by-tag/{folder}"), "--xattrs", "-xf", tar],
+                    &mp,
+                );
+            }
+        }
+        assert_eq!(
+            tree_of(&m.path(&format!("by-tag/{folder}/T"))),
+            tree_of(&src),
+            "{tool}"
+        );
+    }
+    // F5: a directory named like the folder's own tag.
+    write_tagged(&m, "docs/f", "precious\n", "x");
+    t("x/f", "copy\n");
+    run_ok(
+        "cp",
+        &[
+            "-r",
+            dir.path().join("src/x").to_str().unwrap(),
+            "by-tag/x/",
+        ],
+        &mp,
+    );
+    assert_eq!(read(&m, "docs/f"), "precious\n");
+    assert_eq!(read(&m, "by-tag/x/x/f"), "copy\n");
+    // F17: a clash name equal to a real name: every name once, each file
+    // reachable.
+    write_tagged(&m, "d1/a", "one\n", "k");
+    write_tagged(&m, "d2/a", "two\n", "k");
+    let clash = names(&m.path("by-tag/k"));
+    let other = clash.iter().find(|n| *n != "a").unwrap().clone();
+    write_tagged(&m, &format!("d3/{other}"), "three\n", "k");
+    let mut seen: Vec<String> = names(&m.path("by-tag/k")).into_iter().collect();
+    seen.sort();
+    let mut contents: Vec<String> = seen
+        .iter()
+        .map(|n| read(&m, &format!("by-tag/k/{n}")))
+        .collect();
+    contents.sort();
+    assert_eq!(contents, vec!["one\n", "three\n", "two\n"], "{seen:?}");
+    // F18: remove, then rename a temporary file onto the name, in one
+    // process: the real file is replaced at its place, tags kept.
+    write_tagged(&m, "docs/F", "old\n", "s");
+    py(
+        "import os\n\
+         os.remove('by-tag/s/F')\n\
+         open('by-tag/s/.F.tmp', 'w').write('new\\n')\n\
+         os.rename('by-tag/s/.F.tmp', 'by-tag/s/F')",
+        &mp,
+    );
+    settle_kernel();
+    assert_eq!(read(&m, "docs/F"), "new\n");
+    assert_eq!(tags(&m.path("docs/F")), "s");
+    // F15: install over a file of /inbox the user tagged.
+    fs::write(dir.path().join("v1"), "v1\n").unwrap();
+    fs::write(dir.path().join("v2"), "v2\n").unwrap();
+    run_ok(
+        "cp",
+        &[dir.path().join("v1").to_str().unwrap(), "by-tag/s/f15"],
+        &mp,
+    );
+    setxattr(&m.path("by-tag/s/f15"), "user.tag.keep", b"", 0).unwrap();
+    run_ok(
+        "install",
+        &[dir.path().join("v2").to_str().unwrap(), "by-tag/s/f15"],
+        &mp,
+    );
+    settle_kernel();
+    assert_eq!(read(&m, "by-tag/keep/f15"), "v2\n");
+    assert_eq!(tags(&m.path("by-tag/s/f15")), "keep,s");
+    let strays: Vec<String> = inbox(&m)
+        .into_iter()
+        .filter(|p| p.ends_with("f15"))
+        .collect();
+    assert_eq!(strays, vec!["inbox/f15".to_string()]);
+    m.stop();
+    let r = qfs_ok(&m.store, &["fsck", "--verify"]);
+    assert!(r.contains("0 problems"), "{r}");
+}
+
+/// git inside a directory made through a tag folder is git in a real
+/// directory: objects, refs and gc all work.
+#[test]
+fn git_in_a_tag_folder_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    let mp = m.mp.clone();
+    run_ok("mkdir", &["by-tag/g", "by-tag/g/repo"], &mp);
+    let repo = mp.join("by-tag/g/repo");
+    let git = |args: &[&str]| {
+        let mut a = vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "maintenance.auto=false",
+            "-c",
+            "gc.autoDetach=false",
+        ];
+        a.extend_from_slice(args);
+        run_ok("git", &a, &repo)
+    };
+    git(&["init", "-q"]);
+    fs::write(repo.join("a.txt"), "hi\n").unwrap();
+    fs::create_dir_all(repo.join("docs/api")).unwrap();
+    fs::create_dir_all(repo.join("api/docs")).unwrap();
+    fs::write(repo.join("docs/api/index.md"), "one\n").unwrap();
+    fs::write(repo.join("api/docs/index.md"), "two\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "one"]);
+    git(&["branch", "b2"]);
+    git(&["fsck", "--strict"]);
+    git(&["gc", "-q"]);
+    let (ok, out) = run("git", &["status", "--porcelain"], &repo);
+    assert!(ok && out.trim().is_empty(), "{out}");
+    assert_eq!(read(&m, "inbox/repo/api/docs/index.md"), "two\n");
+    m.stop();
 }

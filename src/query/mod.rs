@@ -317,24 +317,6 @@ pub fn files_sql_named(terms: &[Term], name: Option<&[u8]>) -> (String, Vec<Valu
     (sql, params)
 }
 
-/// SQL giving one row when file `ino` holds a placed tag that `terms` do
-/// not name (it is listed deeper, not in this folder).
-pub fn nested_one_sql(terms: &[Term], ino: u64) -> (String, Vec<Value>) {
-    let named = named_tags(terms);
-    let mut params = vec![Value::Integer(ino as i64)];
-    let not_named = if named.is_empty() {
-        String::new()
-    } else {
-        let marks = vec!["?"; named.len()].join(", ");
-        params.extend(named.iter().map(|t| Value::Text(t.to_string())));
-        format!(" AND tag NOT IN ({marks})")
-    };
-    (
-        format!("SELECT 'y' FROM file_tags WHERE ino = ? AND placed > 0{not_named} LIMIT 1"),
-        params,
-    )
-}
-
 /// SQL giving one row when some file matches `terms`, none otherwise.
 pub fn any_match_sql(terms: &[Term]) -> (String, Vec<Value>) {
     let mut params = Vec::new();
@@ -343,15 +325,13 @@ pub fn any_match_sql(terms: &[Term]) -> (String, Vec<Value>) {
 }
 
 /// SQL listing the tags held by some file matching `terms` (the sub-folders
-/// that narrow further), for [`crate::meta::Meta::strings`]. Placed tags
-/// (the path of a tree copied in) are not among them: that tree's
-/// sub-folders are listed level by level (see [`nested_sql`]).
+/// that narrow further), for [`crate::meta::Meta::strings`].
 pub fn narrowing_sql(terms: &[Term]) -> (String, Vec<Value>) {
     let mut params = Vec::new();
     let m = matches_sql(terms, &mut params);
     let sql = format!(
         "WITH m(ino) AS ({m}) \
-         SELECT DISTINCT f.tag FROM m JOIN file_tags f ON f.ino = m.ino WHERE f.placed = 0 ORDER BY f.tag"
+         SELECT DISTINCT f.tag FROM m JOIN file_tags f ON f.ino = m.ino ORDER BY f.tag"
     );
     (sql, params)
 }
@@ -363,39 +343,6 @@ pub fn named_tags(terms: &[Term]) -> Vec<&str> {
         .filter(|t| !t.negated)
         .flat_map(|t| t.any.iter().map(|a| a.tag()))
         .collect()
-}
-
-/// SQL giving, for each file matching `terms` that holds a placed tag the
-/// folder does not name (a file of a tree copied in, from deeper in that
-/// tree), `(ino, tag, value)` of the first such tag along the path it was
-/// made in: the sub-folder it is in. See `migrations/0005_placed_tags.sql`.
-pub fn nested_sql(terms: &[Term]) -> (String, Vec<Value>) {
-    let mut params = Vec::new();
-    let m = matches_sql(terms, &mut params);
-    let named = named_tags(terms);
-    let not_named = if named.is_empty() {
-        String::new()
-    } else {
-        let marks = vec!["?"; named.len()].join(", ");
-        params.extend(named.iter().map(|t| Value::Text(t.to_string())));
-        format!(" AND f.tag NOT IN ({marks})")
-    };
-    let sql = format!(
-        "WITH m(ino) AS ({m}), \
-         p AS (SELECT f.ino AS ino, f.tag AS tag, f.value AS value, \
-               row_number() OVER (PARTITION BY f.ino ORDER BY f.placed, f.tag) AS r \
-               FROM m JOIN file_tags f ON f.ino = m.ino WHERE f.placed > 0{not_named}) \
-         SELECT ino, tag, value FROM p WHERE r = 1"
-    );
-    (sql, params)
-}
-
-/// The folder-name term of a tag with an optional value (`year=1959`).
-pub fn term_name(tag: &str, value: Option<&str>) -> String {
-    match value {
-        Some(v) => format!("{tag}={v}"),
-        None => tag.to_string(),
-    }
 }
 
 /// Decodes `%XX` escapes of a `/sql` folder name (`%2F` is `/`, `%25` is `%`).
@@ -449,6 +396,15 @@ pub fn unique_names<T>(
         .iter()
         .map(|(n, ino, _)| lowest[n.as_slice()] == *ino && !taken.contains(n))
         .collect();
+    // A made name may be some other entry's real name (`a~6` beside a
+    // file named `a~6`): it takes one more suffix until it is unique.
+    let mut used: HashSet<Vec<u8>> = entries
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|((n, _, _), _)| n.clone())
+        .collect();
+    used.extend(taken.iter().cloned());
     entries
         .into_iter()
         .zip(keep)
@@ -456,7 +412,12 @@ pub fn unique_names<T>(
             if keep {
                 (n, ino, t)
             } else {
-                (with_suffix(&n, ino), ino, t)
+                let mut made = with_suffix(&n, ino);
+                while used.contains(&made) {
+                    made = with_suffix(&made, ino);
+                }
+                used.insert(made.clone());
+                (made, ino, t)
             }
         })
         .collect()

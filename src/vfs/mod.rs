@@ -900,7 +900,11 @@ impl Fs {
     ) -> Result<(Inode, u64)> {
         check_name(name)?;
         if is_virtual(parent) {
-            return Err(FsError::NotPermitted);
+            // In a window: made in the real directory it shows.
+            let d = self.window_dir(parent).ok_or(FsError::NotPermitted)?;
+            let r = self.new_node_at(d, name, mode, rdev, target, caller)?;
+            self.changed_behind_kernel(d, name);
+            return Ok(r);
         }
         if virt::is_reserved(parent, name) {
             return Err(FsError::Exists);
@@ -967,13 +971,21 @@ impl Fs {
                 "mknod makes files, FIFOs, sockets and devices".into(),
             ));
         }
+        if k == kind::FILE && is_virtual(parent) && self.window_dir(parent).is_none() {
+            // A regular file made by mknod in a tag folder (`tar -x` does
+            // so for files with xattrs) is a create there.
+            check_name(name)?;
+            let (i, fh) = self.v_create(parent, name, mode & 0o7777, caller)?;
+            self.release(fh)?;
+            return Ok(i);
+        }
         self.new_node(parent, name, k | (mode & 0o7777), rdev, None, caller)
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Inode> {
         if is_virtual(parent) {
             check_name(name)?;
-            return self.v_mkdir(parent, name);
+            return self.v_mkdir(parent, name, perm, caller);
         }
         self.new_node(parent, name, kind::DIR | (perm & 0o7777), 0, None, caller)
     }
@@ -1410,6 +1422,9 @@ impl Fs {
 
     /// flags: XATTR_CREATE (1) fails if it exists, XATTR_REPLACE (2) if not.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if let Some(d) = self.window_dir(ino) {
+            return self.setxattr(d, name, value, flags);
+        }
         if is_virtual(ino) {
             return Err(FsError::NotSupported);
         }
@@ -1480,6 +1495,9 @@ impl Fs {
     /// asking for SELinux labels and ACLs on this mount, instead of asking
     /// the daemon twice per file.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        if let Some(d) = self.window_dir(ino) {
+            return self.getxattr(d, name);
+        }
         Self::check_xattr_name(name)?;
         if is_virtual(ino) {
             return Err(FsError::NoAttr);
@@ -1510,11 +1528,13 @@ impl Fs {
     /// every listed xattr (`rsync -aX`, `cp -a`, `tar --xattrs`) carry each
     /// tag exactly once and a second run finds nothing to change.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        if let Some(d) = self.window_dir(ino) {
+            return self.listxattr(d);
+        }
         if is_virtual(ino) {
             return Ok(Vec::new());
         }
         let m = self.meta();
-        self.inode(&m, ino)?;
         let mut out = Vec::new();
         // Tags a file was given by the tag folder it was made in (placed)
         // are not listed: they say where it was put, and `rsync -X`,
@@ -1522,12 +1542,18 @@ impl Fs {
         // them off the file they are writing, which then leaves the folder.
         // `user.tags` and `getfattr -n user.tag.NAME` still show them.
         let tags = m.file_tags_placed(ino)?;
-        for (n, _, _) in tags.into_iter().filter(|t| t.2 == 0) {
+        let names = m.xattr_names(ino)?;
+        let i = self.inode(&m, ino)?;
+        drop(m);
+        // (Only while it lives in /inbox: a file that has a place of its
+        // own lists every tag.)
+        let hide = tags.iter().any(|t| t.2 > 0) && self.lives_in_inbox(&i)?;
+        for (n, _, _) in tags.into_iter().filter(|t| t.2 == 0 || !hide) {
             out.extend_from_slice(b"user.tag.");
             out.extend_from_slice(n.as_bytes());
             out.push(0);
         }
-        for n in m.xattr_names(ino)? {
+        for n in names {
             out.extend_from_slice(&n);
             out.push(0);
         }
@@ -1535,6 +1561,9 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        if let Some(d) = self.window_dir(ino) {
+            return self.removexattr(d, name);
+        }
         Self::check_xattr_name(name)?;
         if is_virtual(ino) {
             return Err(FsError::NoAttr);

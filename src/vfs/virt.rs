@@ -83,6 +83,12 @@ enum VKey {
     Saved(String),
     /// A result file or a directory symlink inside a folder.
     Leaf(u64, Vec<u8>),
+    /// A window onto real directory `ino`, made through a tag folder (it
+    /// lives in /inbox): its entries are the directory's own, every change
+    /// in it is a change of the real directory, and a directory in it is a
+    /// window of its own (the kernel never sees one directory under two
+    /// names). `cp -r DIR /by-tag/x/` makes DIR this way.
+    Window(u64),
 }
 
 struct VNode {
@@ -246,6 +252,8 @@ enum Target {
     /// A virtual symlink standing for a real inode (a directory, or a
     /// symlink with a relative target): (virtual ino, real ino).
     Alias(u64, u64),
+    /// A window onto a real directory: (virtual ino, real ino).
+    Window(u64, u64),
 }
 
 /// Where a rename starts or ends.
@@ -409,6 +417,11 @@ impl Fs {
 
     /// Attributes of a virtual node.
     pub(super) fn v_getattr(&self, ino: u64) -> Result<Inode> {
+        if let Some(d) = self.window_dir(ino) {
+            let mut i = self.getattr(d)?;
+            i.ino = ino;
+            return Ok(i);
+        }
         let (k, perm, size) = match ino {
             BY_TAG => (kind::DIR, 0o755, 0),
             SQL | QUERIES => (kind::DIR, 0o555, 0),
@@ -502,6 +515,40 @@ impl Fs {
         }
     }
 
+    /// The real directory that virtual node `ino` is a window onto.
+    pub(super) fn window_dir(&self, ino: u64) -> Option<u64> {
+        if !is_virtual(ino) {
+            return None;
+        }
+        match self.virt.table.lock().nodes.get(&ino).map(|n| &n.key) {
+            Some(VKey::Window(d)) => Some(*d),
+            _ => None,
+        }
+    }
+
+    /// A real inode as a window shows it: a directory as a window of its
+    /// own, anything else as itself.
+    fn through_window(&self, i: Inode) -> Inode {
+        if i.is_dir() {
+            let mut w = i;
+            w.ino = self.vnode(VKey::Window(w.ino), None);
+            w
+        } else {
+            i
+        }
+    }
+
+    /// Whether real directory `d` was made through a tag folder: it lives
+    /// in /inbox (or a slot), so a folder shows it as a window.
+    fn made_in_folder(&self, d: u64) -> Result<bool> {
+        // (Bound first: the metadata lock must not be held below.)
+        let place = self.meta().parent_of(d)?;
+        match place {
+            Some((p, _)) => self.is_inbox_dir(p),
+            None => Ok(false),
+        }
+    }
+
     // ----- listings -----
 
     /// Calls `f` with the sandbox, opening it on first use; errors as text.
@@ -575,6 +622,11 @@ impl Fs {
             rows.into_iter().map(|(n, i)| (n, i.ino, i)).collect();
         let mut out = Vec::with_capacity(rows.len());
         for (name, _, attr) in query::unique_names(rows, taken) {
+            if attr.is_dir() && self.made_in_folder(attr.ino)? {
+                let v = self.vnode(VKey::Window(attr.ino), None);
+                out.push((name, Target::Window(v, attr.ino)));
+                continue;
+            }
             // A directory cannot be in two places: it shows as a symlink to
             // its real path. A symlink with a relative target shows as a
             // symlink rewritten to reach what it reaches at its real place.
@@ -661,23 +713,13 @@ impl Fs {
                     .collect())
             }
             VKey::ByTag(terms) => {
-                let (mut files, mut narrow, nested) = {
+                let (mut files, mut narrow) = {
                     let m = self.meta();
                     let (sql, p) = query::files_sql(terms);
                     let files = m.listing(&sql, &p)?;
                     let (sql, p) = query::narrowing_sql(terms);
                     let narrow = m.strings(&sql, &p)?;
-                    let (sql, p) = query::nested_sql(terms);
-                    let nested: HashMap<u64, String> = m
-                        .rows(&sql, &p, |r| {
-                            let ino: i64 = r.get(0)?;
-                            let tag: String = r.get(1)?;
-                            let value: Option<String> = r.get(2)?;
-                            Ok((ino as u64, query::term_name(&tag, value.as_deref())))
-                        })?
-                        .into_iter()
-                        .collect();
-                    (files, narrow, nested)
+                    (files, narrow)
                 };
                 if restricted {
                     // Only files the viewer can reach, and only the tags
@@ -704,30 +746,15 @@ impl Fs {
                 // order but lists only its files. Otherwise every ordering
                 // of a file's tags is a listed path, and `find`, `du` or a
                 // backup of the mount meets a file with n tags n! times.
-                let mut subs: Vec<String> = narrow
+                let subs: Vec<String> = narrow
                     .into_iter()
                     .filter(|t| terms.len() == 1 && !used.contains(t.as_str()))
                     .collect();
-                // A file of a tree copied in, from deeper in that tree, is
-                // listed in the sub-folder of the next directory of its path
-                // (at every depth), not here: the tree reads back as the
-                // tree, and a name here is the file made right here (`cp -r`
-                // of a tree with a README at two levels keeps both).
-                files.retain(|(_, i)| match nested.get(&i.ino) {
-                    Some(sub) => {
-                        if !subs.contains(sub) {
-                            subs.push(sub.clone());
-                        }
-                        false
-                    }
-                    None => true,
-                });
-                subs.sort();
                 let taken: HashSet<Vec<u8>> = subs.iter().map(|s| s.as_bytes().to_vec()).collect();
                 let mut out = self.real_entries(ino, key, files, &taken)?;
                 for s in subs {
                     let mut t = terms.clone();
-                    t.push(query::parse_term(&s).unwrap_or_else(|_| Term::tag(&s)));
+                    t.push(Term::tag(&s));
                     let v = self.vnode(VKey::ByTag(t), None);
                     out.push((s.into_bytes(), Target::Virtual(v)));
                 }
@@ -757,6 +784,20 @@ impl Fs {
                 self.sql_entries(ino, key, &sql, files, vis)
             }
             VKey::Leaf(..) => Err(FsError::NotDir),
+            VKey::Window(d) => {
+                let rows = self.meta().list_dir(*d)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(n, a)| {
+                        let t = if a.is_dir() {
+                            Target::Window(self.vnode(VKey::Window(a.ino), None), a.ino)
+                        } else {
+                            Target::Real(self.overlay(a))
+                        };
+                        (n, t)
+                    })
+                    .collect())
+            }
         }
     }
 
@@ -957,7 +998,7 @@ impl Fs {
     fn target_attr(&self, t: &Target) -> Result<Inode> {
         match t {
             Target::Real(i) => Ok(i.clone()),
-            Target::Virtual(v) | Target::Alias(v, _) => self.v_getattr(*v),
+            Target::Virtual(v) | Target::Alias(v, _) | Target::Window(v, _) => self.v_getattr(*v),
         }
     }
 
@@ -967,6 +1008,7 @@ impl Fs {
         let key = self.vkey(parent)?;
         match &key {
             VKey::Leaf(..) => return Err(FsError::NotDir),
+            VKey::Window(d) => return Ok(self.through_window(self.lookup(*d, name)?)),
             VKey::SqlRoot => {
                 let decoded = query::percent_decode(name);
                 let sql = String::from_utf8(decoded).map_err(|_| {
@@ -978,10 +1020,10 @@ impl Fs {
                 self.listing(v)?;
                 return self.v_getattr(v);
             }
-            VKey::ByTag(terms) => {
-                // A plain tag that narrows is a listed sub-folder (folders
-                // win name clashes): answer it with one EXISTS probe instead
-                // of computing the whole parent listing.
+            VKey::ByTag(terms) if terms.len() == 1 => {
+                // In a one-term folder a plain tag that narrows is a listed
+                // sub-folder (folders win name clashes): answer it with one
+                // EXISTS probe instead of computing the whole listing.
                 let term = std::str::from_utf8(name)
                     .ok()
                     .and_then(|s| query::parse_term(s).ok());
@@ -1011,9 +1053,15 @@ impl Fs {
         }
         if let VKey::ByTag(terms) = key {
             // Any valid term is a folder, listed or not (OR, NOT, values,
-            // tags that do not narrow); a plain tag must exist.
+            // tags that do not narrow); a plain tag must exist, and a term
+            // on a tag the path already names is none (`/by-tag/x/x` is no
+            // folder, so `cp -r x /by-tag/x/` makes a directory `x`).
             let s = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
             let term = query::parse_term(s).map_err(|_| FsError::NotFound)?;
+            let named = query::named_tags(&terms);
+            if term.any.iter().any(|a| named.contains(&a.tag())) {
+                return Err(FsError::NotFound);
+            }
             if let Some(t) = term.plain() {
                 if !self.meta().tag_exists(t)? {
                     return Err(FsError::NotFound);
@@ -1066,6 +1114,11 @@ impl Fs {
         // `tar -x` of a tree into a tag folder do not fail on its folders.
         match self.vkey(ino)? {
             VKey::ByTag(_) if set.size.is_none() => self.v_getattr(ino),
+            VKey::Window(d) => {
+                let mut i = self.setattr(d, set)?;
+                i.ino = ino;
+                Ok(i)
+            }
             _ => Err(FsError::NotPermitted),
         }
     }
@@ -1112,7 +1165,7 @@ impl Fs {
         let l = self.listing(parent)?;
         match l.index.get(name).map(|&i| &l.entries[i].1) {
             Some(Target::Real(i)) => Ok(i.clone()),
-            Some(Target::Alias(_, real)) => self.getattr(*real),
+            Some(Target::Alias(_, real) | Target::Window(_, real)) => self.getattr(*real),
             Some(Target::Virtual(v)) if self.v_getattr(*v)?.is_dir() => Err(FsError::IsDir),
             // A query result is no file of the tree.
             Some(Target::Virtual(_)) => Err(FsError::NotPermitted),
@@ -1154,10 +1207,6 @@ impl Fs {
             return Ok(None);
         };
         if i.kind != kind::FILE {
-            return Ok(None);
-        }
-        let (sql, p) = query::nested_one_sql(&terms, i.ino);
-        if !m.strings(&sql, &p)?.is_empty() {
             return Ok(None);
         }
         drop(m);
@@ -1301,8 +1350,11 @@ impl Fs {
 
     /// Whether every name of `i` lies in /inbox (or a slot): a file that
     /// exists because a tag folder made it.
-    fn lives_in_inbox(&self, i: &Inode) -> Result<bool> {
-        if i.is_dir() || i.nlink == 0 {
+    pub(super) fn lives_in_inbox(&self, i: &Inode) -> Result<bool> {
+        if i.is_dir() {
+            return self.made_in_folder(i.ino);
+        }
+        if i.nlink == 0 {
             return Ok(false);
         }
         Ok(self.inbox_names(i.ino)?.len() == i.nlink as usize)
@@ -1615,9 +1667,29 @@ impl Fs {
         self.inherit(new, v.ino)
     }
 
-    pub(super) fn v_mkdir(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+    /// mkdir through a query folder: in a window, a real directory; in
+    /// `/by-tag` itself, a tag; in a tag folder, a directory made in
+    /// `/inbox` with the folder's tags, shown there as a window (what
+    /// `cp -r`, `rsync` and `tar -x` of a tree need: the tree stays a tree).
+    pub(super) fn v_mkdir(
+        &self,
+        parent: u64,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+    ) -> Result<Inode> {
+        if let Some(d) = self.window_dir(parent) {
+            return Ok(self.through_window(self.real_mkdir(d, name, perm, caller)?));
+        }
         let _dirs = RequestDirs::set(parent, 0);
         let terms = self.terms_of(parent)?;
+        if !terms.is_empty() {
+            Self::settable(&terms)?;
+            let (p, n) = self.inbox_slot(name, caller)?;
+            let d = self.real_mkdir(p, &n, perm, caller)?;
+            self.tag_into(d.ino, &terms)?;
+            return Ok(self.through_window(self.getattr(d.ino)?));
+        }
         let s = std::str::from_utf8(name)
             .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
         if let Err(e) = query::check_tag(s) {
@@ -1631,14 +1703,21 @@ impl Fs {
             }
             Ok(m.create_tag(s, now)?)
         })?;
-        let mut t = terms;
-        t.push(Term::tag(s));
-        self.v_getattr(self.vnode(VKey::ByTag(t), None))
+        self.v_getattr(self.vnode(VKey::ByTag(vec![Term::tag(s)]), None))
     }
 
     pub(super) fn v_rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+        if let Some(d) = self.window_dir(parent) {
+            return self.real_rmdir(d, name);
+        }
         let _dirs = RequestDirs::set(parent, 0);
         let terms = self.terms_of(parent)?;
+        if !terms.is_empty() {
+            let l = self.listing(parent)?;
+            if let Some(Target::Window(_, d)) = l.index.get(name).map(|&i| &l.entries[i].1) {
+                return self.rmdir_window(*d, &terms);
+            }
+        }
         let s = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
         let term = query::parse_term(s).map_err(|_| FsError::NotFound)?;
         if !terms.is_empty() {
@@ -1653,7 +1732,7 @@ impl Fs {
             let l = self.listing(v)?;
             if l.entries
                 .iter()
-                .any(|(_, t)| matches!(t, Target::Real(_) | Target::Alias(..)))
+                .any(|(_, t)| matches!(t, Target::Real(_) | Target::Alias(..) | Target::Window(..)))
             {
                 return Err(FsError::NotEmpty);
             }
@@ -1679,6 +1758,29 @@ impl Fs {
         })
     }
 
+    /// rmdir of a directory made through a tag folder, through one of its
+    /// folders: it leaves the folder; it goes (when empty) once no tag is
+    /// left that the user gave it, as a file of /inbox does.
+    fn rmdir_window(&self, d: u64, terms: &[Term]) -> Result<()> {
+        let folder: Vec<&str> = query::named_tags(terms);
+        let kept = self
+            .meta()
+            .file_tags_placed(d)?
+            .into_iter()
+            .any(|(t, _, placed)| placed == 0 && !folder.contains(&t.as_str()));
+        if !kept {
+            if !self.meta().list_dir(d)?.is_empty() {
+                return Err(FsError::NotEmpty);
+            }
+            let (p, n) = self.place_of(d)?;
+            self.real_rmdir(p, &n)?;
+            self.tidy_slot(p);
+            return Ok(());
+        }
+        let all: Vec<&Term> = terms.iter().collect();
+        self.untag(d, &all)
+    }
+
     /// rm through a tag folder; see the README table. The old file of a
     /// save through the folder is deleted (its content lives on in the
     /// file that took its place); a file that lives only in /inbox leaves
@@ -1686,6 +1788,9 @@ impl Fs {
     /// left (it exists for its tags, as a file exists for its names); any
     /// other file loses the innermost term's tags and stays where it is.
     pub(super) fn v_unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+        if let Some(d) = self.window_dir(parent) {
+            return self.real_unlink(d, name);
+        }
         let _dirs = RequestDirs::set(parent, 0);
         let terms = self.terms_of(parent)?;
         if terms.is_empty() {
@@ -1707,6 +1812,10 @@ impl Fs {
             if left.iter().all(|(_, _, placed)| *placed > 0) {
                 self.real_unlink(p, &n)?;
                 self.tidy_slot(p);
+            } else {
+                // Kept for a tag of the user's: the same process making
+                // the name anew replaces it (`install` over it).
+                self.remember_unlinked(parent, name, i.ino, p, n);
             }
             return Ok(());
         }
@@ -1721,26 +1830,36 @@ impl Fs {
         if !i.is_dir() {
             // The same process creating this name next replaces the file.
             if let Ok((rp, rn)) = self.place_of(i.ino) {
-                let v = Vacated {
-                    ino: i.ino,
-                    parent: rp,
-                    name: rn,
-                    at: std::time::Instant::now(),
-                };
-                let pid = REQUEST_PID.with(|c| c.get());
-                if pid != 0 {
-                    Self::remember(
-                        &mut self.virt.unlinked.lock(),
-                        (parent, name.to_vec()),
-                        (v, pid),
-                    );
-                }
+                self.remember_unlinked(parent, name, i.ino, rp, rn);
             }
         }
         Ok(())
     }
 
+    /// Remembers that this request's process removed entry `name` of
+    /// `folder`, whose file `ino` stays at real place (`p`, `n`).
+    fn remember_unlinked(&self, folder: u64, name: &[u8], ino: u64, p: u64, n: Vec<u8>) {
+        let pid = REQUEST_PID.with(|c| c.get());
+        if pid == 0 {
+            return;
+        }
+        let v = Vacated {
+            ino,
+            parent: p,
+            name: n,
+            at: std::time::Instant::now(),
+        };
+        Self::remember(
+            &mut self.virt.unlinked.lock(),
+            (folder, name.to_vec()),
+            (v, pid),
+        );
+    }
+
     pub(super) fn v_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Inode> {
+        if let Some(d) = self.window_dir(newparent) {
+            return self.real_link(ino, d, newname);
+        }
         let _dirs = RequestDirs::set(newparent, 0);
         if is_virtual(ino) {
             return Err(FsError::NotPermitted);
@@ -1826,6 +1945,20 @@ impl Fs {
         flags: u32,
     ) -> Result<()> {
         let _dirs = RequestDirs::set(parent, newparent);
+        // A window is the real directory it shows.
+        let (wparent, wnewparent) = (parent, newparent);
+        let parent = self.window_dir(parent).unwrap_or(parent);
+        let newparent = self.window_dir(newparent).unwrap_or(newparent);
+        if !is_virtual(parent) && !is_virtual(newparent) {
+            let i = self.lookup(parent, name)?;
+            self.real_rename(parent, name, newparent, newname, flags)?;
+            if i.is_dir() && wparent == parent && wnewparent != newparent {
+                // The kernel moves its name of the real directory into the
+                // window: dropped before a lookup by the real path answers.
+                self.moved_into_folder(i.ino, wnewparent, newname);
+            }
+            return Ok(());
+        }
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let from = self.side(parent)?;
         let to = self.side(newparent)?;
@@ -1868,7 +2001,7 @@ impl Fs {
                     self.real_rename(parent, name, parent, newname, libc::RENAME_NOREPLACE)?;
                 }
                 self.tag_into(i.ino, &t)?;
-                if i.is_dir() {
+                if i.is_dir() && wparent == parent {
                     self.moved_into_folder(i.ino, newparent, newname);
                 }
                 Ok(())
@@ -1958,6 +2091,17 @@ impl Fs {
             self.tidy_slot(ep);
             return Ok(());
         }
+        if let Some(v) = self.take_unlinked(folder, newname)? {
+            // The process that just removed this entry renames a file onto
+            // its name (`os.remove(F)`, then `os.rename(tmp, F)`): the file
+            // takes the removed one's real place, as in a directory.
+            if !e.is_dir() && v.ino != e.ino {
+                let said = self.said_about(v.ino)?;
+                self.real_rename(ep, &en, v.parent, &v.name, 0)?;
+                self.tidy_slot(ep);
+                return self.take_said(e.ino, said);
+            }
+        }
         let made_here = self.inbox_place(e)?.is_some();
         if let Some(v) = made_here
             .then(|| self.take_vacated(folder, newname, e.ino))
@@ -2004,6 +2148,9 @@ impl Fs {
         perm: u32,
         caller: Caller,
     ) -> Result<(Inode, u64)> {
+        if let Some(d) = self.window_dir(parent) {
+            return self.real_create(d, name, perm, caller);
+        }
         let _dirs = RequestDirs::set(parent, 0);
         let terms = self.terms_of(parent)?;
         Self::settable(&terms)?;
