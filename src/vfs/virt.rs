@@ -208,6 +208,16 @@ struct Vacated {
 /// user xattrs (name, value).
 type Said = (Vec<(String, Option<String>, u32)>, Vec<(Vec<u8>, Vec<u8>)>);
 
+/// What a tag folder holds under a name, found without its listing.
+enum Quick {
+    /// The one regular file of that name.
+    Entry(Inode),
+    /// No file the folder holds has that real name.
+    Absent,
+    /// The listing must say.
+    Unknown,
+}
+
 /// An entry `rm` only untagged: the file's real place, and the process.
 type Unlinked = (Vacated, u32);
 
@@ -1041,15 +1051,18 @@ impl Fs {
             }
             _ => {}
         }
-        if let Some(i) = self.quick_entry(parent, name)? {
+        let quick = self.quick(parent, name)?;
+        if let Quick::Entry(i) = quick {
             return Ok(i);
         }
-        let l = self.listing(parent)?;
-        if let Some(&i) = l.index.get(name) {
-            return self.target_attr(&l.entries[i].1);
-        }
-        if let Ok(i) = self.inbox_alias(parent, name) {
-            return Ok(self.overlay(i));
+        if !matches!(quick, Quick::Absent) {
+            let l = self.listing(parent)?;
+            if let Some(&i) = l.index.get(name) {
+                return self.target_attr(&l.entries[i].1);
+            }
+            if let Ok(i) = self.inbox_alias(parent, name) {
+                return Ok(self.overlay(i));
+            }
         }
         if let VKey::ByTag(terms) = key {
             // Any valid term is a folder, listed or not (OR, NOT, values,
@@ -1182,35 +1195,48 @@ impl Fs {
     /// candidates, a directory or symlink (shown as aliases), a file listed
     /// deeper (placed), a viewer who may not see everything.
     fn quick_entry(&self, folder: u64, name: &[u8]) -> Result<Option<Inode>> {
+        match self.quick(folder, name)? {
+            Quick::Entry(i) => Ok(Some(i)),
+            _ => Ok(None),
+        }
+    }
+
+    /// [`Fs::quick_entry`], and also whether the folder surely has no
+    /// entry `name` (no file it holds has that real name: a create in a big
+    /// folder need not compute its listing to know the name is free).
+    fn quick(&self, folder: u64, name: &[u8]) -> Result<Quick> {
         if name.contains(&b'~') || name.contains(&b'=') || !listable(name) {
-            return Ok(None);
+            return Ok(Quick::Unknown);
         }
         let terms = match self.vkey(folder)? {
             VKey::ByTag(t) if !t.is_empty() => t,
-            _ => return Ok(None),
+            _ => return Ok(Quick::Unknown),
         };
         if super::perm::current_viewer().is_some_and(|v| v.uid != 0)
             && self.visibility()?.is_some_and(|v| !v.hidden.is_empty())
         {
-            return Ok(None);
+            return Ok(Quick::Unknown);
         }
         let m = self.meta();
         if let Ok(s) = std::str::from_utf8(name) {
             if m.tag_exists(s)? {
-                return Ok(None);
+                return Ok(Quick::Unknown);
             }
         }
         let (sql, p) = query::files_sql_named(&terms, Some(name));
         let rows = m.listing(&sql, &p)?;
+        if rows.is_empty() {
+            return Ok(Quick::Absent);
+        }
         let mut hits = rows.into_iter().filter(|(n, _)| n == name);
         let (Some((_, i)), None) = (hits.next(), hits.next()) else {
-            return Ok(None);
+            return Ok(Quick::Unknown);
         };
         if i.kind != kind::FILE {
-            return Ok(None);
+            return Ok(Quick::Unknown);
         }
         drop(m);
-        Ok(Some(self.overlay(i)))
+        Ok(Quick::Entry(self.overlay(i)))
     }
 
     /// A file of /inbox that tools still address through a tag folder by a
