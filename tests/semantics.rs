@@ -1172,3 +1172,61 @@ fn git_in_a_tag_folder_works() {
     assert_eq!(read(&m, "inbox/repo/api/docs/index.md"), "two\n");
     m.stop();
 }
+
+/// The third review: what the user tagged or moved out of a copied tree
+/// survives `rm -r` of the tree's folder.
+#[test]
+fn rm_r_of_a_copied_tree_keeps_what_the_user_tagged_or_moved_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Mount::new(dir.path());
+    let mp = m.mp.clone();
+    let src = dir.path().join("d");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for f in ["f1", "f2", "f3", "f4"] {
+        fs::write(src.join(f), format!("{f}\n")).unwrap();
+    }
+    fs::write(src.join("sub/s"), "s\n").unwrap();
+    let s = src.to_str().unwrap();
+    run_ok("mkdir", &["by-tag/x", "by-tag/y", "by-tag/keep"], &mp);
+    run_ok("cp", &["-r", s, "by-tag/x/"], &mp);
+    // Tagged in place, moved out to another folder, linked into one, moved
+    // up to the folder itself (a directory too).
+    setxattr(&m.path("by-tag/x/d/f1"), "user.tag.keep", b"", 0).unwrap();
+    run_ok("mv", &["by-tag/x/d/f2", "by-tag/y/"], &mp);
+    run_ok("ln", &["by-tag/x/d/f3", "by-tag/y/"], &mp);
+    run_ok("mv", &["by-tag/x/d/sub", "by-tag/x/"], &mp);
+    assert_eq!(names(&m.path("by-tag/x/d")), set(&["f1", "f3", "f4"]));
+    assert_eq!(read(&m, "by-tag/x/sub/s"), "s\n");
+    run_ok("rm", &["-r", "by-tag/x/d"], &mp);
+    assert_eq!(read(&m, "by-tag/keep/f1"), "f1\n");
+    assert_eq!(read(&m, "by-tag/y/f2"), "f2\n");
+    assert_eq!(read(&m, "by-tag/y/f3"), "f3\n");
+    assert_eq!(read(&m, "by-tag/x/sub/s"), "s\n");
+    // A copied directory the user also tagged shows as a symlink (not a
+    // window): rm -r of the first folder does not walk into it.
+    run_ok("cp", &["-r", s, "by-tag/x/"], &mp);
+    let real = m.path("by-tag/x/d").canonicalize().unwrap();
+    setxattr(&real, "user.tag.y", b"", 0).unwrap();
+    assert!(fs::symlink_metadata(m.path("by-tag/x/d"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    run_ok("rm", &["-r", "by-tag/x"], &mp);
+    assert_eq!(read(&m, "by-tag/y/d/f4"), "f4\n");
+    assert_eq!(read(&m, "by-tag/y/d/sub/s"), "s\n");
+    // ln into a window, then rm of the folder-level name: one file left,
+    // no stray in /inbox.
+    fs::write(m.path("by-tag/keep/F"), "F\n").unwrap();
+    run_ok("mkdir", &["by-tag/keep/w"], &mp);
+    run_ok("ln", &["by-tag/keep/F", "by-tag/keep/w/G"], &mp);
+    run_ok("rm", &["by-tag/keep/F"], &mp);
+    assert_eq!(read(&m, "by-tag/keep/w/G"), "F\n");
+    assert!(
+        !inbox(&m).iter().any(|p| p.ends_with("/F")),
+        "{:?}",
+        inbox(&m)
+    );
+    m.stop();
+    let r = qfs_ok(&m.store, &["fsck", "--verify"]);
+    assert!(r.contains("0 problems"), "{r}");
+}

@@ -548,8 +548,21 @@ impl Fs {
         }
     }
 
+    /// Whether a tag folder shows real directory `d` as a window: it was
+    /// made through a tag folder and carries no tag the user gave it. Once
+    /// it has one (it is in a folder of the user's), it shows as a symlink
+    /// like any tagged directory, so that `rm -r` of one of its folders does
+    /// not walk into it and delete what the other folder holds.
+    fn is_window_dir(&self, d: u64) -> Result<bool> {
+        if !self.made_in_folder(d)? {
+            return Ok(false);
+        }
+        let tags = self.meta().file_tags_placed(d)?;
+        Ok(tags.iter().all(|(_, _, placed)| *placed > 0))
+    }
+
     /// Whether real directory `d` was made through a tag folder: it lives
-    /// in /inbox (or a slot), so a folder shows it as a window.
+    /// in /inbox (or a slot).
     fn made_in_folder(&self, d: u64) -> Result<bool> {
         // (Bound first: the metadata lock must not be held below.)
         let place = self.meta().parent_of(d)?;
@@ -632,7 +645,7 @@ impl Fs {
             rows.into_iter().map(|(n, i)| (n, i.ino, i)).collect();
         let mut out = Vec::with_capacity(rows.len());
         for (name, _, attr) in query::unique_names(rows, taken) {
-            if attr.is_dir() && self.made_in_folder(attr.ino)? {
+            if attr.is_dir() && self.is_window_dir(attr.ino)? {
                 let v = self.vnode(VKey::Window(attr.ino), None);
                 out.push((name, Target::Window(v, attr.ino)));
                 continue;
@@ -756,9 +769,19 @@ impl Fs {
                 // order but lists only its files. Otherwise every ordering
                 // of a file's tags is a listed path, and `find`, `du` or a
                 // backup of the mount meets a file with n tags n! times.
+                // A window (a directory copied in) keeps its name: a tag of
+                // that name does not take it (a re-run of `rsync` must find
+                // the directory it made, not a folder).
+                let mut windows: HashSet<Vec<u8>> = HashSet::new();
+                for (n, i) in &files {
+                    if i.is_dir() && self.is_window_dir(i.ino)? {
+                        windows.insert(n.clone());
+                    }
+                }
                 let subs: Vec<String> = narrow
                     .into_iter()
                     .filter(|t| terms.len() == 1 && !used.contains(t.as_str()))
+                    .filter(|t| !windows.contains(t.as_bytes()))
                     .collect();
                 let taken: HashSet<Vec<u8>> = subs.iter().map(|s| s.as_bytes().to_vec()).collect();
                 let mut out = self.real_entries(ino, key, files, &taken)?;
@@ -1044,6 +1067,12 @@ impl Fs {
                         all.push(term.clone());
                         let (sql, p) = query::any_match_sql(&all);
                         if !used && !self.meta().strings(&sql, &p)?.is_empty() {
+                            let l = self.listing(parent)?;
+                            if let Some(&i) = l.index.get(name) {
+                                if let Target::Window(v, _) = l.entries[i].1 {
+                                    return self.v_getattr(v);
+                                }
+                            }
                             return self.v_getattr(self.vnode(VKey::ByTag(all), None));
                         }
                     }
@@ -1815,6 +1844,18 @@ impl Fs {
     /// other file loses the innermost term's tags and stays where it is.
     pub(super) fn v_unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
         if let Some(d) = self.window_dir(parent) {
+            // A file that carries a tag the user gave it still lives for that
+            // tag (as for another name): it leaves this directory for /inbox
+            // and stays in its folders (`rm -r /by-tag/x` of a copied tree
+            // must not take a file the user also put in /by-tag/keep).
+            let i = self.lookup(d, name)?;
+            if !i.is_dir() && i.nlink == 1 {
+                let tags = self.meta().file_tags_placed(i.ino)?;
+                if tags.iter().any(|(_, _, placed)| *placed == 0) {
+                    let (p, n) = self.inbox_slot(name, Caller::ROOT)?;
+                    return self.real_rename(d, name, p, &n, libc::RENAME_NOREPLACE);
+                }
+            }
             return self.real_unlink(d, name);
         }
         let _dirs = RequestDirs::set(parent, 0);
@@ -1844,6 +1885,18 @@ impl Fs {
                 self.remember_unlinked(parent, name, i.ino, p, n);
             }
             return Ok(());
+        }
+        if i.nlink > 1 && !i.is_dir() {
+            // Its name in /inbox (the one shown) goes when it has others
+            // elsewhere (`ln /by-tag/x/F /by-tag/x/D/G; rm /by-tag/x/F`).
+            let names = self.inbox_names(i.ino)?;
+            if let Some((p, n)) = names.iter().find(|(_, n)| n == name).cloned() {
+                if names.len() < i.nlink as usize {
+                    self.real_unlink(p, &n)?;
+                    self.tidy_slot(p);
+                    return Ok(());
+                }
+            }
         }
         if let Some((p, n)) = self.inbox_name(&i, name)? {
             // One of several names in /inbox (`ln tmp final && rm tmp`, as
@@ -2019,6 +2072,28 @@ impl Fs {
                 Ok(())
             }
             (_, Side::Tags(t)) if t.is_empty() => Err(FsError::NotPermitted),
+            (Side::Real, Side::Tags(t)) if wparent != parent => {
+                // Out of a window (a tree copied into /inbox) into a tag
+                // folder: the entry leaves that tree, as the user sees it
+                // leave the directory: onto an entry, it replaces that
+                // entry's real file; otherwise it moves to /inbox.
+                Self::settable(&t)?;
+                let l = self.listing(newparent)?;
+                if let Some(Target::Real(y)) = l.index.get(newname).map(|&k| &l.entries[k].1) {
+                    if y.ino == i.ino {
+                        return Ok(());
+                    }
+                    if noreplace || i.is_dir() {
+                        return Err(FsError::Exists);
+                    }
+                    let (yp, yn) = self.place_of(y.ino)?;
+                    self.inherit(i.ino, y.ino)?;
+                    return self.real_rename(parent, name, yp, &yn, 0);
+                }
+                let (p, n) = self.inbox_slot(newname, Caller::ROOT)?;
+                self.real_rename(parent, name, p, &n, libc::RENAME_NOREPLACE)?;
+                self.tag_into(i.ino, &t)
+            }
             (Side::Real, Side::Tags(t)) => {
                 // Into a tag folder: tagged where it is (and renamed there
                 // when given another name).
