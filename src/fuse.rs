@@ -902,6 +902,12 @@ pub fn serve(
     }
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = cfg.threads > 1;
+    // (Resolved before the mount: afterwards the path leads into it.)
+    fs.set_mountpoint(
+        &mountpoint
+            .canonicalize()
+            .unwrap_or_else(|_| mountpoint.to_path_buf()),
+    );
     let mut session = fuser::Session::new(FuseFs::new(fs.clone()), mountpoint, &config)?;
     // Real names changed through query folders are dropped from the
     // kernel's cache by a thread of their own: a notification waits for the

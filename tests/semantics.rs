@@ -1214,6 +1214,20 @@ fn rm_r_of_a_copied_tree_keeps_what_the_user_tagged_or_moved_out() {
     run_ok("rm", &["-r", "by-tag/x"], &mp);
     assert_eq!(read(&m, "by-tag/y/d/f4"), "f4\n");
     assert_eq!(read(&m, "by-tag/y/d/sub/s"), "s\n");
+    // A sub-directory of a copied tree that the user tagged shows in the
+    // window as a symlink to its real path: rm -r of the folder moves it
+    // to /inbox instead of walking into it.
+    run_ok("mkdir", &["by-tag/z"], &mp);
+    run_ok("cp", &["-r", s, "by-tag/z/"], &mp);
+    let sub = m.path("by-tag/z/d/sub").canonicalize().unwrap();
+    setxattr(&sub, "user.tag.y", b"", 0).unwrap();
+    assert!(fs::symlink_metadata(m.path("by-tag/z/d/sub"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(read(&m, "by-tag/z/d/sub/s"), "s\n");
+    run_ok("rm", &["-r", "by-tag/z"], &mp);
+    assert_eq!(read(&m, "by-tag/y/sub/s"), "s\n");
     // ln into a window, then rm of the folder-level name: one file left,
     // no stray in /inbox.
     fs::write(m.path("by-tag/keep/F"), "F\n").unwrap();

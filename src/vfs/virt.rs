@@ -140,6 +140,11 @@ pub(super) struct Virt {
     /// that name is dropped a lookup by the real path may fail with ESTALE
     /// (the kernel cannot have one directory under two names).
     moved: Arc<(parking_lot::Mutex<HashSet<u64>>, parking_lot::Condvar)>,
+    /// Where the store is mounted (absolute), once it is: a directory the
+    /// user tagged inside a window shows as a symlink to its real path,
+    /// which only an absolute target can name (one window is reached by
+    /// paths of different depths).
+    mountpoint: parking_lot::Mutex<Option<Vec<u8>>>,
     /// Where to report real names changed on behalf of a query folder:
     /// the kernel saw the operation in the folder only, and its cache of
     /// the real names must be dropped (see [`Fs::on_real_names_changed`]).
@@ -536,6 +541,28 @@ impl Fs {
         }
     }
 
+    /// Entry `name` (real inode `a`) of window `w`: a directory is a window
+    /// of its own, except one the user tagged, which is a symlink to its
+    /// real path (absolute: one window is reached by paths of different
+    /// depths), so that `rm -r` of the window's folder does not walk into
+    /// what another folder holds; anything else is itself.
+    fn in_window(&self, w: u64, name: &[u8], a: Inode) -> Result<Target> {
+        if !a.is_dir() {
+            return Ok(Target::Real(self.overlay(a)));
+        }
+        let mp = self.virt.mountpoint.lock().clone();
+        if let Some(mp) = mp {
+            let tags = self.meta().file_tags_placed(a.ino)?;
+            if tags.iter().any(|(_, _, placed)| *placed == 0) {
+                let mut target = mp;
+                target.extend_from_slice(&self.path_bytes(a.ino)?);
+                let v = self.vnode(self.leaf(w, name), Some((Arc::new(target), true)));
+                return Ok(Target::Alias(v, a.ino));
+            }
+        }
+        Ok(Target::Window(self.vnode(VKey::Window(a.ino), None), a.ino))
+    }
+
     /// A real inode as a window shows it: a directory as a window of its
     /// own, anything else as itself.
     fn through_window(&self, i: Inode) -> Inode {
@@ -819,17 +846,12 @@ impl Fs {
             VKey::Leaf(..) => Err(FsError::NotDir),
             VKey::Window(d) => {
                 let rows = self.meta().list_dir(*d)?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(n, a)| {
-                        let t = if a.is_dir() {
-                            Target::Window(self.vnode(VKey::Window(a.ino), None), a.ino)
-                        } else {
-                            Target::Real(self.overlay(a))
-                        };
-                        (n, t)
-                    })
-                    .collect())
+                let mut out = Vec::with_capacity(rows.len());
+                for (n, a) in rows {
+                    let t = self.in_window(ino, &n, a)?;
+                    out.push((n, t));
+                }
+                Ok(out)
             }
         }
     }
@@ -1041,7 +1063,10 @@ impl Fs {
         let key = self.vkey(parent)?;
         match &key {
             VKey::Leaf(..) => return Err(FsError::NotDir),
-            VKey::Window(d) => return Ok(self.through_window(self.lookup(*d, name)?)),
+            VKey::Window(d) => {
+                let t = self.in_window(parent, name, self.lookup(*d, name)?)?;
+                return self.target_attr(&t);
+            }
             VKey::SqlRoot => {
                 let decoded = query::percent_decode(name);
                 let sql = String::from_utf8(decoded).map_err(|_| {
@@ -1513,6 +1538,12 @@ impl Fs {
         *self.virt.changed.lock() = tx;
     }
 
+    /// Where the store is mounted (see [`Virt::mountpoint`]).
+    pub fn set_mountpoint(&self, path: &std::path::Path) {
+        use std::os::unix::ffi::OsStrExt;
+        *self.virt.mountpoint.lock() = Some(path.as_os_str().as_bytes().to_vec());
+    }
+
     fn real_rename(&self, p: u64, n: &[u8], np: u64, nn: &[u8], flags: u32) -> Result<()> {
         self.rename(p, n, np, nn, flags)?;
         self.changed_behind_kernel(p, n);
@@ -1849,7 +1880,7 @@ impl Fs {
             // and stays in its folders (`rm -r /by-tag/x` of a copied tree
             // must not take a file the user also put in /by-tag/keep).
             let i = self.lookup(d, name)?;
-            if !i.is_dir() && i.nlink == 1 {
+            if i.is_dir() || i.nlink == 1 {
                 let tags = self.meta().file_tags_placed(i.ino)?;
                 if tags.iter().any(|(_, _, placed)| *placed == 0) {
                     let (p, n) = self.inbox_slot(name, Caller::ROOT)?;
