@@ -828,18 +828,6 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Rows of trusted SQL with bound parameters, each mapped by `f`.
-    pub fn rows<T>(
-        &self,
-        sql: &str,
-        params: &[rusqlite::types::Value],
-        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>> {
-        let mut s = self.conn.prepare_cached(sql)?;
-        let rows = s.query_map(rusqlite::params_from_iter(params.iter()), f)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// Runs a compiled query whose rows are one text column.
     pub fn strings(&self, sql: &str, params: &[rusqlite::types::Value]) -> Result<Vec<String>> {
         let mut s = self.conn.prepare_cached(sql)?;

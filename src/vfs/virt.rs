@@ -799,10 +799,13 @@ impl Fs {
                 // A window (a directory copied in) keeps its name: a tag of
                 // that name does not take it (a re-run of `rsync` must find
                 // the directory it made, not a folder).
+                // (Only a one-term folder lists narrowing tags at all.)
                 let mut windows: HashSet<Vec<u8>> = HashSet::new();
-                for (n, i) in &files {
-                    if i.is_dir() && self.is_window_dir(i.ino)? {
-                        windows.insert(n.clone());
+                if terms.len() == 1 && !narrow.is_empty() {
+                    for (n, i) in &files {
+                        if i.is_dir() && self.is_window_dir(i.ino)? {
+                            windows.insert(n.clone());
+                        }
                     }
                 }
                 let subs: Vec<String> = narrow
