@@ -28,6 +28,7 @@ use crate::qvfs::format::{
     ENTRIES_PER_CLUSTER, FILE_SIZE_MAX, SIDECAR_NAME,
 };
 use crate::qvfs::image::{data_path, Image, Item, Report};
+use crate::types::FileKind;
 use crate::vfs::{check_name, Caller, Fs, SetAttr, SetTime, ROOT};
 
 /// Bytes moved per read or write.
@@ -136,32 +137,6 @@ pub struct Sidecar {
     #[serde(default)]
     pub queries: Vec<(String, String)>,
     pub entries: BTreeMap<String, EntryMeta>,
-}
-
-fn kind_word(k: u32) -> &'static str {
-    match k {
-        kind::DIR => "dir",
-        kind::FILE => "file",
-        kind::SYMLINK => "symlink",
-        kind::FIFO => "fifo",
-        kind::SOCKET => "socket",
-        kind::CHAR => "char",
-        kind::BLOCK => "block",
-        _ => "file",
-    }
-}
-
-fn word_kind(w: &str) -> Option<u32> {
-    Some(match w {
-        "dir" => kind::DIR,
-        "file" => kind::FILE,
-        "symlink" => kind::SYMLINK,
-        "fifo" => kind::FIFO,
-        "socket" => kind::SOCKET,
-        "char" => kind::CHAR,
-        "block" => kind::BLOCK,
-        _ => return None,
-    })
 }
 
 // ----- export -----
@@ -385,7 +360,7 @@ pub fn plan_export(fs: &Fs, opts: &ExportOptions) -> Result<ExportPlan> {
 fn entry_meta(fs: &Fs, n: &Node) -> Result<EntryMeta> {
     let a = &n.attr;
     let mut m = EntryMeta {
-        kind: kind_word(a.kind).to_string(),
+        kind: a.kind.word().to_string(),
         mode: a.perm,
         uid: a.uid,
         gid: a.gid,
@@ -433,7 +408,7 @@ fn build_sidecar(fs: &Fs, nodes: &[Node]) -> Result<Vec<u8>> {
         let m = match &n.link {
             // Everything else of a hard link is its first name's.
             Some(p) => EntryMeta {
-                kind: kind_word(n.attr.kind).to_string(),
+                kind: n.attr.kind.word().to_string(),
                 link: Some(p.clone()),
                 name: std::str::from_utf8(&n.name)
                     .is_err()
@@ -919,7 +894,9 @@ impl Importer<'_> {
         let mut m = self.meta(sp).cloned();
         if let Some(x) = &m {
             let want_dir = x.kind == "dir";
-            if want_dir != item.is_dir() || (x.link.is_none() && word_kind(&x.kind).is_none()) {
+            if want_dir != item.is_dir()
+                || (x.link.is_none() && FileKind::from_word(&x.kind).is_none())
+            {
                 self.report.warnings.push(format!(
                     "{sp}: the metadata file says {:?}, the image holds a {}; imported as the image says",
                     x.kind,
@@ -959,7 +936,7 @@ impl Importer<'_> {
             }
         }
         let m = m.unwrap_or_else(|| defaults(item));
-        let k = word_kind(&m.kind).unwrap_or(kind::FILE);
+        let k = FileKind::from_word(&m.kind).unwrap_or(kind::FILE);
         let ino = match k {
             kind::SYMLINK => {
                 let t = match m.target.as_ref().and_then(|t| t.to_vec()) {

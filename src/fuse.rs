@@ -17,6 +17,7 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::meta::{kind, Inode};
+use crate::types::FileKind;
 use crate::vfs::{is_virtual, with_pid, with_viewer, Caller, Fs, SetAttr, SetTime, Viewer};
 
 /// How long the kernel may cache entries and attributes of real nodes. Every
@@ -165,7 +166,7 @@ fn ns(t: SystemTime) -> i64 {
     }
 }
 
-fn file_type(k: u32) -> FileType {
+fn file_type(k: FileKind) -> FileType {
     match k {
         kind::DIR => FileType::Directory,
         kind::SYMLINK => FileType::Symlink,

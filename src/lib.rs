@@ -27,6 +27,7 @@
 //! blob named by its BLAKE3 hash and stored once with a reference count.
 //! Small blobs live inline in SQLite, the rest in container cluster chains.
 
+pub mod blob;
 pub mod error;
 pub mod exchange;
 pub mod fuse;
@@ -35,6 +36,7 @@ pub mod names;
 pub mod query;
 pub mod qvfs;
 pub mod store;
+pub mod types;
 pub mod vfs;
 
 #[cfg(test)]

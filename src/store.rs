@@ -51,10 +51,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use parking_lot::Mutex;
+
+use crate::blob::{self, BlobRef, BlobStore, Reclaim};
 use crate::error::FsError;
 use crate::meta::{self, BlobData, Meta, MetaError};
-use crate::qvfs::container::{check_chains, ChainRef, Reclaim, QUARANTINED};
+use crate::qvfs::container::QUARANTINED;
 use crate::qvfs::{Container, CLUSTER_SIZE};
+use crate::types::BlobLoc;
 use crate::vfs::{Fs, Tuning};
 
 pub const DB_FILE: &str = "queryfs.db";
@@ -125,10 +129,18 @@ pub fn default_dir() -> PathBuf {
     base.join("queryfs").join("default")
 }
 
-/// An open store.
+/// An open store: the composition root. It opens the two backends (the
+/// SQLite metadata and the QVFS container as the blob store), hands them to
+/// the core, and runs gc, fsck and info over the same two.
 pub struct Store {
     pub dir: PathBuf,
     pub fs: Arc<Fs>,
+    /// The metadata store, shared with the core.
+    meta: Arc<Mutex<Meta>>,
+    /// The blob store the core writes to, and the same container for what
+    /// only a container has (repair's hold and append-only mode).
+    blobs: Arc<dyn BlobStore>,
+    container: Arc<Container>,
     pub id: String,
     pub read_only: bool,
     /// Blobs with damaged chains found at open (writing opens only); the
@@ -146,7 +158,7 @@ pub struct DamagedBlob {
     /// BLAKE3 name, hex.
     pub blob: String,
     pub size: u64,
-    pub start_cluster: u32,
+    pub start_cluster: u64,
     pub reason: String,
     /// Paths of the files that hold it (one name per file).
     pub files: Vec<String>,
@@ -154,9 +166,9 @@ pub struct DamagedBlob {
     hash: [u8; 32],
     /// Clusters its chain reaches, and the free cluster it points to.
     #[serde(skip)]
-    clusters: Vec<u32>,
+    clusters: Vec<u64>,
     #[serde(skip)]
-    dangling: Option<u32>,
+    dangling: Option<u64>,
 }
 
 impl DamagedBlob {
@@ -549,12 +561,13 @@ fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
         return Err(StoreError::Mismatch(d));
     }
     let container = Arc::new(container);
+    let blobs: Arc<dyn BlobStore> = container.clone();
     let mut damage = Vec::new();
     if let Access::Write { recover: want, .. } = access {
         let r = if *want {
-            recover(&meta, &container)
+            recover(&meta, &*blobs)
         } else {
-            damage_of(&meta, &container).map(|damage| Recovery {
+            damage_of(&meta, &*blobs).map(|damage| Recovery {
                 damage,
                 ..Default::default()
             })
@@ -577,14 +590,24 @@ fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
         read_only,
         ..Tuning::default()
     };
+    let meta = Arc::new(Mutex::new(meta));
     let fs = Arc::new(
-        Fs::new(meta, container, chunk_size, tuning, Some(dir.to_path_buf()))
-            .with_query_db(dir.join(DB_FILE))
-            .with_reserve(reserve_path(dir)),
+        Fs::new(
+            meta.clone(),
+            blobs.clone(),
+            chunk_size,
+            tuning,
+            Some(dir.to_path_buf()),
+        )
+        .with_query_db(dir.join(DB_FILE))
+        .with_reserve(reserve_path(dir)),
     );
     Ok(Store {
         dir: dir.to_path_buf(),
         fs,
+        meta,
+        blobs,
+        container,
         id,
         read_only,
         damage,
@@ -632,23 +655,23 @@ fn paths_holding(m: &Meta, hash: &[u8; 32]) -> std::result::Result<Vec<String>, 
         .collect())
 }
 
-/// The committed container chains (quarantined ones excluded) and the
-/// clusters kept for quarantined blobs that files still hold.
+/// The blobs in the blob store the metadata references (quarantined ones
+/// excluded) and the units kept for quarantined blobs that files still hold.
 #[allow(clippy::type_complexity)]
 fn chains_and_keep(
     m: &Meta,
-) -> std::result::Result<(Vec<([u8; 32], ChainRef)>, Vec<u32>), MetaError> {
+) -> std::result::Result<(Vec<([u8; 32], BlobRef)>, Vec<u64>), MetaError> {
     let chains = m
         .blob_chains()?
         .into_iter()
-        .filter(|&(_, _, loc)| loc != QUARANTINED)
-        .map(|(hash, len, start)| (hash, ChainRef { start, len }))
+        .filter(|&(_, _, loc)| loc != BlobLoc(u64::from(QUARANTINED)))
+        .map(|(hash, len, loc)| (hash, BlobRef { loc, len }))
         .collect();
-    let mut keep: Vec<u32> = m
+    let mut keep: Vec<u64> = m
         .quarantined()?
         .into_iter()
         .filter(|q| q.refcount.is_some())
-        .flat_map(|q| q.clusters)
+        .flat_map(|q| q.clusters.into_iter().map(u64::from))
         .collect();
     keep.sort_unstable();
     keep.dedup();
@@ -657,8 +680,8 @@ fn chains_and_keep(
 
 fn damaged_blobs(
     m: &Meta,
-    chains: &[([u8; 32], ChainRef)],
-    found: Vec<crate::qvfs::container::DamagedChain>,
+    chains: &[([u8; 32], BlobRef)],
+    found: Vec<blob::DamagedBlob>,
 ) -> std::result::Result<Vec<DamagedBlob>, MetaError> {
     found
         .into_iter()
@@ -667,11 +690,11 @@ fn damaged_blobs(
             Ok(DamagedBlob {
                 blob: meta::hex(&hash),
                 size: r.len,
-                start_cluster: r.start,
+                start_cluster: r.loc.0,
                 reason: dc.reason,
                 files: paths_holding(m, &hash)?,
                 hash,
-                clusters: dc.clusters,
+                clusters: dc.units,
                 dangling: dc.dangling,
             })
         })
@@ -679,9 +702,9 @@ fn damaged_blobs(
 }
 
 /// The damaged blobs of the store (reads only).
-fn damage_of(m: &Meta, c: &Container) -> std::result::Result<Vec<DamagedBlob>, FsError> {
+fn damage_of(m: &Meta, c: &dyn BlobStore) -> std::result::Result<Vec<DamagedBlob>, FsError> {
     let (chains, keep) = chains_and_keep(m)?;
-    let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
+    let refs: Vec<BlobRef> = chains.iter().map(|x| x.1).collect();
     let found = c.check(&refs, &keep)?.damaged;
     Ok(damaged_blobs(m, &chains, found)?)
 }
@@ -689,7 +712,7 @@ fn damage_of(m: &Meta, c: &Container) -> std::result::Result<Vec<DamagedBlob>, F
 /// Reclaims crash leftovers. Only safe while no other process uses the
 /// store. Checks every chain first: on any damage it changes nothing and
 /// returns the damage.
-fn recover(m: &Meta, c: &Container) -> std::result::Result<Recovery, FsError> {
+fn recover(m: &Meta, c: &dyn BlobStore) -> std::result::Result<Recovery, FsError> {
     // Quarantined blobs no file holds any more: their clusters go back.
     let resolved: Vec<[u8; 32]> = m
         .quarantined()?
@@ -733,10 +756,10 @@ fn recover(m: &Meta, c: &Container) -> std::result::Result<Recovery, FsError> {
     })?;
     for loc in frees {
         // Sound, unshared chains (checked above); QUARANTINED frees nothing.
-        let _ = c.free_chain(loc);
+        let _ = c.delete(loc);
     }
     let (chains, keep) = chains_and_keep(m)?;
-    let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
+    let refs: Vec<BlobRef> = chains.iter().map(|x| x.1).collect();
     match c.reclaim(&refs, &keep)? {
         Reclaim::Freed(n) => r.orphan_clusters = n,
         Reclaim::Damaged(found) => {
@@ -770,8 +793,8 @@ impl Store {
     /// Reclaims unreferenced blobs, orphan clusters and unlinked inodes.
     /// Refuses (and reclaims nothing) when a chain is damaged.
     pub fn gc(&self) -> Result<Reclaimed> {
-        let m = self.fs.meta();
-        let r = recover(&m, self.fs.container())?;
+        let m = self.meta.lock();
+        let r = recover(&m, &*self.blobs)?;
         if !r.damage.is_empty() {
             return Err(StoreError::Damaged {
                 dir: disp(&self.dir),
@@ -796,21 +819,26 @@ impl Store {
         if self.read_only {
             return Err(StoreError::Corrupt(d, "repair needs a writing open".into()));
         }
-        let m = self.fs.meta();
+        let m = self.meta.lock();
         let me = |e| StoreError::Meta(d.clone(), e);
-        let c = self.fs.container();
+        let c = &self.container;
         let (chains, keep) = chains_and_keep(&m).map_err(me)?;
-        let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
-        let check = c
+        let refs: Vec<BlobRef> = chains.iter().map(|x| x.1).collect();
+        let check = self
+            .blobs
             .check(&refs, &keep)
             .map_err(|e| StoreError::Io(d.clone(), e))?;
-        let orphans = check.orphans(&c.fat_snapshot());
+        let orphans = check.orphans;
         let damaged = damaged_blobs(&m, &chains, check.damaged).map_err(me)?;
         let now = crate::vfs::now_ns();
         // A free cluster a damaged chain points to lost only its own FAT
         // entry: it holds the blob's bytes, so it is taken out of the free
         // list before anything else can be written.
-        let dangling: Vec<u32> = damaged.iter().filter_map(|b| b.dangling).collect();
+        let dangling: Vec<u32> = damaged
+            .iter()
+            .filter_map(|b| b.dangling)
+            .filter_map(|u| u32::try_from(u).ok())
+            .collect();
         c.hold(&dangling)
             .and_then(|_| c.sync())
             .map_err(|e| StoreError::Io(d.clone(), e))?;
@@ -821,6 +849,10 @@ impl Store {
                 kept.extend(&orphans);
                 kept.sort_unstable();
                 kept.dedup();
+                let kept: Vec<u32> = kept
+                    .into_iter()
+                    .filter_map(|u| u32::try_from(u).ok())
+                    .collect();
                 m.quarantine_blob(&b.hash, &kept, &b.reason, now)?;
             }
             Ok(())
@@ -829,7 +861,7 @@ impl Store {
         for b in &damaged {
             tracing::warn!("quarantined {}", b.line());
         }
-        let r = recover(&m, c)?;
+        let r = recover(&m, &*self.blobs)?;
         if !r.damage.is_empty() {
             return Err(StoreError::Damaged {
                 dir: d,
@@ -847,21 +879,19 @@ impl Store {
     pub fn info(&self) -> Result<Info> {
         let d = disp(&self.dir);
         let s = self
-            .fs
-            .meta()
+            .meta
+            .lock()
             .stats()
             .map_err(|e| StoreError::Meta(d.clone(), e))?;
-        let (qfi, qfd) = self
-            .fs
-            .container()
-            .file_sizes()
+        let usage = self
+            .blobs
+            .usage()
             .map_err(|e| StoreError::Io(d.clone(), e))?;
         let db_bytes: u64 = ["", "-wal"]
             .iter()
             .filter_map(|ext| fs::metadata(self.dir.join(format!("{DB_FILE}{ext}"))).ok())
             .map(|m| m.len())
             .sum();
-        let c = self.fs.container();
         Ok(Info {
             store: d,
             store_id: self.id.clone(),
@@ -876,9 +906,9 @@ impl Store {
             } else {
                 s.logical_bytes as f64 / s.stored_bytes as f64
             },
-            container_bytes: qfi + qfd,
-            container_clusters: c.cluster_count(),
-            container_clusters_used: c.allocated_count(),
+            container_bytes: usage.bytes,
+            container_clusters: usage.units,
+            container_clusters_used: usage.units_used,
             database_bytes: db_bytes,
             chunk_size: self.fs.chunk_size(),
         })
@@ -887,7 +917,7 @@ impl Store {
     /// Checks everything; `verify` also re-hashes every blob. Reads only.
     pub fn fsck(&self, verify: bool) -> Result<FsckReport> {
         let d = disp(&self.dir);
-        let m = self.fs.meta();
+        let m = self.meta.lock();
         let me = |e| StoreError::Meta(d.clone(), e);
         let mut problems = m.integrity_problems().map_err(me)?;
         problems.extend(m.consistency_problems().map_err(me)?);
@@ -898,12 +928,12 @@ impl Store {
             ));
         }
         let blobs = m.all_blobs().map_err(me)?;
-        let c = self.fs.container();
-        let fat = c.fat_snapshot();
-        let (_, data_len) = c.file_sizes().map_err(|e| StoreError::Io(d.clone(), e))?;
+        let c = &*self.blobs;
         let (chains, keep) = chains_and_keep(&m).map_err(me)?;
-        let refs: Vec<ChainRef> = chains.iter().map(|x| x.1).collect();
-        let check = check_chains(&fat, &refs, &keep, data_len);
+        let refs: Vec<BlobRef> = chains.iter().map(|x| x.1).collect();
+        let check = c
+            .check(&refs, &keep)
+            .map_err(|e| StoreError::Io(d.clone(), e))?;
         let damaged_idx: std::collections::HashSet<usize> =
             check.damaged.iter().map(|x| x.index).collect();
         let damaged = damaged_blobs(&m, &chains, check.damaged.clone()).map_err(me)?;
@@ -938,7 +968,7 @@ impl Store {
                 }
                 verified += 1;
                 let mut buf = vec![0u8; r.len as usize];
-                match c.read_chain(r.start, 0, &mut buf) {
+                match c.get(r.loc, 0, &mut buf) {
                     Ok(()) if blake3::hash(&buf).as_bytes() == hash => {}
                     Ok(()) => problems.push(format!(
                         "blob {}: content does not match its hash; held by {}",
@@ -949,7 +979,7 @@ impl Store {
                 }
             }
         }
-        let orphans = check.orphans(&fat).len() as u64;
+        let orphans = check.orphans.len() as u64;
         if orphans > 0 {
             problems.push(if damaged.is_empty() {
                 format!("{orphans} clusters are allocated but belong to no blob (orphans); gc reclaims them")
@@ -979,7 +1009,7 @@ impl Store {
             known_damage: known,
             blobs: blobs.len() as u64,
             blobs_verified: verified,
-            clusters: fat.len() as u64,
+            clusters: check.units,
             orphan_clusters: orphans,
         })
     }

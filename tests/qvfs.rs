@@ -124,7 +124,7 @@ fn worked_example_byte_for_byte() {
 /// Everything a round trip must keep, per path.
 #[derive(Debug, PartialEq)]
 struct Rec {
-    kind: u32,
+    kind: queryfs::types::FileKind,
     perm: u32,
     uid: u32,
     gid: u32,

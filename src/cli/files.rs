@@ -68,19 +68,6 @@ pub(super) fn resolve(fs: &Fs, path: &[u8]) -> Result<Inode> {
         .map_err(|e| anyhow!("{}: {e}", show(path)))
 }
 
-fn kind_name(k: u32) -> &'static str {
-    match k {
-        kind::DIR => "directory",
-        kind::FILE => "file",
-        kind::SYMLINK => "symlink",
-        kind::FIFO => "fifo",
-        kind::SOCKET => "socket",
-        kind::CHAR => "char-device",
-        kind::BLOCK => "block-device",
-        _ => "unknown",
-    }
-}
-
 fn mode_string(i: &Inode) -> String {
     let t = match i.kind {
         kind::DIR => 'd',
@@ -527,7 +514,7 @@ fn entry_json(fs: &Fs, name: &[u8], path: &[u8], i: &Inode) -> EntryJson<'static
         name: bytes_json(name),
         path: bytes_json(path),
         ino: i.ino,
-        kind: kind_name(i.kind),
+        kind: i.kind.name(),
         mode: format!("{:04o}", i.perm),
         size: i.size,
         nlink: i.nlink,

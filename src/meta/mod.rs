@@ -60,64 +60,48 @@ pub fn migrations() -> Migrations<'static> {
 
 /// S_IFMT values as stored in `inodes.kind`.
 pub mod kind {
-    pub const DIR: u32 = libc::S_IFDIR;
-    pub const FILE: u32 = libc::S_IFREG;
-    pub const SYMLINK: u32 = libc::S_IFLNK;
-    pub const FIFO: u32 = libc::S_IFIFO;
-    pub const SOCKET: u32 = libc::S_IFSOCK;
-    pub const CHAR: u32 = libc::S_IFCHR;
-    pub const BLOCK: u32 = libc::S_IFBLK;
+    use crate::types::FileKind;
+    pub const DIR: FileKind = FileKind::Dir;
+    pub const FILE: FileKind = FileKind::File;
+    pub const SYMLINK: FileKind = FileKind::Symlink;
+    pub const FIFO: FileKind = FileKind::Fifo;
+    pub const SOCKET: FileKind = FileKind::Socket;
+    pub const CHAR: FileKind = FileKind::Char;
+    pub const BLOCK: FileKind = FileKind::Block;
 }
 
-/// One inode row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inode {
-    pub ino: u64,
-    /// S_IFMT bits.
-    pub kind: u32,
-    /// 07777 bits.
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    pub nlink: u32,
-    pub rdev: u32,
-    /// Nanoseconds since the Unix epoch.
-    pub atime: i64,
-    pub mtime: i64,
-    pub ctime: i64,
-    pub btime: i64,
-    /// Stored content in 512-byte units (st_blocks): holes hold nothing.
-    pub blocks: u64,
-}
+pub use crate::types::{Attr as Inode, BlobLoc, FileKind};
 
-impl Inode {
-    fn from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Inode> {
-        Ok(Inode {
-            ino: r.get::<_, i64>(at)? as u64,
-            kind: r.get(at + 1)?,
-            perm: r.get(at + 2)?,
-            uid: r.get(at + 3)?,
-            gid: r.get(at + 4)?,
-            size: r.get::<_, i64>(at + 5)? as u64,
-            nlink: r.get(at + 6)?,
-            rdev: r.get(at + 7)?,
-            atime: r.get(at + 8)?,
-            mtime: r.get(at + 9)?,
-            ctime: r.get(at + 10)?,
-            btime: r.get(at + 11)?,
-            blocks: r.get::<_, i64>(at + 12)? as u64,
-        })
-    }
-
-    pub fn is_dir(&self) -> bool {
-        self.kind == kind::DIR
-    }
+/// An inode row, read from `r` from column `at` on.
+fn inode_from_row(r: &Row<'_>, at: usize) -> rusqlite::Result<Inode> {
+    let bits: u32 = r.get(at + 1)?;
+    let kind = FileKind::from_bits(bits).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            at + 1,
+            rusqlite::types::Type::Integer,
+            format!("{bits:#o} is not a file kind").into(),
+        )
+    })?;
+    Ok(Inode {
+        ino: r.get::<_, i64>(at)? as u64,
+        kind,
+        perm: r.get(at + 2)?,
+        uid: r.get(at + 3)?,
+        gid: r.get(at + 4)?,
+        size: r.get::<_, i64>(at + 5)? as u64,
+        nlink: r.get(at + 6)?,
+        rdev: r.get(at + 7)?,
+        atime: r.get(at + 8)?,
+        mtime: r.get(at + 9)?,
+        ctime: r.get(at + 10)?,
+        btime: r.get(at + 11)?,
+        blocks: r.get::<_, i64>(at + 12)? as u64,
+    })
 }
 
 /// A new inode to insert.
 pub struct NewInode<'a> {
-    pub kind: u32,
+    pub kind: FileKind,
     pub perm: u32,
     pub uid: u32,
     pub gid: u32,
@@ -132,8 +116,8 @@ pub struct NewInode<'a> {
 /// Where a blob's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobData {
-    /// Start cluster of its chain in the container.
-    Cluster(u32),
+    /// In the blob store, at this location.
+    Stored(BlobLoc),
     /// Stored inline in SQLite.
     Inline(Vec<u8>),
 }
@@ -177,7 +161,7 @@ fn hash_of(v: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
 
 fn blob_data(loc: Option<i64>, data: Option<Vec<u8>>) -> BlobData {
     match (loc, data) {
-        (Some(l), _) => BlobData::Cluster(l as u32),
+        (Some(l), _) => BlobData::Stored(BlobLoc(l as u64)),
         (None, d) => BlobData::Inline(d.unwrap_or_default()),
     }
 }
@@ -236,7 +220,7 @@ struct Batch {
     since: Option<Instant>,
     writes: u32,
     /// Cluster chains dropped by writes in the batch, released at commit.
-    frees: Vec<u32>,
+    frees: Vec<BlobLoc>,
     /// Batches rolled back so far (their writes are lost).
     rollbacks: u64,
 }
@@ -342,7 +326,7 @@ impl Meta {
 
     /// Turns group commit on (`Some(window)`: a batch is due once it is that
     /// old) or off (committing any open batch first).
-    pub fn set_group_commit(&self, window: Option<Duration>) -> Result<Vec<u32>> {
+    pub fn set_group_commit(&self, window: Option<Duration>) -> Result<Vec<BlobLoc>> {
         let frees = if window.is_none() {
             self.commit_batch()?
         } else {
@@ -382,7 +366,7 @@ impl Meta {
 
     /// Hands over cluster chains dropped by a write: returns those that may
     /// be freed now (their write committed) and keeps the rest in the batch.
-    pub fn after_commit(&self, frees: Vec<u32>) -> Vec<u32> {
+    pub fn after_commit(&self, frees: Vec<BlobLoc>) -> Vec<BlobLoc> {
         let mut b = self.batch.borrow_mut();
         if b.since.is_some() {
             b.frees.extend(frees);
@@ -396,7 +380,7 @@ impl Meta {
     /// released. On failure the whole batch is rolled back (its frees are
     /// dropped: the chains stay referenced) and the error says how many
     /// writes were lost.
-    pub fn commit_batch(&self) -> Result<Vec<u32>> {
+    pub fn commit_batch(&self) -> Result<Vec<BlobLoc>> {
         let mut b = self.batch.borrow_mut();
         if b.since.is_none() {
             return Ok(std::mem::take(&mut b.frees));
@@ -555,7 +539,7 @@ impl Meta {
         self.conn
             .prepare_cached(q::INODE_INSERT_ROOT)?
             .execute(named_params! {
-                ":kind": kind::DIR, ":perm": perm, ":uid": uid, ":gid": gid, ":now": now,
+                ":kind": kind::DIR.bits(), ":perm": perm, ":uid": uid, ":gid": gid, ":now": now,
             })?;
         Ok(())
     }
@@ -564,9 +548,7 @@ impl Meta {
         Ok(self
             .conn
             .prepare_cached(q::INODE_GET)?
-            .query_row(named_params! {":ino": ino as i64}, |r| {
-                Inode::from_row(r, 0)
-            })
+            .query_row(named_params! {":ino": ino as i64}, |r| inode_from_row(r, 0))
             .optional()?)
     }
 
@@ -576,7 +558,7 @@ impl Meta {
         let ino = self.next_ino()?;
         self.conn.prepare_cached(q::INODE_INSERT)?.execute(named_params! {
             ":ino": ino as i64,
-            ":kind": n.kind, ":perm": n.perm, ":uid": n.uid, ":gid": n.gid, ":size": size as i64,
+            ":kind": n.kind.bits(), ":perm": n.perm, ":uid": n.uid, ":gid": n.gid, ":size": size as i64,
             ":nlink": n.nlink, ":rdev": n.rdev, ":atime": n.now, ":mtime": n.now, ":ctime": n.now,
             ":btime": n.now, ":target": n.target, ":chash": n.chash.as_ref().map(|h| &h[..]),
         })?;
@@ -823,7 +805,7 @@ impl Meta {
     ) -> Result<Vec<(Vec<u8>, Inode)>> {
         let mut s = self.conn.prepare_cached(sql)?;
         let rows = s.query_map(rusqlite::params_from_iter(params.iter()), |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, Inode::from_row(r, 1)?))
+            Ok((r.get::<_, Vec<u8>>(0)?, inode_from_row(r, 1)?))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -862,7 +844,7 @@ impl Meta {
             .prepare_cached(q::DENTRY_LOOKUP)?
             .query_row(
                 named_params! {":parent": parent as i64, ":name": name},
-                |r| Inode::from_row(r, 0),
+                |r| inode_from_row(r, 0),
             )
             .optional()?)
     }
@@ -870,7 +852,7 @@ impl Meta {
     pub fn list_dir(&self, parent: u64) -> Result<Vec<(Vec<u8>, Inode)>> {
         let mut s = self.conn.prepare_cached(q::DENTRY_LIST)?;
         let rows = s.query_map(named_params! {":parent": parent as i64}, |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, Inode::from_row(r, 1)?))
+            Ok((r.get::<_, Vec<u8>>(0)?, inode_from_row(r, 1)?))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -1019,7 +1001,7 @@ impl Meta {
     /// Inserts a blob with refcount 1.
     pub fn insert_blob(&self, hash: &[u8; 32], size: u64, data: &BlobData) -> Result<()> {
         let (loc, inline): (Option<i64>, Option<&[u8]>) = match data {
-            BlobData::Cluster(c) => (Some(*c as i64), None),
+            BlobData::Stored(l) => (Some(l.0 as i64), None),
             BlobData::Inline(d) => (None, Some(d)),
         };
         self.conn
@@ -1040,7 +1022,7 @@ impl Meta {
     /// Drops one reference. When it was the last, deletes the row and returns
     /// `Some(loc)` (`Some(None)` for an inline blob) so the caller can free the
     /// clusters after the transaction commits.
-    pub fn decref(&self, hash: &[u8; 32]) -> Result<Option<Option<u32>>> {
+    pub fn decref(&self, hash: &[u8; 32]) -> Result<Option<Option<BlobLoc>>> {
         let row: Option<(i64, Option<i64>)> = self
             .conn
             .prepare_cached(q::BLOB_DECREF)?
@@ -1053,18 +1035,18 @@ impl Meta {
                 self.conn
                     .prepare_cached(q::BLOB_DELETE)?
                     .execute(named_params! {":hash": &hash[..]})?;
-                Ok(Some(loc.map(|l| l as u32)))
+                Ok(Some(loc.map(|l| BlobLoc(l as u64))))
             }
             _ => Ok(None),
         }
     }
 
     /// Start clusters of every blob in the container.
-    pub fn blob_locations(&self) -> Result<Vec<u32>> {
+    pub fn blob_locations(&self) -> Result<Vec<BlobLoc>> {
         let mut s = self.conn.prepare_cached(q::BLOB_LOCS)?;
         let rows = s.query_map([], |r| r.get::<_, i64>(0))?;
         Ok(rows
-            .map(|r| r.map(|v| v as u32))
+            .map(|r| r.map(|v| BlobLoc(v as u64)))
             .collect::<rusqlite::Result<_>>()?)
     }
 
@@ -1082,7 +1064,7 @@ impl Meta {
     }
 
     /// Deletes blob rows nobody references; returns their container chains.
-    pub fn delete_unreferenced_blobs(&self) -> Result<Vec<Option<u32>>> {
+    pub fn delete_unreferenced_blobs(&self) -> Result<Vec<Option<BlobLoc>>> {
         let rows: Vec<(Vec<u8>, Option<i64>)> = {
             let mut s = self.conn.prepare_cached(q::BLOB_UNREFERENCED)?;
             let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -1093,7 +1075,7 @@ impl Meta {
             self.conn
                 .prepare_cached(q::BLOB_DELETE)?
                 .execute(named_params! {":hash": hash})?;
-            out.push(loc.map(|l| l as u32));
+            out.push(loc.map(|l| BlobLoc(l as u64)));
         }
         Ok(out)
     }
@@ -1275,7 +1257,7 @@ mod tests {
         assert!(m.blob(&h).unwrap().is_none());
         // A failed transaction leaves nothing behind.
         let r: std::result::Result<(), MetaError> = m.write(|t| {
-            t.insert_blob(&h, 3, &BlobData::Cluster(5))?;
+            t.insert_blob(&h, 3, &BlobData::Stored(BlobLoc(5)))?;
             Err(MetaError::Sql(rusqlite::Error::InvalidQuery))
         });
         assert!(r.is_err());

@@ -14,7 +14,7 @@
 
 use rusqlite::named_params;
 
-use super::{hash_of, BlobData, Meta, Result};
+use super::{hash_of, BlobData, BlobLoc, Meta, Result};
 use crate::qvfs::container::QUARANTINED;
 
 const INSERT: &str = include_str!("../../queries/meta/quarantine_insert.sql");
@@ -133,7 +133,7 @@ impl Meta {
         reason: &str,
         now_ns: i64,
     ) -> Result<bool> {
-        let Some((size, BlobData::Cluster(loc))) = self.blob(hash)? else {
+        let Some((size, BlobData::Stored(loc))) = self.blob(hash)? else {
             return Ok(false);
         };
         let marker = marker_of(hash);
@@ -152,7 +152,7 @@ impl Meta {
             ":hash": &hash[..],
             ":marker": &marker[..],
             ":size": size as i64,
-            ":loc": loc as i64,
+            ":loc": loc.0 as i64,
             ":clusters": clusters_blob(clusters),
             ":reason": reason,
             ":created": now_ns,
@@ -170,13 +170,13 @@ impl Meta {
 
     /// `(hash, size, start cluster)` of every blob in the container (marker
     /// blobs of quarantined ones included), without inline data.
-    pub fn blob_chains(&self) -> Result<Vec<([u8; 32], u64, u32)>> {
+    pub fn blob_chains(&self) -> Result<Vec<([u8; 32], u64, BlobLoc)>> {
         let mut s = self.conn.prepare_cached(BLOB_CHAINS)?;
         let rows = s.query_map([], |r| {
             Ok((
                 hash_of(r.get(0)?)?,
                 r.get::<_, i64>(1)? as u64,
-                r.get::<_, i64>(2)? as u32,
+                BlobLoc(r.get::<_, i64>(2)? as u64),
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -247,8 +247,8 @@ mod tests {
         let ok = [8u8; 32];
         m.write::<_, MetaError>(|t| {
             t.insert_root(0o755, 0, 0, 0)?;
-            t.insert_blob(&h, 9000, &BlobData::Cluster(5))?;
-            t.insert_blob(&ok, 100, &BlobData::Cluster(9))?;
+            t.insert_blob(&h, 9000, &BlobData::Stored(BlobLoc(5)))?;
+            t.insert_blob(&ok, 100, &BlobData::Stored(BlobLoc(9)))?;
             t.set_chunk(1, 0, &h)?;
             t.set_chunk(1, 1, &ok)?;
             t.incref(&h)?;
@@ -271,7 +271,10 @@ mod tests {
         let chunks = m.chunks(1).unwrap();
         assert_eq!(chunks.len(), 3);
         assert_eq!(chunks[0].1.hash, mk);
-        assert_eq!(chunks[0].1.data, BlobData::Cluster(QUARANTINED));
+        assert_eq!(
+            chunks[0].1.data,
+            BlobData::Stored(BlobLoc(QUARANTINED as u64))
+        );
         assert_eq!(chunks[0].1.size, 9000);
         assert_eq!(chunks[1].1.hash, ok);
         assert_eq!(m.blob(&mk).unwrap().unwrap().0, 9000);

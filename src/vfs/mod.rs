@@ -49,10 +49,11 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::blob::BlobStore;
 use crate::error::{FsError, Result};
 use crate::meta::{kind, BlobData, Checkpointer, ChunkRef, Inode, Meta, NewInode};
 use crate::query;
-use crate::qvfs::Container;
+use crate::types::{BlobHash, BlobLoc, FileKind};
 
 mod perm;
 mod virt;
@@ -452,8 +453,8 @@ pub fn content_id(chunks: &[(u64, [u8; 32])], size: u64) -> [u8; 32] {
 
 /// The filesystem core over one store.
 pub struct Fs {
-    meta: Mutex<Meta>,
-    blobs: Arc<Container>,
+    meta: Arc<Mutex<Meta>>,
+    blobs: Arc<dyn BlobStore>,
     chunk_size: u64,
     tuning: Tuning,
     open: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -482,14 +483,14 @@ pub struct Fs {
 impl Fs {
     /// Builds the core over an opened database and container.
     pub fn new(
-        meta: Meta,
-        blobs: Arc<Container>,
+        meta: Arc<Mutex<Meta>>,
+        blobs: Arc<dyn BlobStore>,
         chunk_size: u64,
         tuning: Tuning,
         statfs_dir: Option<PathBuf>,
     ) -> Fs {
         Fs {
-            meta: Mutex::new(meta),
+            meta,
             blobs,
             chunk_size,
             tuning,
@@ -521,13 +522,13 @@ impl Fs {
         self
     }
 
-    /// The metadata connection (for the store's own checks and statistics).
-    pub fn meta(&self) -> MutexGuard<'_, Meta> {
+    /// The metadata connection (the core's own and its tests').
+    pub(crate) fn meta(&self) -> MutexGuard<'_, Meta> {
         self.meta.lock()
     }
 
-    /// The blob container.
-    pub fn container(&self) -> &Arc<Container> {
+    /// The blob store.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
         &self.blobs
     }
 
@@ -538,7 +539,7 @@ impl Fs {
     /// Runs `f` as one write: with group commit on, it joins the open
     /// batch (committed when due); otherwise it commits at once. Clusters it
     /// released are freed once it has committed.
-    fn tx<T>(&self, f: impl FnOnce(&Meta, &mut Vec<u32>) -> Result<T>) -> Result<T> {
+    fn tx<T>(&self, f: impl FnOnce(&Meta, &mut Vec<BlobLoc>) -> Result<T>) -> Result<T> {
         let mut frees = Vec::new();
         let m = self.meta();
         let v = m.write(|m| f(m, &mut frees));
@@ -553,14 +554,14 @@ impl Fs {
             free_now.extend(self.commit_batch(&m)?);
         }
         drop(m);
-        self.free_clusters(&free_now);
+        self.free_blobs(&free_now);
         Ok(v)
     }
 
     /// Commits the open batch of metadata changes, if any.
     pub fn settle(&self) -> Result<()> {
         let frees = self.commit_batch(&self.meta())?;
-        self.free_clusters(&frees);
+        self.free_blobs(&frees);
         Ok(())
     }
 
@@ -568,13 +569,13 @@ impl Fs {
     /// (a container sync is short here when the caller synced just before,
     /// outside the lock). If a container sync failed, the batch is rolled
     /// back instead: its blobs may not be on disk.
-    fn commit_batch(&self, m: &Meta) -> Result<Vec<u32>> {
+    fn commit_batch(&self, m: &Meta) -> Result<Vec<BlobLoc>> {
         let r = self.commit_batch_inner(m);
         self.rollbacks.store(m.rollbacks(), Ordering::Release);
         r
     }
 
-    fn commit_batch_inner(&self, m: &Meta) -> Result<Vec<u32>> {
+    fn commit_batch_inner(&self, m: &Meta) -> Result<Vec<BlobLoc>> {
         if let Err(e) = self.blobs.sync() {
             let lost = m.rollback_batch();
             self.blobs.clear_sync_failure();
@@ -695,7 +696,7 @@ impl Fs {
         let frees = self.commit_batch(&m)?;
         let r = c.restart();
         drop(m);
-        self.free_clusters(&frees);
+        self.free_blobs(&frees);
         Ok(r?)
     }
 
@@ -717,18 +718,19 @@ impl Fs {
             m.set_auto_checkpoint(true)?;
             (last, m.set_group_commit(None)?)
         };
-        self.free_clusters(&frees);
+        self.free_blobs(&frees);
         if let Ok(f) = &last {
-            self.free_clusters(f);
+            self.free_blobs(f);
         }
         committed.and(last.map(drop))
     }
 
-    fn free_clusters(&self, frees: &[u32]) {
+    /// Deletes blobs whose last reference is committed as dropped.
+    fn free_blobs(&self, frees: &[BlobLoc]) {
         for &loc in frees {
-            if let Err(e) = self.blobs.free_chain(loc) {
-                // The blob row is gone; the clusters become orphans that gc reclaims.
-                tracing::warn!("could not free cluster chain {loc}: {e}");
+            if let Err(e) = self.blobs.delete(loc) {
+                // The blob row is gone; its storage is an orphan that gc reclaims.
+                tracing::warn!("could not free blob at {}: {e}", loc.0);
             }
         }
     }
@@ -915,7 +917,9 @@ impl Fs {
             if m.lookup(parent, name)?.is_some() {
                 return Err(FsError::Exists);
             }
-            let k = mode & libc::S_IFMT;
+            let k = FileKind::from_bits(mode).ok_or_else(|| {
+                FsError::Invalid(format!("{:#o} is not the mode of a file kind", mode))
+            })?;
             let mut perm = mode & 0o7777;
             // BSD group semantics under a set-group-id directory.
             let gid = if p.perm & libc::S_ISGID != 0 {
@@ -956,8 +960,13 @@ impl Fs {
         rdev: u32,
         caller: Caller,
     ) -> Result<Inode> {
-        let k = mode & libc::S_IFMT;
-        let k = if k == 0 { kind::FILE } else { k };
+        let k = if mode & libc::S_IFMT == 0 {
+            kind::FILE
+        } else {
+            FileKind::from_bits(mode).ok_or_else(|| {
+                FsError::Invalid(format!("{:#o} is not the mode of a file kind", mode))
+            })?
+        };
         if ![
             kind::FILE,
             kind::FIFO,
@@ -1081,7 +1090,7 @@ impl Fs {
     // ----- removing -----
 
     /// Deletes an inode's content, xattrs and row. Its clusters go to `frees`.
-    fn purge(&self, m: &Meta, ino: u64, frees: &mut Vec<u32>) -> Result<()> {
+    fn purge(&self, m: &Meta, ino: u64, frees: &mut Vec<BlobLoc>) -> Result<()> {
         for h in m.chunk_hashes(ino)? {
             if let Some(Some(loc)) = m.decref(&h)? {
                 frees.push(loc);
@@ -1094,7 +1103,7 @@ impl Fs {
 
     /// Drops one name of a non-directory; deletes it when it was the last
     /// name and nobody has it open.
-    fn drop_link(&self, m: &Meta, mut i: Inode, now: i64, frees: &mut Vec<u32>) -> Result<()> {
+    fn drop_link(&self, m: &Meta, mut i: Inode, now: i64, frees: &mut Vec<BlobLoc>) -> Result<()> {
         i.nlink = i.nlink.saturating_sub(1);
         i.ctime = now;
         if i.nlink == 0 && !self.open.lock().contains_key(&i.ino) {
@@ -1859,9 +1868,9 @@ impl Fs {
             // A reader beside a writer, or a damaged store served
             // append-only until `fsck --repair` (a cross-linked chain could
             // hold another blob's bytes): check the bytes against the hash.
-            BlobData::Cluster(loc) if self.tuning.read_only || self.blobs.append_only() => {
+            BlobData::Stored(loc) if self.tuning.read_only || self.blobs.verify_reads() => {
                 let mut whole = vec![0u8; c.size as usize];
-                self.blobs.read_chain(*loc, 0, &mut whole)?;
+                self.blobs.get(*loc, 0, &mut whole)?;
                 if blake3::hash(&whole).as_bytes() != &c.hash {
                     return Err(FsError::Corrupt(format!(
                         "blob {} changed under the reader (the store is busy); try again",
@@ -1873,9 +1882,9 @@ impl Fs {
                 }
                 out[have..].fill(0);
             }
-            BlobData::Cluster(loc) => {
+            BlobData::Stored(loc) => {
                 if have > 0 {
-                    self.blobs.read_chain(*loc, from as u64, &mut out[..have])?;
+                    self.blobs.get(*loc, from as u64, &mut out[..have])?;
                 }
                 out[have..].fill(0);
             }
@@ -2318,16 +2327,16 @@ impl Fs {
                 let d = if buf.len() <= self.tuning.inline_max {
                     BlobData::Inline(buf.clone())
                 } else {
-                    let loc = self.blobs.write_chain(buf)?;
+                    let loc = self.blobs.put(&BlobHash(*h), buf)?;
                     written.push(loc);
-                    BlobData::Cluster(loc)
+                    BlobData::Stored(loc)
                 };
                 fresh.insert(*h, d);
             }
             Ok(())
         })();
         if let Err(e) = store {
-            self.free_clusters(&written);
+            self.free_blobs(&written);
             return Err(e);
         }
         let ino = of.ino;
@@ -2422,15 +2431,15 @@ impl Fs {
         match result {
             Ok(resolved) => {
                 // Clusters written for blobs someone else stored meanwhile.
-                let unused: Vec<u32> = fresh
+                let unused: Vec<BlobLoc> = fresh
                     .iter()
                     .filter(|(h, _)| !used.contains(*h))
                     .filter_map(|(_, d)| match d {
-                        BlobData::Cluster(l) => Some(*l),
+                        BlobData::Stored(l) => Some(*l),
                         _ => None,
                     })
                     .collect();
-                self.free_clusters(&unused);
+                self.free_blobs(&unused);
                 for (idx, c) in resolved {
                     st.chunks.insert(idx, c);
                 }
@@ -2445,7 +2454,7 @@ impl Fs {
                 Ok(())
             }
             Err(e) => {
-                self.free_clusters(&written);
+                self.free_blobs(&written);
                 Err(e)
             }
         }
@@ -2480,7 +2489,7 @@ impl Fs {
         let frees = self.commit_batch(&m)?;
         m.barrier()?;
         drop(m);
-        self.free_clusters(&frees);
+        self.free_blobs(&frees);
         Ok(())
     }
 
