@@ -793,7 +793,7 @@ fn virtual_nodes_are_trimmed_once_forgotten() {
     let by_tag = fs.lookup(ROOT, b"by-tag").unwrap().ino;
     let held = fs.lookup(by_tag, b"!held").unwrap().ino;
     fs.note_lookup(held);
-    let total = 3 * virt::NODE_CAP_FOR_TESTS;
+    let total = 3 * folders::NODE_CAP_FOR_TESTS;
     for i in 0..total {
         let name = format!("!t{i}");
         let ino = fs.lookup(by_tag, name.as_bytes()).unwrap().ino;
@@ -803,7 +803,7 @@ fn virtual_nodes_are_trimmed_once_forgotten() {
     }
     let n = fs.virtual_nodes();
     assert!(
-        n <= 2 * virt::NODE_CAP_FOR_TESTS + 8,
+        n <= 2 * folders::NODE_CAP_FOR_TESTS + 8,
         "{n} virtual nodes after {total} distinct names"
     );
     // The held node was kept, with its number.

@@ -1,0 +1,114 @@
+//! The core's request vocabulary: tuning, callers, attribute changes, listing entries, statfs, name checks.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Tuning of the core, chosen from measurements (see BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Blobs up to this size live inline in SQLite instead of the container.
+    pub inline_max: usize,
+    /// Commit a file's buffers when they hold more than this.
+    pub dirty_limit: usize,
+    /// A reader beside another process that may write: blob bytes are
+    /// checked against their hash (their clusters could have been reused),
+    /// and nothing is committed.
+    pub read_only: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            inline_max: 16 * 1024,
+            dirty_limit: 64 << 20,
+            read_only: false,
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
+    /// The calling process's own ids.
+    pub fn current() -> Caller {
+        // SAFETY: getuid/getgid cannot fail.
+        unsafe {
+            Caller {
+                uid: libc::geteuid(),
+                gid: libc::getegid(),
+            }
+        }
+    }
+}
+
+/// A time to set.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(i64),
+}
+
+/// Attribute changes of `setattr`.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    pub ctime: Option<i64>,
+    /// Birth time; set only by imports that restore it.
+    pub btime: Option<i64>,
+}
+
+/// One directory listing entry.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub attr: Inode,
+}
+
+/// What `statfs` reports.
+#[derive(Debug, Clone, Default)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Checks a name for one directory entry.
+pub fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." {
+        return Err(FsError::Invalid(format!(
+            "{:?} is not a valid name",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid("a name cannot contain '/' or NUL".into()));
+    }
+    Ok(())
+}
