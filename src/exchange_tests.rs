@@ -12,7 +12,7 @@ use crate::test_alloc;
 use crate::vfs::Tuning;
 
 fn mem_fs() -> Fs {
-    crate::vfs::tests::fs_with(Tuning::default())
+    crate::vfs::tests::Backend::Memory.fs_with(Tuning::default())
 }
 
 fn put(fs: &Fs, parent: u64, name: &str, data: &[u8]) -> u64 {

@@ -1,7 +1,8 @@
 //! queryfs: a database you mount as a drive.
 //!
-//! # Architecture
-//! Data flows down; nothing reaches up.
+//! # Layers
+//! Data flows down; nothing reaches up. Each module uses only modules of
+//! its own layer or below (`tests/layers.rs` checks it against this list).
 //!
 //! 1. `cli` (the binary, `src/main.rs` and `src/cli/`): clap commands, human
 //!    and `--json` output, progress bars, exit codes. The only user of
@@ -10,18 +11,28 @@
 //!    the core and the QVFS module.
 //! 3. [`fuse`]: a thin adapter from fuser calls to the core. The only user
 //!    of `fuser`.
-//! 4. [`vfs`]: the filesystem core. Protocol-neutral operations, the open
-//!    file table, write buffers, the durability protocol. Errors are
-//!    [`error::FsError`], mapped to errno in exactly one place.
-//! 5. [`query`]: query folders: tag syntax, `/by-tag` paths compiled to SQL
-//!    with bound parameters, entry naming. The virtual nodes themselves live
-//!    in `vfs::virt`.
-//! 6. [`store`]: a store folder: opening, the single-owner lock, recovery,
-//!    `fsck`, `gc`, `info`.
-//! 7. [`meta`]: the only place SQL runs: connection setup, migrations from
-//!    `migrations/`, statements from `queries/meta/`.
-//! 8. [`qvfs`]: the QVFS cluster format (FAT + clusters) through one small
-//!    device trait; it holds blob bytes, and serves plain images.
+//! 4. [`store`]: the composition root. Opens a store folder (the
+//!    single-owner lock, recovery, the space reserve), builds the two
+//!    backends and hands them to the core; `gc`, `fsck` and `info` run
+//!    over the same two backends.
+//! 5. [`vfs`]: the filesystem core. Protocol-neutral operations, the open
+//!    file table, write buffers, the durability protocol, split by concern
+//!    (see its module doc); the query folders are `vfs::folders`, entered
+//!    only through the `v_*` operations. Errors are [`error::FsError`],
+//!    mapped to errno in exactly one place.
+//! 6. [`error`]: the core's error type and its errno mapping.
+//! 7. [`query`]: tag syntax, `/by-tag` paths compiled to SQL with bound
+//!    parameters, entry naming.
+//! 8. [`blob`]: the blob-store port ([`blob::BlobStore`]) and its
+//!    implementations: the QVFS container and memory.
+//! 9. [`meta`]: the metadata-store port ([`meta::MetaStore`]) and its
+//!    implementation on SQLite (a file, or `:memory:`): the only place SQL
+//!    runs; migrations from `migrations/`, statements from `queries/meta/`,
+//!    the `/sql` sandbox.
+//! 10. [`qvfs`]: the QVFS cluster format (FAT + clusters) through one small
+//!     device trait; it holds blob bytes, and serves plain images.
+//! 11. [`types`], [`names`]: the vocabulary every layer shares (`Attr`,
+//!     `FileKind`, `Ino`, `BlobHash`, `BlobLoc`; name encodings).
 //!
 //! Content: a file is a list of chunks (64 KiB by default); each chunk is a
 //! blob named by its BLAKE3 hash and stored once with a reference count.

@@ -55,7 +55,7 @@ use parking_lot::Mutex;
 
 use crate::blob::{self, BlobRef, BlobStore, Reclaim};
 use crate::error::FsError;
-use crate::meta::{self, BlobData, Meta, MetaError};
+use crate::meta::{self, BlobData, Meta, MetaError, MetaStore};
 use crate::qvfs::container::QUARANTINED;
 use crate::qvfs::{Container, CLUSTER_SIZE};
 use crate::types::BlobLoc;
@@ -136,7 +136,7 @@ pub struct Store {
     pub dir: PathBuf,
     pub fs: Arc<Fs>,
     /// The metadata store, shared with the core.
-    meta: Arc<Mutex<Meta>>,
+    meta: Arc<Mutex<Box<dyn MetaStore>>>,
     /// The blob store the core writes to, and the same container for what
     /// only a container has (repair's hold and append-only mode).
     blobs: Arc<dyn BlobStore>,
@@ -590,7 +590,7 @@ fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
         read_only,
         ..Tuning::default()
     };
-    let meta = Arc::new(Mutex::new(meta));
+    let meta: Arc<Mutex<Box<dyn MetaStore>>> = Arc::new(Mutex::new(Box::new(meta)));
     let fs = Arc::new(
         Fs::new(
             meta.clone(),
@@ -599,7 +599,6 @@ fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
             tuning,
             Some(dir.to_path_buf()),
         )
-        .with_query_db(dir.join(DB_FILE))
         .with_reserve(reserve_path(dir)),
     );
     Ok(Store {
@@ -632,7 +631,7 @@ struct Recovery {
 }
 
 /// One path of `ino` (a name of it and of each parent), for messages.
-fn path_of(m: &Meta, ino: u64) -> String {
+fn path_of(m: &dyn MetaStore, ino: u64) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut cur = ino;
     while cur != crate::vfs::ROOT {
@@ -648,7 +647,10 @@ fn path_of(m: &Meta, ino: u64) -> String {
     format!("/{}", parts.join("/"))
 }
 
-fn paths_holding(m: &Meta, hash: &[u8; 32]) -> std::result::Result<Vec<String>, MetaError> {
+fn paths_holding(
+    m: &dyn MetaStore,
+    hash: &[u8; 32],
+) -> std::result::Result<Vec<String>, MetaError> {
     Ok(m.inodes_holding(hash)?
         .into_iter()
         .map(|ino| path_of(m, ino))
@@ -659,7 +661,7 @@ fn paths_holding(m: &Meta, hash: &[u8; 32]) -> std::result::Result<Vec<String>, 
 /// excluded) and the units kept for quarantined blobs that files still hold.
 #[allow(clippy::type_complexity)]
 fn chains_and_keep(
-    m: &Meta,
+    m: &dyn MetaStore,
 ) -> std::result::Result<(Vec<([u8; 32], BlobRef)>, Vec<u64>), MetaError> {
     let chains = m
         .blob_chains()?
@@ -679,7 +681,7 @@ fn chains_and_keep(
 }
 
 fn damaged_blobs(
-    m: &Meta,
+    m: &dyn MetaStore,
     chains: &[([u8; 32], BlobRef)],
     found: Vec<blob::DamagedBlob>,
 ) -> std::result::Result<Vec<DamagedBlob>, MetaError> {
@@ -702,7 +704,10 @@ fn damaged_blobs(
 }
 
 /// The damaged blobs of the store (reads only).
-fn damage_of(m: &Meta, c: &dyn BlobStore) -> std::result::Result<Vec<DamagedBlob>, FsError> {
+fn damage_of(
+    m: &dyn MetaStore,
+    c: &dyn BlobStore,
+) -> std::result::Result<Vec<DamagedBlob>, FsError> {
     let (chains, keep) = chains_and_keep(m)?;
     let refs: Vec<BlobRef> = chains.iter().map(|x| x.1).collect();
     let found = c.check(&refs, &keep)?.damaged;
@@ -712,7 +717,7 @@ fn damage_of(m: &Meta, c: &dyn BlobStore) -> std::result::Result<Vec<DamagedBlob
 /// Reclaims crash leftovers. Only safe while no other process uses the
 /// store. Checks every chain first: on any damage it changes nothing and
 /// returns the damage.
-fn recover(m: &Meta, c: &dyn BlobStore) -> std::result::Result<Recovery, FsError> {
+fn recover(m: &dyn MetaStore, c: &dyn BlobStore) -> std::result::Result<Recovery, FsError> {
     // Quarantined blobs no file holds any more: their clusters go back.
     let resolved: Vec<[u8; 32]> = m
         .quarantined()?
@@ -790,11 +795,15 @@ pub struct Repair {
 }
 
 impl Store {
+    fn meta(&self) -> parking_lot::MappedMutexGuard<'_, dyn MetaStore> {
+        parking_lot::MutexGuard::map(self.meta.lock(), |m| &mut **m)
+    }
+
     /// Reclaims unreferenced blobs, orphan clusters and unlinked inodes.
     /// Refuses (and reclaims nothing) when a chain is damaged.
     pub fn gc(&self) -> Result<Reclaimed> {
-        let m = self.meta.lock();
-        let r = recover(&m, &*self.blobs)?;
+        let m = self.meta();
+        let r = recover(&*m, &*self.blobs)?;
         if !r.damage.is_empty() {
             return Err(StoreError::Damaged {
                 dir: disp(&self.dir),
@@ -819,17 +828,17 @@ impl Store {
         if self.read_only {
             return Err(StoreError::Corrupt(d, "repair needs a writing open".into()));
         }
-        let m = self.meta.lock();
+        let m = self.meta();
         let me = |e| StoreError::Meta(d.clone(), e);
         let c = &self.container;
-        let (chains, keep) = chains_and_keep(&m).map_err(me)?;
+        let (chains, keep) = chains_and_keep(&*m).map_err(me)?;
         let refs: Vec<BlobRef> = chains.iter().map(|x| x.1).collect();
         let check = self
             .blobs
             .check(&refs, &keep)
             .map_err(|e| StoreError::Io(d.clone(), e))?;
         let orphans = check.orphans;
-        let damaged = damaged_blobs(&m, &chains, check.damaged).map_err(me)?;
+        let damaged = damaged_blobs(&*m, &chains, check.damaged).map_err(me)?;
         let now = crate::vfs::now_ns();
         // A free cluster a damaged chain points to lost only its own FAT
         // entry: it holds the blob's bytes, so it is taken out of the free
@@ -861,7 +870,7 @@ impl Store {
         for b in &damaged {
             tracing::warn!("quarantined {}", b.line());
         }
-        let r = recover(&m, &*self.blobs)?;
+        let r = recover(&*m, &*self.blobs)?;
         if !r.damage.is_empty() {
             return Err(StoreError::Damaged {
                 dir: d,
@@ -917,7 +926,7 @@ impl Store {
     /// Checks everything; `verify` also re-hashes every blob. Reads only.
     pub fn fsck(&self, verify: bool) -> Result<FsckReport> {
         let d = disp(&self.dir);
-        let m = self.meta.lock();
+        let m = self.meta();
         let me = |e| StoreError::Meta(d.clone(), e);
         let mut problems = m.integrity_problems().map_err(me)?;
         problems.extend(m.consistency_problems().map_err(me)?);
@@ -929,14 +938,14 @@ impl Store {
         }
         let blobs = m.all_blobs().map_err(me)?;
         let c = &*self.blobs;
-        let (chains, keep) = chains_and_keep(&m).map_err(me)?;
+        let (chains, keep) = chains_and_keep(&*m).map_err(me)?;
         let refs: Vec<BlobRef> = chains.iter().map(|x| x.1).collect();
         let check = c
             .check(&refs, &keep)
             .map_err(|e| StoreError::Io(d.clone(), e))?;
         let damaged_idx: std::collections::HashSet<usize> =
             check.damaged.iter().map(|x| x.index).collect();
-        let damaged = damaged_blobs(&m, &chains, check.damaged.clone()).map_err(me)?;
+        let damaged = damaged_blobs(&*m, &chains, check.damaged.clone()).map_err(me)?;
         for b in &damaged {
             problems.push(format!(
                 "{}; `queryfs fsck --repair` quarantines it",
@@ -973,7 +982,7 @@ impl Store {
                     Ok(()) => problems.push(format!(
                         "blob {}: content does not match its hash; held by {}",
                         meta::hex(&hash[..8]),
-                        paths_holding(&m, hash).map_err(me)?.join(", ")
+                        paths_holding(&*m, hash).map_err(me)?.join(", ")
                     )),
                     Err(e) => problems.push(format!("blob {}: {e}", meta::hex(&hash[..8]))),
                 }
@@ -992,7 +1001,7 @@ impl Store {
             if q.refcount.is_none() {
                 continue;
             }
-            let files = paths_holding(&m, &q.marker).map_err(me)?;
+            let files = paths_holding(&*m, &q.marker).map_err(me)?;
             known.push(KnownDamage {
                 blob: meta::hex(&q.hash),
                 size: q.size,

@@ -189,7 +189,8 @@ fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<
         allow_other: a.allow_other,
         threads: a.threads as usize,
     };
-    fs.start_group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)
+    let group = fs
+        .group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)
         .context("starting the group-commit thread")?;
     let shown = dir.display().to_string();
     let at = mp.display().to_string();
@@ -198,7 +199,7 @@ fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<
     })
     .with_context(|| format!("mounting at {}", mp.display()))?;
     // Commit whatever is left before the lock is released.
-    s.fs.stop_group_commit().context("committing at unmount")?;
+    group.finish().context("committing at unmount")?;
     drop(s);
     eprintln!("queryfs: unmounted {at}");
     Ok(Outcome::Ok)

@@ -155,12 +155,12 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
     let b = progress_bar(check.bytes);
     // One commit per 25 ms instead of several per file; all of it is
     // committed (and synced) before the summary.
-    s.fs.start_group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)?;
+    let group = s.fs.group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)?;
     let into = utf8_store_path(&a.into, "--into")?;
     let r = exchange::import(&s.fs, &img, &check, &into, &mut |n| b.inc(n))
         .map_err(|e| anyhow!("{}: {}", a.image.display(), explain(e)));
     b.finish_and_clear();
-    s.fs.stop_group_commit().context("committing the import")?;
+    group.finish().context("committing the import")?;
     let r = r?;
     for w in &r.warnings {
         eprintln!("queryfs: warning: {w}");

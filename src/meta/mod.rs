@@ -16,6 +16,7 @@
 //! must be released only after the change that freed it commits (cluster
 //! chains) waits in the batch ([`Meta::after_commit`]).
 
+mod port;
 pub mod quarantine;
 pub mod queries;
 pub mod safefn;
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row};
 use rusqlite_migration::{Migrations, M};
 
+pub use port::MetaStore;
+use quarantine::Quarantined;
 use queries as q;
 
 /// Errors of the metadata layer.
@@ -40,6 +43,9 @@ pub enum MetaError {
     /// A migration failed.
     #[error("database migration: {0}")]
     Migration(#[from] rusqlite_migration::Error),
+    /// The query sandbox could not be opened.
+    #[error("query connection: {0}")]
+    Sandbox(String),
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;
@@ -172,6 +178,8 @@ pub struct Meta {
     batch: RefCell<Batch>,
     /// The next inode number to hand out (0: not read yet).
     next_ino: std::cell::Cell<u64>,
+    /// The database file; `None` in memory.
+    path: Option<std::path::PathBuf>,
 }
 
 /// A second connection that copies committed WAL frames into the database
@@ -257,7 +265,7 @@ impl Meta {
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             Self::require_schema(&conn, path)?;
         }
-        Self::setup(conn)
+        Ok(Self::setup(conn)?.at(path))
     }
 
     /// Opens the database read-only (for offline readers beside a mount);
@@ -269,7 +277,7 @@ impl Meta {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Self::require_schema(&conn, path)?;
-        Ok(Meta::with(conn))
+        Ok(Meta::with(conn).at(path))
     }
 
     /// Fails unless the database carries a migrated queryfs schema. Only
@@ -298,7 +306,14 @@ impl Meta {
             conn,
             batch: RefCell::default(),
             next_ino: std::cell::Cell::new(0),
+            path: None,
         }
+    }
+
+    /// Notes the database file (for the connections opened beside this one).
+    fn at(mut self, path: &Path) -> Meta {
+        self.path = Some(path.to_path_buf());
+        self
     }
 
     /// An in-memory database, for unit tests.
@@ -322,88 +337,6 @@ impl Meta {
     fn exec(&self, sql: &str) -> Result<()> {
         self.conn.prepare_cached(sql)?.execute([])?;
         Ok(())
-    }
-
-    /// Turns group commit on (`Some(window)`: a batch is due once it is that
-    /// old) or off (committing any open batch first).
-    pub fn set_group_commit(&self, window: Option<Duration>) -> Result<Vec<BlobLoc>> {
-        let frees = if window.is_none() {
-            self.commit_batch()?
-        } else {
-            Vec::new()
-        };
-        self.batch.borrow_mut().window = window;
-        Ok(frees)
-    }
-
-    /// Turns SQLite's own checkpoints at commit on or off (off when a
-    /// [`Checkpointer`] does them beside this connection).
-    pub fn set_auto_checkpoint(&self, on: bool) -> Result<()> {
-        let pages = if on { 1000 } else { 0 };
-        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
-        Ok(())
-    }
-
-    /// How many batches have been rolled back on this connection: state
-    /// derived from their writes (open files' chunk maps) is stale.
-    pub fn rollbacks(&self) -> u64 {
-        self.batch.borrow().rollbacks
-    }
-
-    /// Whether a batch is open (writes not committed yet).
-    pub fn batch_open(&self) -> bool {
-        self.batch.borrow().since.is_some()
-    }
-
-    /// Whether the open batch should be committed now: old or big enough.
-    pub fn batch_due(&self) -> bool {
-        let b = self.batch.borrow();
-        match (b.since, b.window) {
-            (Some(t), Some(w)) => t.elapsed() >= w || b.writes >= BATCH_MAX_WRITES,
-            _ => false,
-        }
-    }
-
-    /// Hands over cluster chains dropped by a write: returns those that may
-    /// be freed now (their write committed) and keeps the rest in the batch.
-    pub fn after_commit(&self, frees: Vec<BlobLoc>) -> Vec<BlobLoc> {
-        let mut b = self.batch.borrow_mut();
-        if b.since.is_some() {
-            b.frees.extend(frees);
-            Vec::new()
-        } else {
-            frees
-        }
-    }
-
-    /// Commits the open batch, if any; returns the cluster chains it
-    /// released. On failure the whole batch is rolled back (its frees are
-    /// dropped: the chains stay referenced) and the error says how many
-    /// writes were lost.
-    pub fn commit_batch(&self) -> Result<Vec<BlobLoc>> {
-        let mut b = self.batch.borrow_mut();
-        if b.since.is_none() {
-            return Ok(std::mem::take(&mut b.frees));
-        }
-        let writes = b.end();
-        if let Err(e) = self.exec("COMMIT") {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            b.abandon();
-            tracing::error!("a group commit of {writes} metadata changes failed: {e}");
-            return Err(e);
-        }
-        Ok(std::mem::take(&mut b.frees))
-    }
-
-    /// Rolls the open batch back, if any (the blob bytes it refers to may
-    /// not be on disk); returns how many writes it held.
-    pub fn rollback_batch(&self) -> u32 {
-        let mut b = self.batch.borrow_mut();
-        if b.since.is_none() {
-            return 0;
-        }
-        let _ = self.conn.execute_batch("ROLLBACK");
-        b.abandon()
     }
 
     /// Runs `f` in an IMMEDIATE transaction; commits on `Ok`, rolls back on
@@ -502,9 +435,93 @@ impl Meta {
         r
     }
 
-    /// Makes every commit so far durable: one commit with `synchronous=FULL`.
-    /// Commit any open batch first ([`Meta::commit_batch`]).
-    pub fn barrier(&self) -> Result<()> {
+    /// The number for a new inode. Numbers are never handed out twice by
+    /// one connection (a mount), even when the inode with the highest
+    /// number is deleted or its insert is rolled back: the kernel may still
+    /// hold a deleted inode's number with its cached attributes and pages,
+    /// and would take a new file with that number for the old one.
+    fn next_ino(&self) -> Result<u64> {
+        let mut next = self.next_ino.get();
+        if next == 0 {
+            let max: i64 = self
+                .conn
+                .prepare_cached(q::INODE_MAX)?
+                .query_row([], |r| r.get(0))?;
+            next = max as u64 + 1;
+        }
+        self.next_ino.set(next + 1);
+        Ok(next)
+    }
+}
+
+impl MetaStore for Meta {
+    fn set_group_commit(&self, window: Option<Duration>) -> Result<Vec<BlobLoc>> {
+        let frees = if window.is_none() {
+            self.commit_batch()?
+        } else {
+            Vec::new()
+        };
+        self.batch.borrow_mut().window = window;
+        Ok(frees)
+    }
+
+    fn set_auto_checkpoint(&self, on: bool) -> Result<()> {
+        let pages = if on { 1000 } else { 0 };
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
+    fn rollbacks(&self) -> u64 {
+        self.batch.borrow().rollbacks
+    }
+
+    fn batch_open(&self) -> bool {
+        self.batch.borrow().since.is_some()
+    }
+
+    fn batch_due(&self) -> bool {
+        let b = self.batch.borrow();
+        match (b.since, b.window) {
+            (Some(t), Some(w)) => t.elapsed() >= w || b.writes >= BATCH_MAX_WRITES,
+            _ => false,
+        }
+    }
+
+    fn after_commit(&self, frees: Vec<BlobLoc>) -> Vec<BlobLoc> {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_some() {
+            b.frees.extend(frees);
+            Vec::new()
+        } else {
+            frees
+        }
+    }
+
+    fn commit_batch(&self) -> Result<Vec<BlobLoc>> {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_none() {
+            return Ok(std::mem::take(&mut b.frees));
+        }
+        let writes = b.end();
+        if let Err(e) = self.exec("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            b.abandon();
+            tracing::error!("a group commit of {writes} metadata changes failed: {e}");
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut b.frees))
+    }
+
+    fn rollback_batch(&self) -> u32 {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_none() {
+            return 0;
+        }
+        let _ = self.conn.execute_batch("ROLLBACK");
+        b.abandon()
+    }
+
+    fn barrier(&self) -> Result<()> {
         debug_assert!(!self.batch_open(), "a barrier inside an open batch");
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         let r = self
@@ -518,7 +535,7 @@ impl Meta {
 
     // ----- store settings -----
 
-    pub fn store_get(&self, key: &str) -> Result<Option<String>> {
+    fn store_get(&self, key: &str) -> Result<Option<String>> {
         Ok(self
             .conn
             .prepare_cached(q::STORE_GET)?
@@ -526,7 +543,7 @@ impl Meta {
             .optional()?)
     }
 
-    pub fn store_set(&self, key: &str, value: &str) -> Result<()> {
+    fn store_set(&self, key: &str, value: &str) -> Result<()> {
         self.conn
             .prepare_cached(q::STORE_SET)?
             .execute(named_params! {":key": key, ":value": value})?;
@@ -535,7 +552,7 @@ impl Meta {
 
     // ----- inodes -----
 
-    pub fn insert_root(&self, perm: u32, uid: u32, gid: u32, now: i64) -> Result<()> {
+    fn insert_root(&self, perm: u32, uid: u32, gid: u32, now: i64) -> Result<()> {
         self.conn
             .prepare_cached(q::INODE_INSERT_ROOT)?
             .execute(named_params! {
@@ -544,7 +561,7 @@ impl Meta {
         Ok(())
     }
 
-    pub fn inode(&self, ino: u64) -> Result<Option<Inode>> {
+    fn inode(&self, ino: u64) -> Result<Option<Inode>> {
         Ok(self
             .conn
             .prepare_cached(q::INODE_GET)?
@@ -552,8 +569,7 @@ impl Meta {
             .optional()?)
     }
 
-    /// Inserts a new inode and returns it.
-    pub fn insert_inode(&self, n: &NewInode<'_>) -> Result<Inode> {
+    fn insert_inode(&self, n: &NewInode<'_>) -> Result<Inode> {
         let size = n.target.map(|t| t.len() as u64).unwrap_or(0);
         let ino = self.next_ino()?;
         self.conn.prepare_cached(q::INODE_INSERT)?.execute(named_params! {
@@ -579,32 +595,11 @@ impl Meta {
         })
     }
 
-    /// The number for a new inode. Numbers are never handed out twice by
-    /// one connection (a mount), even when the inode with the highest
-    /// number is deleted or its insert is rolled back: the kernel may still
-    /// hold a deleted inode's number with its cached attributes and pages,
-    /// and would take a new file with that number for the old one.
-    fn next_ino(&self) -> Result<u64> {
-        let mut next = self.next_ino.get();
-        if next == 0 {
-            let max: i64 = self
-                .conn
-                .prepare_cached(q::INODE_MAX)?
-                .query_row([], |r| r.get(0))?;
-            next = max as u64 + 1;
-        }
-        self.next_ino.set(next + 1);
-        Ok(next)
-    }
-
-    /// Writes back every mutable column of `i`.
-    pub fn update_inode(&self, i: &Inode) -> Result<()> {
+    fn update_inode(&self, i: &Inode) -> Result<()> {
         self.update_inode_with(i, None)
     }
 
-    /// Writes back every mutable column of `i` and, when given, the
-    /// content id.
-    pub fn update_inode_with(&self, i: &Inode, chash: Option<&[u8; 32]>) -> Result<()> {
+    fn update_inode_with(&self, i: &Inode, chash: Option<&[u8; 32]>) -> Result<()> {
         self.conn.prepare_cached(q::INODE_UPDATE)?.execute(named_params! {
             ":ino": i.ino as i64, ":perm": i.perm, ":uid": i.uid, ":gid": i.gid, ":size": i.size as i64,
             ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime, ":btime": i.btime, ":blocks": i.blocks as i64,
@@ -613,7 +608,7 @@ impl Meta {
         Ok(())
     }
 
-    pub fn delete_inode_row(&self, ino: u64) -> Result<()> {
+    fn delete_inode_row(&self, ino: u64) -> Result<()> {
         self.conn
             .prepare_cached(q::INODE_DELETE)?
             .execute(named_params! {":ino": ino as i64})?;
@@ -626,8 +621,7 @@ impl Meta {
         Ok(())
     }
 
-    /// The stored content id of a regular file.
-    pub fn chash(&self, ino: u64) -> Result<Option<[u8; 32]>> {
+    fn chash(&self, ino: u64) -> Result<Option<[u8; 32]>> {
         Ok(self
             .conn
             .prepare_cached(q::INODE_CHASH)?
@@ -638,38 +632,35 @@ impl Meta {
 
     // ----- tags -----
 
-    /// Creates a tag if it does not exist yet.
-    pub fn create_tag(&self, name: &str, now: i64) -> Result<()> {
+    fn create_tag(&self, name: &str, now: i64) -> Result<()> {
         self.conn
             .prepare_cached(q::TAG_CREATE)?
             .execute(named_params! {":name": name, ":now": now})?;
         Ok(())
     }
 
-    pub fn delete_tag(&self, name: &str) -> Result<()> {
+    fn delete_tag(&self, name: &str) -> Result<()> {
         self.conn
             .prepare_cached(q::TAG_DELETE)?
             .execute(named_params! {":name": name})?;
         Ok(())
     }
 
-    pub fn tag_exists(&self, name: &str) -> Result<bool> {
+    fn tag_exists(&self, name: &str) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::TAG_EXISTS)?
             .query_row(named_params! {":name": name}, |r| r.get(0))?)
     }
 
-    /// Whether any file holds the tag.
-    pub fn tag_used(&self, name: &str) -> Result<bool> {
+    fn tag_used(&self, name: &str) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::TAG_USED)?
             .query_row(named_params! {":name": name}, |r| r.get(0))?)
     }
 
-    /// Renames a tag and every use of it.
-    pub fn rename_tag(&self, old: &str, new: &str) -> Result<()> {
+    fn rename_tag(&self, old: &str, new: &str) -> Result<()> {
         for sql in [q::TAG_RENAME, q::TAG_RENAME_USES] {
             self.conn
                 .prepare_cached(sql)?
@@ -678,21 +669,19 @@ impl Meta {
         Ok(())
     }
 
-    /// Every tag with the number of files holding it.
-    pub fn tag_counts(&self) -> Result<Vec<(String, u64)>> {
+    fn tag_counts(&self) -> Result<Vec<(String, u64)>> {
         let mut s = self.conn.prepare_cached(q::TAG_COUNTS)?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn tag_names(&self) -> Result<Vec<String>> {
+    fn tag_names(&self) -> Result<Vec<String>> {
         let mut s = self.conn.prepare_cached(q::TAG_NAMES)?;
         let rows = s.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// A file's tags with their values, by name.
-    pub fn file_tags(&self, ino: u64) -> Result<Vec<(String, Option<String>)>> {
+    fn file_tags(&self, ino: u64) -> Result<Vec<(String, Option<String>)>> {
         let mut s = self.conn.prepare_cached(q::FILE_TAGS_GET)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -700,8 +689,7 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// One tag of a file: `None` if the file does not hold it.
-    pub fn file_tag(&self, ino: u64, tag: &str) -> Result<Option<Option<String>>> {
+    fn file_tag(&self, ino: u64, tag: &str) -> Result<Option<Option<String>>> {
         Ok(self
             .conn
             .prepare_cached(q::FILE_TAG_GET)?
@@ -711,8 +699,7 @@ impl Meta {
             .optional()?)
     }
 
-    /// Tags a file (creating the tag if needed).
-    pub fn set_file_tag(&self, ino: u64, tag: &str, value: Option<&str>, now: i64) -> Result<()> {
+    fn set_file_tag(&self, ino: u64, tag: &str, value: Option<&str>, now: i64) -> Result<()> {
         self.create_tag(tag, now)?;
         self.conn
             .prepare_cached(q::FILE_TAG_SET)?
@@ -720,10 +707,7 @@ impl Meta {
         Ok(())
     }
 
-    /// Tags a file as made in a tag folder: `placed` is the term's position
-    /// in the folder's path (1 for the first). A tag the file already holds
-    /// keeps what it was (given by the user, or placed earlier).
-    pub fn place_file_tag(
+    fn place_file_tag(
         &self,
         ino: u64,
         tag: &str,
@@ -738,9 +722,7 @@ impl Meta {
         Ok(())
     }
 
-    /// A file's tags with their values and `placed` positions (0: given
-    /// by the user).
-    pub fn file_tags_placed(&self, ino: u64) -> Result<Vec<(String, Option<String>, u32)>> {
+    fn file_tags_placed(&self, ino: u64) -> Result<Vec<(String, Option<String>, u32)>> {
         let mut s = self.conn.prepare_cached(q::FILE_TAGS_PLACED)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -748,8 +730,7 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Untags a file; false if it did not hold the tag.
-    pub fn delete_file_tag(&self, ino: u64, tag: &str) -> Result<bool> {
+    fn delete_file_tag(&self, ino: u64, tag: &str) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::FILE_TAG_DELETE)?
@@ -757,7 +738,7 @@ impl Meta {
             > 0)
     }
 
-    pub fn delete_file_tags(&self, ino: u64) -> Result<()> {
+    fn delete_file_tags(&self, ino: u64) -> Result<()> {
         self.conn
             .prepare_cached(q::FILE_TAG_DELETE_ALL)?
             .execute(named_params! {":ino": ino as i64})?;
@@ -766,7 +747,7 @@ impl Meta {
 
     // ----- saved queries -----
 
-    pub fn saved_query(&self, name: &str) -> Result<Option<String>> {
+    fn saved_query(&self, name: &str) -> Result<Option<String>> {
         Ok(self
             .conn
             .prepare_cached(q::SAVED_GET)?
@@ -774,15 +755,14 @@ impl Meta {
             .optional()?)
     }
 
-    pub fn save_query(&self, name: &str, sql: &str, now: i64) -> Result<()> {
+    fn save_query(&self, name: &str, sql: &str, now: i64) -> Result<()> {
         self.conn
             .prepare_cached(q::SAVED_SET)?
             .execute(named_params! {":name": name, ":sql": sql, ":now": now})?;
         Ok(())
     }
 
-    /// Deletes a saved query; false if there was none.
-    pub fn delete_saved_query(&self, name: &str) -> Result<bool> {
+    fn delete_saved_query(&self, name: &str) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::SAVED_DELETE)?
@@ -790,15 +770,13 @@ impl Meta {
             > 0)
     }
 
-    pub fn saved_queries(&self) -> Result<Vec<(String, String)>> {
+    fn saved_queries(&self) -> Result<Vec<(String, String)>> {
         let mut s = self.conn.prepare_cached(q::SAVED_LIST)?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Runs a listing compiled by the query-folder layer (trusted SQL with
-    /// bound parameters) whose rows are `name, <inode columns>`.
-    pub fn listing(
+    fn listing(
         &self,
         sql: &str,
         params: &[rusqlite::types::Value],
@@ -810,14 +788,13 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Runs a compiled query whose rows are one text column.
-    pub fn strings(&self, sql: &str, params: &[rusqlite::types::Value]) -> Result<Vec<String>> {
+    fn strings(&self, sql: &str, params: &[rusqlite::types::Value]) -> Result<Vec<String>> {
         let mut s = self.conn.prepare_cached(sql)?;
         let rows = s.query_map(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn symlink_target(&self, ino: u64) -> Result<Option<Vec<u8>>> {
+    fn symlink_target(&self, ino: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
             .prepare_cached(q::INODE_TARGET)?
@@ -828,7 +805,7 @@ impl Meta {
             .flatten())
     }
 
-    pub fn unlinked_inodes(&self) -> Result<Vec<u64>> {
+    fn unlinked_inodes(&self) -> Result<Vec<u64>> {
         let mut s = self.conn.prepare_cached(q::INODE_UNLINKED)?;
         let rows = s.query_map([], |r| r.get::<_, i64>(0))?;
         Ok(rows
@@ -838,7 +815,7 @@ impl Meta {
 
     // ----- directory entries -----
 
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Inode>> {
+    fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Inode>> {
         Ok(self
             .conn
             .prepare_cached(q::DENTRY_LOOKUP)?
@@ -849,7 +826,7 @@ impl Meta {
             .optional()?)
     }
 
-    pub fn list_dir(&self, parent: u64) -> Result<Vec<(Vec<u8>, Inode)>> {
+    fn list_dir(&self, parent: u64) -> Result<Vec<(Vec<u8>, Inode)>> {
         let mut s = self.conn.prepare_cached(q::DENTRY_LIST)?;
         let rows = s.query_map(named_params! {":parent": parent as i64}, |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, inode_from_row(r, 1)?))
@@ -857,37 +834,35 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn insert_dentry(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+    fn insert_dentry(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
         self.conn
             .prepare_cached(q::DENTRY_INSERT)?
             .execute(named_params! {":parent": parent as i64, ":name": name, ":ino": ino as i64})?;
         Ok(())
     }
 
-    pub fn delete_dentry(&self, parent: u64, name: &[u8]) -> Result<()> {
+    fn delete_dentry(&self, parent: u64, name: &[u8]) -> Result<()> {
         self.conn
             .prepare_cached(q::DENTRY_DELETE)?
             .execute(named_params! {":parent": parent as i64, ":name": name})?;
         Ok(())
     }
 
-    pub fn set_dentry_ino(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+    fn set_dentry_ino(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
         self.conn
             .prepare_cached(q::DENTRY_SET_INO)?
             .execute(named_params! {":parent": parent as i64, ":name": name, ":ino": ino as i64})?;
         Ok(())
     }
 
-    pub fn dir_has_entries(&self, parent: u64) -> Result<bool> {
+    fn dir_has_entries(&self, parent: u64) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::DENTRY_ANY)?
             .query_row(named_params! {":parent": parent as i64}, |r| r.get(0))?)
     }
 
-    /// One (parent, name) naming `ino`, if any.
-    /// Every directory that has a name.
-    pub fn dir_perms(&self) -> Result<Vec<DirPerm>> {
+    fn dir_perms(&self) -> Result<Vec<DirPerm>> {
         let mut s = self.conn.prepare_cached(q::DIR_PERMS)?;
         let rows = s.query_map([], |r| {
             Ok((
@@ -901,8 +876,7 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The directories holding a name of `ino` (several for hard links).
-    pub fn parents(&self, ino: u64) -> Result<Vec<u64>> {
+    fn parents(&self, ino: u64) -> Result<Vec<u64>> {
         let mut s = self.conn.prepare_cached(q::DENTRY_PARENTS)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
             Ok(r.get::<_, i64>(0)? as u64)
@@ -910,15 +884,13 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Every (tag, file) pair.
-    pub fn tag_files(&self) -> Result<Vec<(String, u64)>> {
+    fn tag_files(&self) -> Result<Vec<(String, u64)>> {
         let mut s = self.conn.prepare_cached(q::TAG_FILES)?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Every (parent, name) of `ino`.
-    pub fn names_of(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    fn names_of(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut s = self.conn.prepare_cached(q::DENTRY_NAMES)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
@@ -926,7 +898,7 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn parent_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>> {
+    fn parent_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>> {
         Ok(self
             .conn
             .prepare_cached(q::DENTRY_PARENT)?
@@ -938,7 +910,7 @@ impl Meta {
 
     // ----- chunks and blobs -----
 
-    pub fn chunks(&self, ino: u64) -> Result<Vec<(u64, ChunkRef)>> {
+    fn chunks(&self, ino: u64) -> Result<Vec<(u64, ChunkRef)>> {
         let mut s = self.conn.prepare_cached(q::CHUNK_LIST)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
             Ok((
@@ -953,42 +925,41 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn chunk_hashes(&self, ino: u64) -> Result<Vec<[u8; 32]>> {
+    fn chunk_hashes(&self, ino: u64) -> Result<Vec<[u8; 32]>> {
         let mut s = self.conn.prepare_cached(q::CHUNK_HASHES)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| hash_of(r.get(0)?))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn set_chunk(&self, ino: u64, idx: u64, hash: &[u8; 32]) -> Result<()> {
+    fn set_chunk(&self, ino: u64, idx: u64, hash: &[u8; 32]) -> Result<()> {
         self.conn
             .prepare_cached(q::CHUNK_UPSERT)?
             .execute(named_params! {":ino": ino as i64, ":idx": idx as i64, ":hash": &hash[..]})?;
         Ok(())
     }
 
-    pub fn delete_chunks_from(&self, ino: u64, from: u64) -> Result<()> {
+    fn delete_chunks_from(&self, ino: u64, from: u64) -> Result<()> {
         self.conn
             .prepare_cached(q::CHUNK_DELETE_FROM)?
             .execute(named_params! {":ino": ino as i64, ":from": from as i64})?;
         Ok(())
     }
 
-    pub fn delete_chunk(&self, ino: u64, idx: u64) -> Result<()> {
+    fn delete_chunk(&self, ino: u64, idx: u64) -> Result<()> {
         self.conn
             .prepare_cached(q::CHUNK_DELETE)?
             .execute(named_params! {":ino": ino as i64, ":idx": idx as i64})?;
         Ok(())
     }
 
-    pub fn delete_all_chunks(&self, ino: u64) -> Result<()> {
+    fn delete_all_chunks(&self, ino: u64) -> Result<()> {
         self.conn
             .prepare_cached(q::CHUNK_DELETE_ALL)?
             .execute(named_params! {":ino": ino as i64})?;
         Ok(())
     }
 
-    /// Size and location of a blob, if it exists.
-    pub fn blob(&self, hash: &[u8; 32]) -> Result<Option<(u32, BlobData)>> {
+    fn blob(&self, hash: &[u8; 32]) -> Result<Option<(u32, BlobData)>> {
         Ok(self
             .conn
             .prepare_cached(q::BLOB_GET)?
@@ -998,8 +969,7 @@ impl Meta {
             .optional()?)
     }
 
-    /// Inserts a blob with refcount 1.
-    pub fn insert_blob(&self, hash: &[u8; 32], size: u64, data: &BlobData) -> Result<()> {
+    fn insert_blob(&self, hash: &[u8; 32], size: u64, data: &BlobData) -> Result<()> {
         let (loc, inline): (Option<i64>, Option<&[u8]>) = match data {
             BlobData::Stored(l) => (Some(l.0 as i64), None),
             BlobData::Inline(d) => (None, Some(d)),
@@ -1012,17 +982,14 @@ impl Meta {
         Ok(())
     }
 
-    pub fn incref(&self, hash: &[u8; 32]) -> Result<()> {
+    fn incref(&self, hash: &[u8; 32]) -> Result<()> {
         self.conn
             .prepare_cached(q::BLOB_INCREF)?
             .execute(named_params! {":hash": &hash[..]})?;
         Ok(())
     }
 
-    /// Drops one reference. When it was the last, deletes the row and returns
-    /// `Some(loc)` (`Some(None)` for an inline blob) so the caller can free the
-    /// clusters after the transaction commits.
-    pub fn decref(&self, hash: &[u8; 32]) -> Result<Option<Option<BlobLoc>>> {
+    fn decref(&self, hash: &[u8; 32]) -> Result<Option<Option<BlobLoc>>> {
         let row: Option<(i64, Option<i64>)> = self
             .conn
             .prepare_cached(q::BLOB_DECREF)?
@@ -1041,8 +1008,7 @@ impl Meta {
         }
     }
 
-    /// Start clusters of every blob in the container.
-    pub fn blob_locations(&self) -> Result<Vec<BlobLoc>> {
+    fn blob_locations(&self) -> Result<Vec<BlobLoc>> {
         let mut s = self.conn.prepare_cached(q::BLOB_LOCS)?;
         let rows = s.query_map([], |r| r.get::<_, i64>(0))?;
         Ok(rows
@@ -1050,7 +1016,7 @@ impl Meta {
             .collect::<rusqlite::Result<_>>()?)
     }
 
-    pub fn all_blobs(&self) -> Result<Vec<BlobRow>> {
+    fn all_blobs(&self) -> Result<Vec<BlobRow>> {
         let mut s = self.conn.prepare_cached(q::BLOB_ALL)?;
         let rows = s.query_map([], |r| {
             Ok(BlobRow {
@@ -1063,8 +1029,7 @@ impl Meta {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Deletes blob rows nobody references; returns their container chains.
-    pub fn delete_unreferenced_blobs(&self) -> Result<Vec<Option<BlobLoc>>> {
+    fn delete_unreferenced_blobs(&self) -> Result<Vec<Option<BlobLoc>>> {
         let rows: Vec<(Vec<u8>, Option<i64>)> = {
             let mut s = self.conn.prepare_cached(q::BLOB_UNREFERENCED)?;
             let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -1082,7 +1047,7 @@ impl Meta {
 
     // ----- xattrs -----
 
-    pub fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
             .prepare_cached(q::XATTR_GET)?
@@ -1092,21 +1057,20 @@ impl Meta {
             .optional()?)
     }
 
-    pub fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
+    fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
         self.conn
             .prepare_cached(q::XATTR_SET)?
             .execute(named_params! {":ino": ino as i64, ":name": name, ":value": value})?;
         Ok(())
     }
 
-    pub fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
+    fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
         let mut s = self.conn.prepare_cached(q::XATTR_LIST)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Removes one xattr; false if it did not exist.
-    pub fn delete_xattr(&self, ino: u64, name: &[u8]) -> Result<bool> {
+    fn delete_xattr(&self, ino: u64, name: &[u8]) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::XATTR_DELETE)?
@@ -1116,7 +1080,7 @@ impl Meta {
 
     // ----- statistics and checks -----
 
-    pub fn stats(&self) -> Result<Stats> {
+    fn stats(&self) -> Result<Stats> {
         Ok(self.conn.prepare_cached(q::STATS)?.query_row([], |r| {
             Ok(Stats {
                 files: r.get::<_, i64>(0)? as u64,
@@ -1129,16 +1093,14 @@ impl Meta {
         })?)
     }
 
-    /// `PRAGMA integrity_check` lines other than "ok".
-    pub fn integrity_problems(&self) -> Result<Vec<String>> {
+    fn integrity_problems(&self) -> Result<Vec<String>> {
         let mut s = self.conn.prepare("PRAGMA integrity_check")?;
         let rows = s.query_map([], |r| r.get::<_, String>(0))?;
         let all: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
         Ok(all.into_iter().filter(|l| l != "ok").collect())
     }
 
-    /// Text descriptions of every cross-table inconsistency.
-    pub fn consistency_problems(&self) -> Result<Vec<String>> {
+    fn consistency_problems(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         {
             let mut s = self.conn.prepare_cached(q::BLOB_REFCOUNT_MISMATCH)?;
@@ -1215,6 +1177,74 @@ impl Meta {
             }
         }
         Ok(out)
+    }
+
+    // Quarantine (see `quarantine.rs`).
+    fn has_quarantine(&self) -> Result<bool> {
+        Meta::has_quarantine(self)
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>> {
+        Meta::quarantined(self)
+    }
+
+    fn quarantine_blob(
+        &self,
+        hash: &[u8; 32],
+        clusters: &[u32],
+        reason: &str,
+        now_ns: i64,
+    ) -> Result<bool> {
+        Meta::quarantine_blob(self, hash, clusters, reason, now_ns)
+    }
+
+    fn drop_quarantine(&self, hash: &[u8; 32]) -> Result<()> {
+        Meta::drop_quarantine(self, hash)
+    }
+
+    fn blob_chains(&self) -> Result<Vec<([u8; 32], u64, BlobLoc)>> {
+        Meta::blob_chains(self)
+    }
+
+    fn inodes_holding(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
+        Meta::inodes_holding(self, hash)
+    }
+
+    fn write_dyn(&self, f: &mut dyn FnMut(&dyn MetaStore) -> bool) -> Result<()> {
+        /// Why a write did not commit: the closure asked, or the store failed.
+        enum Stop {
+            Asked,
+            Failed(MetaError),
+        }
+        impl From<MetaError> for Stop {
+            fn from(e: MetaError) -> Stop {
+                Stop::Failed(e)
+            }
+        }
+        match self.write(|m| if f(m) { Ok(()) } else { Err(Stop::Asked) }) {
+            Ok(()) | Err(Stop::Asked) => Ok(()),
+            Err(Stop::Failed(e)) => Err(e),
+        }
+    }
+
+    fn read_dyn(&self, f: &mut dyn FnMut(&dyn MetaStore)) -> Result<()> {
+        self.read(|m| {
+            f(m);
+            Ok::<(), MetaError>(())
+        })
+    }
+
+    fn open_sandbox(&self) -> Result<Option<sandbox::Sandbox>> {
+        match &self.path {
+            Some(p) => Ok(Some(
+                sandbox::Sandbox::open(p).map_err(|e| MetaError::Sandbox(e.to_string()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn checkpointer(&self) -> Result<Option<Checkpointer>> {
+        self.path.as_deref().map(Checkpointer::open).transpose()
     }
 }
 

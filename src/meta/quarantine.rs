@@ -14,7 +14,7 @@
 
 use rusqlite::named_params;
 
-use super::{hash_of, BlobData, BlobLoc, Meta, Result};
+use super::{hash_of, BlobData, BlobLoc, Meta, MetaStore, Result};
 use crate::qvfs::container::QUARANTINED;
 
 const INSERT: &str = include_str!("../../queries/meta/quarantine_insert.sql");
@@ -88,7 +88,7 @@ impl Meta {
                 Some(format!("{} is empty or damaged", path.display())),
             )));
         }
-        Ok(Meta::with(conn))
+        Ok(Meta::with(conn).at(path))
     }
 
     /// True when the schema has the quarantine table (a read-only open of a

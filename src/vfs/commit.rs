@@ -7,7 +7,10 @@ impl Fs {
     /// Runs `f` as one write: with group commit on, it joins the open
     /// batch (committed when due); otherwise it commits at once. Clusters it
     /// released are freed once it has committed.
-    pub(super) fn tx<T>(&self, f: impl FnOnce(&Meta, &mut Vec<BlobLoc>) -> Result<T>) -> Result<T> {
+    pub(super) fn tx<T>(
+        &self,
+        f: impl FnOnce(&dyn MetaStore, &mut Vec<BlobLoc>) -> Result<T>,
+    ) -> Result<T> {
         let mut frees = Vec::new();
         let m = self.meta();
         let v = m.write(|m| f(m, &mut frees));
@@ -19,7 +22,7 @@ impl Fs {
         let v = v?;
         let mut free_now = m.after_commit(frees);
         if m.batch_due() {
-            free_now.extend(self.commit_batch(&m)?);
+            free_now.extend(self.commit_batch(&*m)?);
         }
         drop(m);
         self.free_blobs(&free_now);
@@ -28,7 +31,7 @@ impl Fs {
 
     /// Commits the open batch of metadata changes, if any.
     pub fn settle(&self) -> Result<()> {
-        let frees = self.commit_batch(&self.meta())?;
+        let frees = self.commit_batch(&*self.meta())?;
         self.free_blobs(&frees);
         Ok(())
     }
@@ -37,13 +40,13 @@ impl Fs {
     /// (a container sync is short here when the caller synced just before,
     /// outside the lock). If a container sync failed, the batch is rolled
     /// back instead: its blobs may not be on disk.
-    pub(super) fn commit_batch(&self, m: &Meta) -> Result<Vec<BlobLoc>> {
+    pub(super) fn commit_batch(&self, m: &dyn MetaStore) -> Result<Vec<BlobLoc>> {
         let r = self.commit_batch_inner(m);
         self.rollbacks.store(m.rollbacks(), Ordering::Release);
         r
     }
 
-    pub(super) fn commit_batch_inner(&self, m: &Meta) -> Result<Vec<BlobLoc>> {
+    pub(super) fn commit_batch_inner(&self, m: &dyn MetaStore) -> Result<Vec<BlobLoc>> {
         if let Err(e) = self.blobs.sync() {
             let lost = m.rollback_batch();
             self.blobs.clear_sync_failure();
@@ -70,16 +73,13 @@ impl Fs {
     /// rename, chmod, xattrs, ...) join one transaction that is committed
     /// within `window`, or sooner by a flush, fsync, data commit or query.
     /// A thread commits batches that fall due while nothing else happens.
-    pub fn start_group_commit(self: &Arc<Self>, window: Duration) -> Result<()> {
+    pub(crate) fn start_group_commit(self: &Arc<Self>, window: Duration) -> Result<()> {
         if self.tuning.read_only {
             return Ok(());
         }
         // Checkpoints run on this thread's own connection, off the
         // request path (SQLite's own would run inside a commit).
-        let checkpointer = match &self.query_db {
-            Some(db) => Some(Checkpointer::open(db)?),
-            None => None,
-        };
+        let checkpointer: Option<Checkpointer> = self.meta().checkpointer()?;
         {
             let m = self.meta();
             m.set_group_commit(Some(window))?;
@@ -161,7 +161,7 @@ impl Fs {
             return Ok(());
         }
         let m = self.meta();
-        let frees = self.commit_batch(&m)?;
+        let frees = self.commit_batch(&*m)?;
         let r = c.restart();
         drop(m);
         self.free_blobs(&frees);
@@ -170,7 +170,7 @@ impl Fs {
 
     /// Commits every open file and the open batch, syncs, and turns group
     /// commit off (unmount, the end of an import, shutdown).
-    pub fn stop_group_commit(&self) -> Result<()> {
+    pub(crate) fn stop_group_commit(&self) -> Result<()> {
         let committed = self.commit_all();
         self.ticker_stop.store(true, Ordering::Release);
         let h = self.ticker.lock().take();
@@ -182,7 +182,7 @@ impl Fs {
         }
         let (last, frees) = {
             let m = self.meta();
-            let last = self.commit_batch(&m);
+            let last = self.commit_batch(&*m);
             m.set_auto_checkpoint(true)?;
             (last, m.set_group_commit(None)?)
         };
@@ -440,7 +440,7 @@ impl Fs {
         let _ = self.blobs.sync();
         // One lock hold, so that no new batch opens before the barrier.
         let m = self.meta();
-        let frees = self.commit_batch(&m)?;
+        let frees = self.commit_batch(&*m)?;
         m.barrier()?;
         drop(m);
         self.free_blobs(&frees);
@@ -464,5 +464,45 @@ impl Fs {
             Some(e) => Err(e),
             None => self.sync_all(),
         }
+    }
+}
+
+/// Group commit for as long as this guard lives (a mount, an import): made
+/// by [`Fs::group_commit`]. [`GroupCommit::finish`] commits every open file
+/// and the open batch, syncs, turns group commit off and says whether that
+/// worked; dropping the guard does the same and logs a failure.
+#[must_use = "group commit stops when the guard is dropped"]
+pub struct GroupCommit {
+    fs: Option<Arc<Fs>>,
+}
+
+impl GroupCommit {
+    /// Ends group commit, committing everything first.
+    pub fn finish(mut self) -> Result<()> {
+        match self.fs.take() {
+            Some(fs) => fs.stop_group_commit(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        if let Some(fs) = self.fs.take() {
+            if let Err(e) = fs.stop_group_commit() {
+                tracing::error!("committing at the end of group commit: {e}");
+            }
+        }
+    }
+}
+
+impl Fs {
+    /// Turns group commit on (see [`Fs::start_group_commit`]) until the
+    /// returned guard is finished or dropped.
+    pub fn group_commit(self: &Arc<Self>, window: Duration) -> Result<GroupCommit> {
+        self.start_group_commit(window)?;
+        Ok(GroupCommit {
+            fs: Some(self.clone()),
+        })
     }
 }

@@ -16,9 +16,9 @@ impl Fs {
             // Read under the lock that every change holds while it bumps
             // the generation, so the stamp is exactly the snapshot's.
             let generation = self.generation.load(Ordering::Acquire);
-            let d = self.dir(&m, ino)?;
+            let d = self.dir(&*m, ino)?;
             let parent = match m.parent_of(ino)? {
-                Some((p, _)) if ino != ROOT => self.inode(&m, p)?,
+                Some((p, _)) if ino != ROOT => self.inode(&*m, p)?,
                 _ => d.clone(),
             };
             let mut v = vec![

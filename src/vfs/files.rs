@@ -20,7 +20,7 @@ impl Fs {
             of.opens.fetch_add(1, Ordering::AcqRel);
             return Ok(of.clone());
         }
-        let a = self.inode(&m, ino).map_err(stale)?;
+        let a = self.inode(&*m, ino).map_err(stale)?;
         if a.is_dir() {
             return Err(FsError::IsDir);
         }

@@ -46,12 +46,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::blob::BlobStore;
 use crate::error::{FsError, Result};
-use crate::meta::{kind, BlobData, Checkpointer, ChunkRef, Inode, Meta, NewInode};
+use crate::meta::{kind, BlobData, Checkpointer, ChunkRef, Inode, MetaStore, NewInode};
 use crate::query;
 use crate::types::{BlobHash, BlobLoc, FileKind};
 
@@ -69,6 +69,7 @@ mod xattrs;
 pub use api::{check_name, now_ns, Caller, DirEntry, SetAttr, SetTime, StatFs, Tuning};
 pub use buffers::content_id;
 use buffers::{hash_chunks, trimmed_len, AttrChange, FileData, OpenFile};
+pub use commit::GroupCommit;
 pub use folders::{is_virtual, with_pid, NameReport, QUERY_BUDGET, RESERVED, ROW_CAP};
 pub use perm::{with_viewer, Viewer};
 
@@ -138,7 +139,7 @@ enum Handle {
 
 /// The filesystem core over one store.
 pub struct Fs {
-    meta: Arc<Mutex<Meta>>,
+    meta: Arc<Mutex<Box<dyn MetaStore>>>,
     blobs: Arc<dyn BlobStore>,
     chunk_size: u64,
     tuning: Tuning,
@@ -149,8 +150,6 @@ pub struct Fs {
     statfs_dir: Option<PathBuf>,
     /// The store's space reserve, released when the disk is nearly full.
     reserve: Option<PathBuf>,
-    /// The database file, for the query sandbox's own connection.
-    query_db: Option<PathBuf>,
     /// Bumped by every metadata commit; query-folder listings cache on it.
     generation: AtomicU64,
     /// Batches rolled back so far (mirror of `Meta::rollbacks`, readable
@@ -163,12 +162,15 @@ pub struct Fs {
     /// The group-commit thread, and its stop flag.
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
     ticker_stop: AtomicBool,
+    /// What must outlive the core (a test's temporary store folder); last,
+    /// so that it is dropped after everything above.
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Fs {
     /// Builds the core over an opened database and container.
     pub fn new(
-        meta: Arc<Mutex<Meta>>,
+        meta: Arc<Mutex<Box<dyn MetaStore>>>,
         blobs: Arc<dyn BlobStore>,
         chunk_size: u64,
         tuning: Tuning,
@@ -184,17 +186,22 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             statfs_dir,
             reserve: None,
-            query_db: None,
             generation: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             started: now_ns(),
             virt: folders::Virt::default(),
             ticker: Mutex::new(None),
             ticker_stop: AtomicBool::new(false),
+            held: Vec::new(),
         }
     }
 
-    /// Lets query folders and `run_query` open the database at `db`.
+    /// Keeps `thing` alive as long as the core (a test's temporary folder).
+    pub fn holding(mut self, thing: Box<dyn std::any::Any + Send + Sync>) -> Fs {
+        self.held.push(thing);
+        self
+    }
+
     /// Lets the mount release the store's space reserve at `path` when the
     /// disk fills up.
     pub fn with_reserve(mut self, path: PathBuf) -> Fs {
@@ -202,14 +209,9 @@ impl Fs {
         self
     }
 
-    pub fn with_query_db(mut self, db: PathBuf) -> Fs {
-        self.query_db = Some(db);
-        self
-    }
-
     /// The metadata connection (the core's own and its tests').
-    pub(crate) fn meta(&self) -> MutexGuard<'_, Meta> {
-        self.meta.lock()
+    pub(crate) fn meta(&self) -> MappedMutexGuard<'_, dyn MetaStore> {
+        MutexGuard::map(self.meta.lock(), |m| &mut **m)
     }
 
     /// The blob store.
@@ -238,11 +240,11 @@ impl Fs {
         }
     }
 
-    fn inode(&self, m: &Meta, ino: u64) -> Result<Inode> {
+    fn inode(&self, m: &dyn MetaStore, ino: u64) -> Result<Inode> {
         m.inode(ino)?.ok_or(FsError::NotFound)
     }
 
-    fn dir(&self, m: &Meta, ino: u64) -> Result<Inode> {
+    fn dir(&self, m: &dyn MetaStore, ino: u64) -> Result<Inode> {
         let d = self.inode(m, ino)?;
         if !d.is_dir() {
             return Err(FsError::NotDir);

@@ -21,7 +21,7 @@ impl Fs {
                 String::from_utf8_lossy(name)
             );
         }
-        self.dir(&m, parent)?;
+        self.dir(&*m, parent)?;
         let attr = m.lookup(parent, name)?.ok_or(FsError::NotFound)?;
         // Under the metadata lock: a commit of the file cannot slip between
         // reading its row and applying its open state.
@@ -40,7 +40,7 @@ impl Fs {
                 _ => {
                     let m = self.meta();
                     let g = self.generation.load(Ordering::Acquire);
-                    let a = self.inode(&m, ino).map_err(stale)?;
+                    let a = self.inode(&*m, ino).map_err(stale)?;
                     *of.cached.lock() = Some((g, a.clone()));
                     a
                 }
@@ -48,7 +48,7 @@ impl Fs {
             return Ok(of.overlay(attr));
         }
         let m = self.meta();
-        let attr = self.inode(&m, ino).map_err(stale)?;
+        let attr = self.inode(&*m, ino).map_err(stale)?;
         Ok(self.overlay(attr))
     }
 
@@ -255,7 +255,7 @@ impl Fs {
             return self.v_readlink(ino);
         }
         let m = self.meta();
-        let i = self.inode(&m, ino)?;
+        let i = self.inode(&*m, ino)?;
         if i.kind != kind::SYMLINK {
             return Err(FsError::Invalid("not a symbolic link".into()));
         }

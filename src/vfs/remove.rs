@@ -5,7 +5,12 @@ use super::*;
 
 impl Fs {
     /// Deletes an inode's content, xattrs and row. Its clusters go to `frees`.
-    pub(super) fn purge(&self, m: &Meta, ino: u64, frees: &mut Vec<BlobLoc>) -> Result<()> {
+    pub(super) fn purge(
+        &self,
+        m: &dyn MetaStore,
+        ino: u64,
+        frees: &mut Vec<BlobLoc>,
+    ) -> Result<()> {
         for h in m.chunk_hashes(ino)? {
             if let Some(Some(loc)) = m.decref(&h)? {
                 frees.push(loc);
@@ -20,7 +25,7 @@ impl Fs {
     /// name and nobody has it open.
     pub(super) fn drop_link(
         &self,
-        m: &Meta,
+        m: &dyn MetaStore,
         mut i: Inode,
         now: i64,
         frees: &mut Vec<BlobLoc>,
@@ -90,7 +95,7 @@ impl Fs {
     }
 
     /// True when `ino` is `ancestor` or lies below it.
-    pub(super) fn is_within(&self, m: &Meta, mut ino: u64, ancestor: u64) -> Result<bool> {
+    pub(super) fn is_within(&self, m: &dyn MetaStore, mut ino: u64, ancestor: u64) -> Result<bool> {
         let mut steps = 0;
         loop {
             if ino == ancestor {

@@ -1,14 +1,73 @@
 //! Core tests without a kernel: an in-memory database and container.
 
 use super::*;
-use crate::qvfs::MemDevice;
+use crate::blob::MemBlobs;
+use crate::meta::Meta;
+use crate::qvfs::{Container, MemDevice};
 
-/// A filesystem on an in-memory database and container.
-pub(crate) fn fs_with(tuning: Tuning) -> Fs {
-    fs_on(Box::new(MemDevice::default()), tuning)
+/// The backend pairs every core test runs on (see `on_every_backend!` at
+/// the end): a new backend is one more case here and one more line there.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Backend {
+    /// Blobs in memory ([`MemBlobs`]), metadata in SQLite on `:memory:`.
+    Memory,
+    /// What a store folder holds: the QVFS container on files and the
+    /// SQLite database file, in a temporary folder.
+    Disk,
 }
 
-/// A filesystem on an in-memory database, with `qfd` as the cluster device.
+impl Backend {
+    pub(crate) fn fs(self) -> Fs {
+        self.fs_with(Tuning::default())
+    }
+
+    pub(crate) fn fs_with(self, tuning: Tuning) -> Fs {
+        match self {
+            Backend::Memory => {
+                let meta = Meta::open_in_memory().unwrap();
+                meta.write::<_, crate::meta::MetaError>(|m| {
+                    m.store_set("durable_barrier", "0")?;
+                    m.insert_root(0o755, 0, 0, now_ns())
+                })
+                .unwrap();
+                Fs::new(
+                    Arc::new(Mutex::new(Box::new(meta))),
+                    Arc::new(MemBlobs::new()),
+                    64 * 1024,
+                    tuning,
+                    None,
+                )
+            }
+            Backend::Disk => {
+                use crate::store::{DB_FILE, QFD_FILE, QFI_FILE};
+                let dir = tempfile::tempdir().unwrap();
+                let at = dir.path().join("store");
+                crate::store::init(&at).unwrap();
+                let meta = Meta::open(&at.join(DB_FILE), false).unwrap();
+                let file = |name: &str| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(at.join(name))
+                        .unwrap()
+                };
+                let c =
+                    Container::open(Box::new(file(QFI_FILE)), Box::new(file(QFD_FILE))).unwrap();
+                Fs::new(
+                    Arc::new(Mutex::new(Box::new(meta))),
+                    Arc::new(c),
+                    64 * 1024,
+                    tuning,
+                    Some(at),
+                )
+                .holding(Box::new(dir))
+            }
+        }
+    }
+}
+
+/// A filesystem on an in-memory database, with `qfd` as the cluster device
+/// of a container (for tests of what only a container does: device faults).
 fn fs_on(qfd: Box<dyn crate::qvfs::Device>, tuning: Tuning) -> Fs {
     let meta = Meta::open_in_memory().unwrap();
     meta.write::<_, crate::meta::MetaError>(|m| {
@@ -16,9 +75,9 @@ fn fs_on(qfd: Box<dyn crate::qvfs::Device>, tuning: Tuning) -> Fs {
         m.insert_root(0o755, 0, 0, now_ns())
     })
     .unwrap();
-    let c = crate::qvfs::Container::create(Box::new(MemDevice::default()), qfd, b"").unwrap();
+    let c = Container::create(Box::new(MemDevice::default()), qfd, b"").unwrap();
     Fs::new(
-        Arc::new(Mutex::new(meta)),
+        Arc::new(Mutex::new(Box::new(meta))),
         Arc::new(c),
         64 * 1024,
         tuning,
@@ -26,13 +85,9 @@ fn fs_on(qfd: Box<dyn crate::qvfs::Device>, tuning: Tuning) -> Fs {
     )
 }
 
-/// Storage units holding blobs (container clusters, cluster 0 included).
+/// Storage units holding blobs (container clusters, or blobs in memory).
 fn used_units(fs: &Fs) -> u64 {
     fs.blobs().usage().unwrap().units_used
-}
-
-fn fs() -> Fs {
-    fs_with(Tuning::default())
 }
 
 fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
@@ -49,9 +104,8 @@ fn read_all(fs: &Fs, ino: u64) -> Vec<u8> {
     out
 }
 
-#[test]
-fn write_read_across_chunks_and_commits() {
-    let fs = fs_with(Tuning {
+fn write_read_across_chunks_and_commits(b: Backend) {
+    let fs = b.fs_with(Tuning {
         dirty_limit: 200_000,
         ..Tuning::default()
     });
@@ -68,9 +122,8 @@ fn write_read_across_chunks_and_commits() {
     assert_eq!(read_all(&fs, a.ino), data);
 }
 
-#[test]
-fn holes_read_as_zeros_and_truncate_trims() {
-    let fs = fs();
+fn holes_read_as_zeros_and_truncate_trims(b: Backend) {
+    let fs = b.fs();
     let (a, fh) = fs.create(ROOT, b"s", 0o644, Caller::ROOT).unwrap();
     fs.write(fh, 300_000, b"end").unwrap();
     fs.write(fh, 5, b"start").unwrap();
@@ -101,9 +154,9 @@ fn holes_read_as_zeros_and_truncate_trims() {
     assert!(d[7..].iter().all(|&b| b == 0));
 }
 
-#[test]
-fn identical_content_is_stored_once_and_freed_with_the_last_copy() {
-    let fs = fs();
+fn identical_content_is_stored_once_and_freed_with_the_last_copy(b: Backend) {
+    let fs = b.fs();
+    let base = used_units(&fs);
     let data = vec![42u8; 1 << 20];
     let mut inos = vec![];
     for name in [&b"a"[..], b"b"] {
@@ -121,12 +174,11 @@ fn identical_content_is_stored_once_and_freed_with_the_last_copy() {
     assert_eq!(fs.meta().stats().unwrap().blobs, 1);
     fs.unlink(ROOT, b"b").unwrap();
     assert_eq!(fs.meta().stats().unwrap().blobs, 0);
-    assert_eq!(used_units(&fs), 1, "only cluster 0 is left");
+    assert_eq!(used_units(&fs), base, "no blob storage is left");
 }
 
-#[test]
-fn unlinked_open_file_lives_until_release() {
-    let fs = fs();
+fn unlinked_open_file_lives_until_release(b: Backend) {
+    let fs = b.fs();
     let (a, fh) = fs.create(ROOT, b"tmp", 0o644, Caller::ROOT).unwrap();
     fs.write(fh, 0, &[1u8; 100_000]).unwrap();
     fs.flush(fh).unwrap();
@@ -137,9 +189,8 @@ fn unlinked_open_file_lives_until_release() {
     assert_eq!(fs.meta().stats().unwrap().blobs, 0);
 }
 
-#[test]
-fn directories_links_and_nlink() {
-    let fs = fs();
+fn directories_links_and_nlink(b: Backend) {
+    let fs = b.fs();
     let c = Caller::ROOT;
     let d = fs.mkdir(ROOT, b"d", 0o755, c).unwrap();
     let sub = fs.mkdir(d.ino, b"sub", 0o755, c).unwrap();
@@ -169,9 +220,8 @@ fn directories_links_and_nlink() {
     assert!(["/d/f", "/hard"].contains(&fs.path_of(f.ino).unwrap().as_str()));
 }
 
-#[test]
-fn rename_rules() {
-    let fs = fs();
+fn rename_rules(b: Backend) {
+    let fs = b.fs();
     let c = Caller::ROOT;
     let a = fs.mkdir(ROOT, b"a", 0o755, c).unwrap();
     let b = fs.mkdir(ROOT, b"b", 0o755, c).unwrap();
@@ -217,9 +267,8 @@ fn rename_rules() {
     );
 }
 
-#[test]
-fn xattrs() {
-    let fs = fs();
+fn xattrs(b: Backend) {
+    let fs = b.fs();
     let (f, fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
     fs.release(fh).unwrap();
     fs.setxattr(f.ino, b"user.colour", b"blue", 0).unwrap();
@@ -333,9 +382,8 @@ fn group_commit_thread_commits_within_the_window_and_fsync_at_once() {
     fs.release(fh).unwrap();
 }
 
-#[test]
-fn attribute_changes_join_unsaved_writes() {
-    let fs = fs();
+fn attribute_changes_join_unsaved_writes(b: Backend) {
+    let fs = b.fs();
     let (a, fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
     fs.write(fh, 0, b"hello").unwrap();
     let old = 1_000_000_000_123_456_789i64;
@@ -626,8 +674,12 @@ proptest::proptest! {
     /// bytes; sizes, SEEK_DATA/SEEK_HOLE and st_blocks stay consistent;
     /// the store stays consistent (fsck-style checks) after each run.
     #[test]
-    fn data_path_matches_a_model(ops in proptest::collection::vec(data_op(), 1..40)) {
-        let fs = fs_with(Tuning { dirty_limit: 300_000, ..Tuning::default() });
+    fn data_path_matches_a_model(
+        ops in proptest::collection::vec(data_op(), 1..40),
+        disk in proptest::bool::ANY,
+    ) {
+        let b = if disk { Backend::Disk } else { Backend::Memory };
+        let fs = b.fs_with(Tuning { dirty_limit: 300_000, ..Tuning::default() });
         let (a, mut fh) = fs.create(ROOT, b"f", 0o644, Caller::ROOT).unwrap();
         let mut model = Model::default();
         for op in &ops {
@@ -712,9 +764,8 @@ proptest::proptest! {
     }
 }
 
-#[test]
-fn huge_sparse_truncate_is_cheap_and_past_the_maximum_is_efbig() {
-    let fs = fs();
+fn huge_sparse_truncate_is_cheap_and_past_the_maximum_is_efbig(b: Backend) {
+    let fs = b.fs();
     let (a, fh) = fs.create(ROOT, b"big", 0o644, Caller::ROOT).unwrap();
     fs.write(fh, 0, b"head").unwrap();
     fs.release(fh).unwrap();
@@ -745,11 +796,10 @@ fn huge_sparse_truncate_is_cheap_and_past_the_maximum_is_efbig() {
     fs.release(fh).unwrap();
 }
 
-#[test]
-fn reads_past_a_short_chunk_return_zeros() {
+fn reads_past_a_short_chunk_return_zeros(b: Backend) {
     // The shape that panicked the mount: a short inline chunk, then a
     // short chunk far out, then a buffered read of everything.
-    let fs = fs();
+    let fs = b.fs();
     let (a, fh) = fs.create(ROOT, b"s", 0o644, Caller::ROOT).unwrap();
     fs.write(fh, 0, &[7u8; 100]).unwrap();
     fs.release(fh).unwrap();
@@ -769,9 +819,8 @@ fn reads_past_a_short_chunk_return_zeros() {
     fs.release(fh).unwrap();
 }
 
-#[test]
-fn inode_numbers_are_not_reused_within_a_mount() {
-    let fs = fs();
+fn inode_numbers_are_not_reused_within_a_mount(b: Backend) {
+    let fs = b.fs();
     let mut seen = HashSet::new();
     for i in 0..300 {
         let name = format!("f{i}");
@@ -787,9 +836,8 @@ fn inode_numbers_are_not_reused_within_a_mount() {
 /// The virtual node table stays bounded under a stream of distinct folder
 /// names once the kernel gives their lookups back, keeps every node the
 /// kernel still holds, and a folder trimmed away is found again by name.
-#[test]
-fn virtual_nodes_are_trimmed_once_forgotten() {
-    let fs = fs();
+fn virtual_nodes_are_trimmed_once_forgotten(b: Backend) {
+    let fs = b.fs();
     let by_tag = fs.lookup(ROOT, b"by-tag").unwrap().ino;
     let held = fs.lookup(by_tag, b"!held").unwrap().ino;
     fs.note_lookup(held);
@@ -819,11 +867,10 @@ fn virtual_nodes_are_trimmed_once_forgotten() {
 /// under that name (the fast path by the name index must agree with the
 /// listing): random trees with repeated names, clash-like names, hard
 /// links, symlinks, directories, user tags and files made through folders.
-#[test]
-fn tag_folder_lookups_agree_with_listings() {
+fn tag_folder_lookups_agree_with_listings(b: Backend) {
     let names: [&[u8]; 7] = [b"a", b"b", b"a~1", b"x", b"n=1", b"\xff", b"y"];
     for seed in 1..=40u64 {
-        let fs = fs();
+        let fs = b.fs();
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut next = move || {
             s ^= s << 13;
@@ -925,3 +972,31 @@ fn tag_folder_lookups_agree_with_listings() {
         }
     }
 }
+
+/// Runs each named test above on every [`Backend`].
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[test] fn $name() { super::$name(super::Backend::Memory) } )*
+        }
+        mod disk {
+            $( #[test] fn $name() { super::$name(super::Backend::Disk) } )*
+        }
+    };
+}
+
+on_every_backend!(
+    write_read_across_chunks_and_commits,
+    holes_read_as_zeros_and_truncate_trims,
+    identical_content_is_stored_once_and_freed_with_the_last_copy,
+    unlinked_open_file_lives_until_release,
+    directories_links_and_nlink,
+    rename_rules,
+    xattrs,
+    attribute_changes_join_unsaved_writes,
+    huge_sparse_truncate_is_cheap_and_past_the_maximum_is_efbig,
+    reads_past_a_short_chunk_return_zeros,
+    inode_numbers_are_not_reused_within_a_mount,
+    virtual_nodes_are_trimmed_once_forgotten,
+    tag_folder_lookups_agree_with_listings,
+);

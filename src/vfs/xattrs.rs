@@ -123,7 +123,7 @@ impl Fs {
             return Err(FsError::NoAttr);
         }
         let m = self.meta();
-        self.inode(&m, ino)?;
+        self.inode(&*m, ino)?;
         match TagAttr::parse(name) {
             Ok(Some(TagAttr::All)) => {
                 let t = m.file_tags(ino)?;
@@ -163,7 +163,7 @@ impl Fs {
         // `user.tags` and `getfattr -n user.tag.NAME` still show them.
         let tags = m.file_tags_placed(ino)?;
         let names = m.xattr_names(ino)?;
-        let i = self.inode(&m, ino)?;
+        let i = self.inode(&*m, ino)?;
         drop(m);
         // (Only while it lives in /inbox: a file that has a place of its
         // own lists every tag.)

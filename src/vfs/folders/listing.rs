@@ -10,10 +10,6 @@ impl Fs {
         vis: Option<Arc<Visibility>>,
         f: impl FnOnce(&Sandbox) -> std::result::Result<T, QueryError>,
     ) -> std::result::Result<T, String> {
-        let db = self
-            .query_db
-            .as_ref()
-            .ok_or("queries need a store on disk")?;
         // The sandbox has its own connection: it sees committed changes only.
         self.settle().map_err(|e| e.to_string())?;
         // One connection per running query, so that queries on several
@@ -21,7 +17,11 @@ impl Fs {
         let idle = self.virt.sandboxes.lock().pop();
         let sb = match idle {
             Some(sb) => sb,
-            None => Sandbox::open(db).map_err(|e| e.to_string())?,
+            None => self
+                .meta()
+                .open_sandbox()
+                .map_err(|e| e.to_string())?
+                .ok_or("queries need a store on disk")?,
         };
         sb.set_visibility(vis);
         let r = f(&sb).map_err(|e| e.to_string());
