@@ -69,15 +69,44 @@ const VALUE_OVERHEAD: usize = 32;
 /// Functions a query may not call.
 const DENIED_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "readfile", "writefile"];
 
-/// Why a query was refused or stopped.
+/// Why a query was refused or stopped. A refusal (the statement is not one
+/// the sandbox admits) is told apart from a query that was stopped: by its
+/// time budget ([`SandboxError::Timeout`]), the heap cap
+/// ([`SandboxError::Memory`]) or the result size cap
+/// ([`SandboxError::ResultTooLarge`]). The row cap truncates a result
+/// ([`QueryResult::truncated`]) and is no error.
 #[derive(Debug, thiserror::Error)]
-pub enum QueryError {
+pub enum SandboxError {
+    #[error("the query is empty")]
+    Empty,
+    #[error("a query cannot contain NUL")]
+    Nul,
+    #[error("only one statement is allowed")]
+    MultipleStatements,
+    #[error("EXPLAIN is not allowed in a query")]
+    Explain,
+    #[error("only SELECT queries are allowed")]
+    NotSelect,
+    /// A read of something other than the documented views.
+    #[error("{0:?} is not one of the views a query may read (files, tags, tag_list, xattrs)")]
+    NotAView(String),
+    /// What the authorizer denied first (its message).
+    #[error("{0}")]
+    Denied(String),
+    /// SQLite refused or failed the statement (its message: a syntax
+    /// error, an unknown column, a value over the length cap...).
     #[error("{0}")]
     Invalid(String),
+    /// Every sandbox connection slot is taken.
+    #[error("too many queries are running at once")]
+    Busy,
     #[error("the query ran longer than its budget of {0:?}")]
     Timeout(Duration),
     #[error("the query needs more memory than a query may use ({} MiB)", HEAP_CAP >> 20)]
     Memory,
+    /// The values kept passed the byte cap (in bytes).
+    #[error("the result is larger than {} MiB", .0 >> 20)]
+    ResultTooLarge(usize),
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -183,11 +212,9 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub fn open(db: &Path) -> Result<Sandbox, QueryError> {
+    pub fn open(db: &Path) -> Result<Sandbox, SandboxError> {
         let slot = if sqlmem::installed() {
-            Some(sqlmem::Slot::take(HEAP_CAP).ok_or_else(|| {
-                QueryError::Invalid("too many queries are running at once".into())
-            })?)
+            Some(sqlmem::Slot::take(HEAP_CAP).ok_or(SandboxError::Busy)?)
         } else {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
@@ -206,7 +233,7 @@ impl Sandbox {
         Self::setup(conn, slot)
     }
 
-    fn setup(conn: Connection, slot: Option<sqlmem::Slot>) -> Result<Sandbox, QueryError> {
+    fn setup(conn: Connection, slot: Option<sqlmem::Slot>) -> Result<Sandbox, SandboxError> {
         conn.busy_timeout(Duration::from_secs(2))?;
         conn.pragma_update(None, "cache_size", -4096)?;
         // Sorts and temporary b-trees in memory, where the heap cap holds
@@ -295,52 +322,49 @@ impl Sandbox {
     }
 
     /// Checks that `sql` is one statement the sandbox admits, without running it.
-    pub fn check(&self, sql: &str) -> Result<Vec<String>, QueryError> {
+    pub fn check(&self, sql: &str) -> Result<Vec<String>, SandboxError> {
         let _in = self.enter();
         let stmt = self.prepare(sql)?;
         Ok(stmt.column_names().iter().map(|s| s.to_string()).collect())
     }
 
-    fn prepare(&self, sql: &str) -> Result<rusqlite::Statement<'_>, QueryError> {
+    fn prepare(&self, sql: &str) -> Result<rusqlite::Statement<'_>, SandboxError> {
         if sql.trim().is_empty() {
-            return Err(QueryError::Invalid("the query is empty".into()));
+            return Err(SandboxError::Empty);
         }
         if sql.contains('\0') {
-            return Err(QueryError::Invalid("a query cannot contain NUL".into()));
+            return Err(SandboxError::Nul);
         }
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Seen::default();
         let stmt = self.conn.prepare(sql).map_err(|e| match e {
-            rusqlite::Error::MultipleStatement => {
-                QueryError::Invalid("only one statement is allowed".into())
-            }
-            rusqlite::Error::SqliteFailure(_, Some(m)) => QueryError::Invalid(m),
-            e => QueryError::Sql(e),
+            rusqlite::Error::MultipleStatement => SandboxError::MultipleStatements,
+            rusqlite::Error::SqliteFailure(_, Some(m)) => SandboxError::Invalid(m),
+            e => SandboxError::Sql(e),
         })?;
         if stmt.is_explain() != 0 {
-            return Err(QueryError::Invalid(
-                "EXPLAIN is not allowed in a query".into(),
-            ));
+            return Err(SandboxError::Explain);
         }
         if !stmt.readonly() {
-            return Err(QueryError::Invalid(
-                "only SELECT queries are allowed".into(),
-            ));
+            return Err(SandboxError::NotSelect);
         }
         let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
         if let Some(t) = seen.counted.difference(&seen.via_view).next() {
-            return Err(QueryError::Invalid(format!(
-                "{t:?} is not one of the views a query may read (files, tags, tag_list, xattrs)"
-            )));
+            return Err(SandboxError::NotAView(t.clone()));
         }
         if let Some(d) = seen.denied {
-            return Err(QueryError::Invalid(d));
+            return Err(SandboxError::Denied(d));
         }
         Ok(stmt)
     }
 
     /// Runs one SELECT within `budget`, keeping at most `cap` rows and
     /// [`RESULT_BYTES_CAP`] bytes.
-    pub fn run(&self, sql: &str, budget: Duration, cap: usize) -> Result<QueryResult, QueryError> {
+    pub fn run(
+        &self,
+        sql: &str,
+        budget: Duration,
+        cap: usize,
+    ) -> Result<QueryResult, SandboxError> {
         self.run_capped(sql, budget, cap, RESULT_BYTES_CAP)
     }
 
@@ -353,7 +377,7 @@ impl Sandbox {
         budget: Duration,
         cap: usize,
         max_bytes: usize,
-    ) -> Result<QueryResult, QueryError> {
+    ) -> Result<QueryResult, SandboxError> {
         let _in = self.enter();
         let mut stmt = self.prepare(sql)?;
         let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
@@ -386,15 +410,12 @@ impl Sandbox {
                         };
                     row.push(v);
                     if bytes > max_bytes {
-                        return Err(rusqlite::Error::SqliteFailure(
-                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
-                            Some(format!("the result is larger than {} MiB", max_bytes >> 20)),
-                        ));
+                        return Err(SandboxError::ResultTooLarge(max_bytes));
                     }
                 }
                 out.push(row);
             }
-            Ok::<_, rusqlite::Error>((out, truncated))
+            Ok::<_, SandboxError>((out, truncated))
         })();
         drop(watchdog);
         self.deadline.store(0, Ordering::Relaxed);
@@ -404,18 +425,20 @@ impl Sandbox {
                 rows,
                 truncated,
             }),
-            Err(rusqlite::Error::SqliteFailure(e, _))
+            Err(SandboxError::Sql(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::OperationInterrupted =>
             {
-                Err(QueryError::Timeout(budget))
+                Err(SandboxError::Timeout(budget))
             }
-            Err(rusqlite::Error::SqliteFailure(e, _))
+            Err(SandboxError::Sql(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::OutOfMemory =>
             {
-                Err(QueryError::Memory)
+                Err(SandboxError::Memory)
             }
-            Err(rusqlite::Error::SqliteFailure(_, Some(m))) => Err(QueryError::Invalid(m)),
-            Err(e) => Err(e.into()),
+            Err(SandboxError::Sql(rusqlite::Error::SqliteFailure(_, Some(m)))) => {
+                Err(SandboxError::Invalid(m))
+            }
+            Err(e) => Err(e),
         }
     }
 }

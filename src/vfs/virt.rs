@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use super::{Caller, DirEntry, Fs, Handle, ROOT};
 use crate::error::{FsError, Result};
-use crate::meta::sandbox::{value_text, Cell, QueryError, QueryResult, Sandbox, Visibility};
+use crate::meta::sandbox::{value_text, Cell, QueryResult, Sandbox, SandboxError, Visibility};
 use crate::meta::{kind, Inode};
 use crate::query::{self, saved, Term};
 
@@ -605,7 +605,7 @@ impl Fs {
     fn with_sandbox<T>(
         &self,
         vis: Option<Arc<Visibility>>,
-        f: impl FnOnce(&Sandbox) -> std::result::Result<T, QueryError>,
+        f: impl FnOnce(&Sandbox) -> std::result::Result<T, SandboxError>,
     ) -> std::result::Result<T, String> {
         let db = self
             .query_db
@@ -1783,7 +1783,7 @@ impl Fs {
             .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
         if let Err(e) = query::check_tag(s) {
             tracing::warn!("mkdir in /by-tag: {e}");
-            return Err(FsError::Invalid(e));
+            return Err(e.into());
         }
         let now = super::now_ns();
         self.tx(|m, _| {
@@ -2177,7 +2177,7 @@ impl Fs {
         let old = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
         let new = std::str::from_utf8(newname)
             .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
-        query::check_tag(new).map_err(FsError::Invalid)?;
+        query::check_tag(new)?;
         self.tx(|m, _| {
             if !m.tag_exists(old)? {
                 return Err(FsError::NotFound);
@@ -2333,7 +2333,7 @@ impl Fs {
 
     /// Creates a tag unless it exists.
     pub fn ensure_tag(&self, name: &str) -> Result<()> {
-        query::check_tag(name).map_err(FsError::Invalid)?;
+        query::check_tag(name)?;
         let now = super::now_ns();
         self.tx(|m, _| {
             if !m.tag_exists(name)? {
@@ -2350,7 +2350,7 @@ impl Fs {
 
     /// Saves (or replaces) a user query after checking it.
     pub fn save_query(&self, name: &str, sql: &str) -> Result<()> {
-        saved::check_name(name).map_err(FsError::Invalid)?;
+        saved::check_name(name)?;
         self.check_query(sql).map_err(FsError::Invalid)?;
         let now = super::now_ns();
         self.tx(|m, _| Ok(m.save_query(name, sql, now)?))
