@@ -288,45 +288,34 @@ impl Putter<'_> {
 /// The `user.*` extended attributes of a file on disk (not following a
 /// symlink); none where the filesystem has no xattrs.
 fn disk_xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    use rustix::io::Errno;
     let mut names = vec![0u8; 64 * 1024];
-    // SAFETY: a valid C string and a buffer of the length passed.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOTSUP) {
-            return Ok(Vec::new());
+    let n = match rustix::fs::llistxattr(p, &mut names[..]) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("listing xattrs of {}", p.display()))
         }
-        return Err(e).with_context(|| format!("listing xattrs of {}", p.display()));
-    }
-    names.truncate(n as usize);
+    };
+    names.truncate(n);
     let mut out = Vec::new();
     let mut value = vec![0u8; 64 * 1024];
     for name in names.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
-        let cn = std::ffi::CString::new(name)?;
-        // SAFETY: valid C strings and a buffer of the length passed.
-        let k = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cn.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if k < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENODATA) {
-                continue; // removed since the listing
+        let k = match rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut value[..]) {
+            Ok(k) => k,
+            Err(Errno::NODATA) => continue, // removed since the listing
+            Err(e) => {
+                return Err(std::io::Error::from(e)).with_context(|| {
+                    format!(
+                        "reading xattr {} of {}",
+                        String::from_utf8_lossy(name),
+                        p.display()
+                    )
+                })
             }
-            return Err(e).with_context(|| {
-                format!(
-                    "reading xattr {} of {}",
-                    String::from_utf8_lossy(name),
-                    p.display()
-                )
-            });
-        }
-        out.push((name.to_vec(), value[..k as usize].to_vec()));
+        };
+        out.push((name.to_vec(), value[..k].to_vec()));
     }
     Ok(out)
 }
@@ -443,12 +432,16 @@ fn get_one(fs: &Fs, i: &Inode, dest: &Path, buf_size: usize, bar: &ProgressBar) 
             return Ok(());
         }
         _ => {
-            let c = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())?;
-            // SAFETY: a valid C string; mknod has no other preconditions.
-            if unsafe { libc::mknod(c.as_ptr(), i.kind | i.perm, i.rdev as libc::dev_t) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("{}", dest.display()));
-            }
+            use rustix::fs::{FileType, Mode, CWD};
+            rustix::fs::mknodat(
+                CWD,
+                dest,
+                FileType::from_raw_mode(i.kind),
+                Mode::from_raw_mode(i.perm),
+                u64::from(i.rdev),
+            )
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("{}", dest.display()))?;
             return Ok(());
         }
     }

@@ -633,42 +633,16 @@ pub fn extension(name: &[u8]) -> String {
 
 /// The user or group name of an id, or the id as text when it has none.
 pub fn account_name(id: u32, user: bool) -> String {
-    let mut buf = vec![0u8; 4096];
-    let mut out: *mut libc::c_void = std::ptr::null_mut();
-    // SAFETY: the buffers outlive the calls; on success the returned record's
-    // name points into `buf`, read before `buf` is dropped.
-    unsafe {
-        if user {
-            let mut pw: libc::passwd = std::mem::zeroed();
-            let r = libc::getpwuid_r(
-                id,
-                &mut pw,
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-                &mut out as *mut *mut libc::c_void as *mut *mut libc::passwd,
-            );
-            if r == 0 && !out.is_null() {
-                return std::ffi::CStr::from_ptr(pw.pw_name)
-                    .to_string_lossy()
-                    .into();
-            }
-        } else {
-            let mut gr: libc::group = std::mem::zeroed();
-            let r = libc::getgrgid_r(
-                id,
-                &mut gr,
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-                &mut out as *mut *mut libc::c_void as *mut *mut libc::group,
-            );
-            if r == 0 && !out.is_null() {
-                return std::ffi::CStr::from_ptr(gr.gr_name)
-                    .to_string_lossy()
-                    .into();
-            }
-        }
+    use nix::unistd::{Gid, Group, Uid, User};
+    let name = if user {
+        User::from_uid(Uid::from_raw(id)).map(|u| u.map(|u| u.name))
+    } else {
+        Group::from_gid(Gid::from_raw(id)).map(|g| g.map(|g| g.name))
+    };
+    match name {
+        Ok(Some(n)) => n,
+        _ => id.to_string(),
     }
-    id.to_string()
 }
 
 /// A value as JSON: blobs as lowercase hex, text that is not UTF-8 as
