@@ -28,6 +28,14 @@
 //!    stay in that heap (`temp_store = MEMORY`): a query writes nothing to
 //!    disk.
 
+// Numbers cross between SQLite (i64), the kernel (u32, u64) and Rust
+// (usize) here: each conversion is checked, none wraps or truncates.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -294,7 +302,7 @@ impl Sandbox {
             1000,
             Some(move || {
                 let end = d.load(Ordering::Relaxed);
-                end != 0 && base.elapsed().as_nanos() as u64 > end
+                end != 0 && u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX) > end
             }),
         )?;
         Ok(Sandbox {
@@ -383,8 +391,10 @@ impl Sandbox {
         let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         let n = columns.len();
         let end = self.base.elapsed() + budget;
-        self.deadline
-            .store(end.as_nanos().max(1) as u64, Ordering::Relaxed);
+        self.deadline.store(
+            u64::try_from(end.as_nanos().max(1)).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         // The progress handler runs between VM steps; one long function
         // call (a huge replace() or instr()) is one step. The watchdog
         // interrupts it from outside.
@@ -593,13 +603,20 @@ fn register_visibility(conn: &Connection, vis: &VisCell) -> rusqlite::Result<()>
     conn.create_scalar_function("qfs_visible", 1, flags, move |ctx| {
         let Some(v) = get(&v) else { return Ok(true) };
         let parent: Option<i64> = ctx.get(0)?;
-        Ok(parent.is_some_and(|p| v.sees(p as u64)))
+        // (A negative number is no directory: u64::MAX is none either.)
+        Ok(parent.is_some_and(|p| v.sees(u64::try_from(p).unwrap_or(u64::MAX))))
     })?;
     let v = vis.clone();
     conn.create_scalar_function("qfs_readable", 3, flags, move |ctx| {
         let Some(v) = get(&v) else { return Ok(true) };
         let (uid, gid, perm): (i64, i64, i64) = (ctx.get(0)?, ctx.get(1)?, ctx.get(2)?);
-        Ok(v.bits(uid as u32, gid as u32, perm as u32) & 4 != 0)
+        // Ids and bits out of range are no real node's: not readable.
+        let (Ok(uid), Ok(gid), Ok(perm)) =
+            (u32::try_from(uid), u32::try_from(gid), u32::try_from(perm))
+        else {
+            return Ok(false);
+        };
+        Ok(v.bits(uid, gid, perm) & 4 != 0)
     })?;
     Ok(())
 }
@@ -608,11 +625,14 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     conn.create_scalar_function("qfs_user", 1, flags, |ctx| {
         let id: Option<i64> = ctx.get(0)?;
-        Ok(id.map(|id| account_name(id as u32, true)))
+        Ok(id
+            .map(|id| u32::try_from(id).map_or_else(|_| id.to_string(), |u| account_name(u, true))))
     })?;
     conn.create_scalar_function("qfs_group", 1, flags, |ctx| {
         let id: Option<i64> = ctx.get(0)?;
-        Ok(id.map(|id| account_name(id as u32, false)))
+        Ok(id.map(|id| {
+            u32::try_from(id).map_or_else(|_| id.to_string(), |g| account_name(g, false))
+        }))
     })?;
     conn.create_scalar_function("qfs_ext", 1, flags, |ctx| {
         Ok(match ctx.get_raw(0) {
