@@ -689,3 +689,39 @@ pub fn value_text(v: &Cell) -> Vec<u8> {
         Cell::Blob(b) => super::hex(b).into_bytes(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopped_queries_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("meta.db");
+        drop(super::super::Meta::open(&db, true).unwrap());
+        let sb = Sandbox::open(&db).unwrap();
+        let endless =
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+        let e = sb.run(endless, Duration::from_millis(200), 10).unwrap_err();
+        assert!(matches!(e, SandboxError::Timeout(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "the query ran longer than its budget of 200ms"
+        );
+        let many = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000) \
+                    SELECT printf('%.100c', 'x') FROM c";
+        let e = sb
+            .run_capped(many, Duration::from_secs(10), 1_000_000, 1 << 20)
+            .unwrap_err();
+        assert!(matches!(e, SandboxError::ResultTooLarge(_)), "{e:?}");
+        assert_eq!(e.to_string(), "the result is larger than 1 MiB");
+        assert!(matches!(sb.check(" "), Err(SandboxError::Empty)));
+        assert!(matches!(
+            sb.check("SELECT 1; SELECT 2"),
+            Err(SandboxError::MultipleStatements)
+        ));
+        // The row cap truncates, and is no error.
+        let r = sb.run(many, Duration::from_secs(10), 3).unwrap();
+        assert!(r.truncated && r.rows.len() == 3);
+    }
+}

@@ -470,6 +470,30 @@ mod tests {
             assert!(check_tag(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_tag(&"x".repeat(TAG_MAX + 1)).is_err());
+        // The messages users see.
+        assert_eq!(
+            check_tag("").unwrap_err().to_string(),
+            "a tag name cannot be empty"
+        );
+        assert_eq!(
+            check_tag("a|b").unwrap_err(),
+            QueryError::TagChar {
+                name: "a|b".into(),
+                c: '|'
+            }
+        );
+        assert_eq!(
+            check_tag("a|b").unwrap_err().to_string(),
+            "tag name \"a|b\" contains '|'; '/', ',', '=', '<', '>', '!', '|' and control characters are not allowed"
+        );
+        assert_eq!(
+            check_tag(&"x".repeat(TAG_MAX + 1)).unwrap_err().to_string(),
+            "tag name longer than 200 bytes"
+        );
+        assert_eq!(
+            check_value("a,b").unwrap_err().to_string(),
+            "tag value \"a,b\" contains ',' or a control character"
+        );
     }
 
     #[test]
