@@ -180,37 +180,30 @@ impl Filesystem for Pass {
                     .map_err(err)?;
             }
             if atime.is_some() || mtime.is_some() {
+                use rustix::fs::{AtFlags, Timespec, Timestamps, CWD, UTIME_NOW, UTIME_OMIT};
                 let ts = |t: Option<TimeOrNow>| match t {
-                    None => libc::timespec {
+                    None => Timespec {
                         tv_sec: 0,
-                        tv_nsec: libc::UTIME_OMIT,
+                        tv_nsec: UTIME_OMIT,
                     },
-                    Some(TimeOrNow::Now) => libc::timespec {
+                    Some(TimeOrNow::Now) => Timespec {
                         tv_sec: 0,
-                        tv_nsec: libc::UTIME_NOW,
+                        tv_nsec: UTIME_NOW,
                     },
                     Some(TimeOrNow::SpecificTime(t)) => {
                         let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-                        libc::timespec {
+                        Timespec {
                             tv_sec: d.as_secs() as i64,
                             tv_nsec: d.subsec_nanos() as i64,
                         }
                     }
                 };
-                let times = [ts(atime), ts(mtime)];
-                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-                // SAFETY: valid C string and two timespecs.
-                let r = unsafe {
-                    libc::utimensat(
-                        libc::AT_FDCWD,
-                        c.as_ptr(),
-                        times.as_ptr(),
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
+                let times = Timestamps {
+                    last_access: ts(atime),
+                    last_modification: ts(mtime),
                 };
-                if r != 0 {
-                    return Err(err(std::io::Error::last_os_error()));
-                }
+                rustix::fs::utimensat(CWD, &p, &times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| err(e.into()))?;
             }
             self.attr(&p)
         })();

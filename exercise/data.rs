@@ -641,8 +641,9 @@ impl Run {
 
     fn check_size(&mut self, fi: usize) -> R<()> {
         let f = &self.files[fi];
-        // SAFETY: plain fstat.
+        // SAFETY: a plain C struct, filled by fstat below.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: our fd and a valid out-pointer.
         if unsafe { libc::fstat(f.fd, &mut st) } != 0 {
             return Err(format!("fstat: {}", ename(errno())));
         }
@@ -911,8 +912,8 @@ impl Run {
         let map = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len as usize) };
         let res = if k == Kind::MmapWrite {
             map[woff as usize..woff as usize + data.len()].copy_from_slice(&data);
-            // SAFETY: our mapping.
             let how = if sync { libc::MS_SYNC } else { libc::MS_ASYNC };
+            // SAFETY: our mapping.
             if unsafe { libc::msync(p, len as usize, how) } != 0 {
                 Err(format!("msync: {}", ename(errno())))
             } else {

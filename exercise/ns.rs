@@ -212,8 +212,10 @@ fn kind_of(mode: u32) -> &'static str {
 }
 
 fn apply(root: &Path, op: &Op) -> Out {
-    // SAFETY (whole function): plain system calls on valid C strings and
-    // buffers we own; fds are closed before returning.
+    // SAFETY: (the whole function) plain system calls on valid C strings
+    // and buffers we own; fds are closed before returning. Raw libc on
+    // purpose: the exerciser passes the kernel exactly the arguments an op
+    // names (invalid ones included) and compares errnos.
     unsafe {
         match op {
             Op::CreateExcl(p, m) | Op::Create(p, m) => {
@@ -610,12 +612,9 @@ type XattrList = Vec<(Vec<u8>, Vec<u8>)>;
 
 fn xattrs_of(p: &std::ffi::CStr) -> Result<XattrList, String> {
     let mut buf = vec![0u8; 65536];
-    // SAFETY: valid buffers.
-    let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(format!("llistxattr: {}", ename(errno())));
-    }
-    buf.truncate(r as usize);
+    let r = rustix::fs::llistxattr(p, &mut buf[..])
+        .map_err(|e| format!("llistxattr: {}", ename(e.raw_os_error())))?;
+    buf.truncate(r);
     let mut out = Vec::new();
     for n in buf.split(|&b| b == 0).filter(|s| !s.is_empty()) {
         if !n.starts_with(b"user.") {
@@ -623,12 +622,9 @@ fn xattrs_of(p: &std::ffi::CStr) -> Result<XattrList, String> {
         }
         let cn = cstr(n);
         let mut v = vec![0u8; 65536];
-        // SAFETY: valid buffers.
-        let r = unsafe { libc::lgetxattr(p.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        if r < 0 {
-            return Err(format!("lgetxattr {}: {}", q(n), ename(errno())));
-        }
-        v.truncate(r as usize);
+        let r = rustix::fs::lgetxattr(p, cn.as_c_str(), &mut v[..])
+            .map_err(|e| format!("lgetxattr {}: {}", q(n), ename(e.raw_os_error())))?;
+        v.truncate(r);
         out.push((n.to_vec(), v));
     }
     out.sort();
@@ -637,18 +633,16 @@ fn xattrs_of(p: &std::ffi::CStr) -> Result<XattrList, String> {
 
 fn root_entry(root: &Path) -> Result<Entry, String> {
     let c = cpath(root);
-    // SAFETY: plain lstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
-        return Err(format!("lstat of the root: {}", ename(errno())));
-    }
+    let st = rustix::fs::lstat(c.as_c_str())
+        .map_err(|e| format!("lstat of the root: {}", ename(e.raw_os_error())))?;
     entry_of(&st, &c)
 }
 
 /// What the tree comparison records of one lstat'ed path (size, content and
 /// target are filled in by the caller for files and symlinks).
-fn entry_of(st: &libc::stat, c: &std::ffi::CStr) -> Result<Entry, String> {
+fn entry_of(st: &rustix::fs::Stat, c: &std::ffi::CStr) -> Result<Entry, String> {
     let kind = kind_of(st.st_mode);
+    let nsec = i64::try_from(st.st_mtime_nsec).map_err(|_| "st_mtime_nsec out of range")?;
     Ok(Entry {
         kind,
         perm: st.st_mode & 0o7777,
@@ -658,7 +652,7 @@ fn entry_of(st: &libc::stat, c: &std::ffi::CStr) -> Result<Entry, String> {
         target: Vec::new(),
         xattrs: xattrs_of(c)?,
         mtime: if (SENTINEL_LO..SENTINEL_HI).contains(&st.st_mtime) {
-            Some((st.st_mtime, st.st_mtime_nsec))
+            Some((st.st_mtime, nsec))
         } else {
             None
         },
@@ -681,15 +675,13 @@ fn walk(root: &Path, rel: &[u8], out: &mut BTreeMap<Vec<u8>, Entry>) -> Result<(
         }
         r.extend_from_slice(&name);
         let c = join(root, &r);
-        // SAFETY: plain lstat.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
-            return Err(format!(
+        let st = rustix::fs::lstat(c.as_c_str()).map_err(|e| {
+            format!(
                 "lstat {} (listed by readdir): {}",
                 q(&r),
-                ename(errno())
-            ));
-        }
+                ename(e.raw_os_error())
+            )
+        })?;
         let mut ent = entry_of(&st, &c)?;
         match ent.kind {
             "reg" => {
@@ -826,17 +818,15 @@ pub fn run(o: &Opts) -> i32 {
         // The roots themselves are reachable through symlinks to "." (and
         // compared): same mode, no user.* xattrs on both sides.
         let c = cpath(d);
-        // SAFETY: valid C string.
-        unsafe { libc::chmod(c.as_ptr(), 0o755) };
+        let _ = rustix::fs::chmod(c.as_c_str(), rustix::fs::Mode::from_raw_mode(0o755));
         if let Ok(xs) = xattrs_of(&c) {
             for (n, _) in xs {
-                // SAFETY: valid C strings.
-                unsafe { libc::removexattr(c.as_ptr(), cstr(&n).as_ptr()) };
+                let _ = rustix::fs::removexattr(c.as_c_str(), cstr(&n).as_c_str());
             }
         }
     }
-    // SAFETY: umask(0): modes are what the ops ask for on both sides.
-    unsafe { libc::umask(0) };
+    // umask(0): modes are what the ops ask for on both sides.
+    rustix::process::umask(rustix::fs::Mode::empty());
     let header = serde_json::json!({
         "mode": "ns", "seed": o.seed, "ops": o.ops, "seconds": o.seconds,
         "tree_every": o.tree_every,

@@ -8,7 +8,9 @@
 
 use std::io;
 
+use crate::meta::sandbox::SandboxError;
 use crate::meta::MetaError;
+use crate::query::QueryError;
 
 /// Everything a filesystem operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,14 @@ pub enum FsError {
     NotEmpty,
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A tag name, tag value, tag set, `/by-tag` term or query name that
+    /// does not parse (EINVAL, as [`FsError::Invalid`]).
+    #[error("invalid argument: {0}")]
+    Tag(QueryError),
+    /// Users' SQL refused or stopped by the sandbox; the variant tells a
+    /// timeout from a refusal (EINVAL for all, as [`FsError::Invalid`]).
+    #[error("invalid argument: {0}")]
+    Query(SandboxError),
     #[error("file name too long (the limit is 255 bytes)")]
     NameTooLong,
     #[error("no such attribute")]
@@ -64,6 +74,20 @@ pub enum FsError {
 
 pub type Result<T> = std::result::Result<T, FsError>;
 
+// (Not `#[from]`: that would make the inner error a `source` too, and the
+// CLI's `{:#}` would print its message twice.)
+impl From<QueryError> for FsError {
+    fn from(e: QueryError) -> FsError {
+        FsError::Tag(e)
+    }
+}
+
+impl From<SandboxError> for FsError {
+    fn from(e: SandboxError) -> FsError {
+        FsError::Query(e)
+    }
+}
+
 impl FsError {
     /// The errno this error reports through FUSE.
     pub fn errno(&self) -> i32 {
@@ -74,7 +98,7 @@ impl FsError {
             FsError::NotDir => ENOTDIR,
             FsError::IsDir => EISDIR,
             FsError::NotEmpty => ENOTEMPTY,
-            FsError::Invalid(_) => EINVAL,
+            FsError::Invalid(_) | FsError::Tag(_) | FsError::Query(_) => EINVAL,
             FsError::NameTooLong => ENAMETOOLONG,
             FsError::NoAttr => ENODATA,
             FsError::Range => ERANGE,

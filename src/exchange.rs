@@ -21,14 +21,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::FsError;
-use crate::meta::{kind, Inode};
 use crate::qvfs::container::{clusters_for, Container};
 use crate::qvfs::format::{
     assign_short_names, fold, long_name_fragments, name_field, pack_time, prop, RawEntry,
     ENTRIES_PER_CLUSTER, FILE_SIZE_MAX, SIDECAR_NAME,
 };
 use crate::qvfs::image::{data_path, Image, Item, Report};
-use crate::types::FileKind;
+use crate::types::{Attr, FileKind};
 use crate::vfs::{check_name, Caller, Fs, SetAttr, SetTime, ROOT};
 
 /// Bytes moved per read or write.
@@ -189,7 +188,7 @@ pub struct ExportReport {
 
 struct Node {
     name: Vec<u8>,
-    attr: Inode,
+    attr: Attr,
     /// Store path, for messages.
     path: String,
     /// Path of short names in the image, relative (no leading `/`).
@@ -277,7 +276,7 @@ pub fn plan_export(fs: &Fs, opts: &ExportOptions) -> Result<ExportPlan> {
         let mut kids = Vec::new();
         for (e, short) in list.iter().zip(shorts) {
             let path = join_path(&nodes[d].path, &lossy(&e.name));
-            if e.attr.kind == kind::FILE && e.attr.size > FILE_SIZE_MAX {
+            if e.attr.kind == FileKind::File && e.attr.size > FILE_SIZE_MAX {
                 if opts.skip_large {
                     report.skipped.push(path);
                 } else {
@@ -299,12 +298,12 @@ pub fn plan_export(fs: &Fs, opts: &ExportOptions) -> Result<ExportPlan> {
                 format!("{}/{short}", nodes[d].short_path)
             };
             let target = match e.attr.kind {
-                kind::SYMLINK => Some(fs.readlink(e.attr.ino)?),
+                FileKind::Symlink => Some(fs.readlink(e.attr.ino)?),
                 _ => None,
             };
             bytes += match &target {
                 Some(t) => t.len() as u64,
-                None if e.attr.kind == kind::FILE => e.attr.size,
+                None if e.attr.kind == FileKind::File => e.attr.size,
                 None => 0,
             };
             let link = if e.attr.nlink > 1 && !e.attr.is_dir() {
@@ -457,7 +456,7 @@ impl Drop for Staged {
     }
 }
 
-fn property(a: &Inode) -> u8 {
+fn property(a: &Attr) -> u8 {
     if a.is_dir() {
         prop::DIR
     } else if a.perm & 0o222 == 0 {
@@ -467,7 +466,7 @@ fn property(a: &Inode) -> u8 {
     }
 }
 
-fn created(a: &Inode) -> u32 {
+fn created(a: &Attr) -> u32 {
     pack_time(if a.btime != 0 { a.btime } else { a.mtime })
 }
 
@@ -523,7 +522,7 @@ pub fn write_export(
             let n = &nodes[k];
             let a = &n.attr;
             let (start, size) = match a.kind {
-                kind::DIR => {
+                FileKind::Dir => {
                     let count: usize = n.children.iter().map(|&g| entry_count(&nodes[g])).sum();
                     let ch = dir_chain(&c, count, false)?;
                     let s = ch[0];
@@ -531,7 +530,7 @@ pub fn write_export(
                     report.counts.folders += 1;
                     (s, 0u64)
                 }
-                kind::FILE => {
+                FileKind::File => {
                     report.counts.files += 1;
                     if n.link.is_some() {
                         report.counts.hard_links += 1;
@@ -540,7 +539,7 @@ pub fn write_export(
                     report.counts.bytes += a.size;
                     (s, a.size)
                 }
-                kind::SYMLINK => {
+                FileKind::Symlink => {
                     report.counts.symlinks += 1;
                     let t = n.target.as_deref().unwrap_or_default();
                     progress(t.len() as u64);
@@ -936,9 +935,9 @@ impl Importer<'_> {
             }
         }
         let m = m.unwrap_or_else(|| defaults(item));
-        let k = FileKind::from_word(&m.kind).unwrap_or(kind::FILE);
+        let k = FileKind::from_word(&m.kind).unwrap_or(FileKind::File);
         let ino = match k {
-            kind::SYMLINK => {
+            FileKind::Symlink => {
                 let t = match m.target.as_ref().and_then(|t| t.to_vec()) {
                     Some(t) => t,
                     None => self.content(item)?,
@@ -947,7 +946,7 @@ impl Importer<'_> {
                 self.report.counts.symlinks += 1;
                 self.fs.symlink(dir, &name, &t, caller)?.ino
             }
-            kind::FILE => {
+            FileKind::File => {
                 let (i, fh) = self.fs.create(dir, &name, 0o600, caller)?;
                 let mut off = 0u64;
                 let fs = self.fs;

@@ -16,8 +16,7 @@ use fuser::{
 };
 
 use crate::error::FsError;
-use crate::meta::{kind, Inode};
-use crate::types::FileKind;
+use crate::types::{Attr, FileKind};
 use crate::vfs::{is_virtual, with_pid, with_viewer, Caller, Fs, SetAttr, SetTime, Viewer};
 
 /// How long the kernel may cache entries and attributes of real nodes. Every
@@ -168,17 +167,17 @@ fn ns(t: SystemTime) -> i64 {
 
 fn file_type(k: FileKind) -> FileType {
     match k {
-        kind::DIR => FileType::Directory,
-        kind::SYMLINK => FileType::Symlink,
-        kind::FIFO => FileType::NamedPipe,
-        kind::SOCKET => FileType::Socket,
-        kind::CHAR => FileType::CharDevice,
-        kind::BLOCK => FileType::BlockDevice,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::Char => FileType::CharDevice,
+        FileKind::Block => FileType::BlockDevice,
         _ => FileType::RegularFile,
     }
 }
 
-fn attr(i: &Inode) -> FileAttr {
+fn attr(i: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(i.ino),
         size: i.size,
@@ -220,7 +219,7 @@ fn set_time(t: TimeOrNow) -> SetTime {
 
 /// Replies with an entry; the kernel then holds one more lookup of it,
 /// which a virtual node must know (it is not trimmed while held).
-fn reply_entry(fs: &Fs, parent: u64, r: crate::error::Result<Inode>, reply: ReplyEntry) {
+fn reply_entry(fs: &Fs, parent: u64, r: crate::error::Result<Attr>, reply: ReplyEntry) {
     match r {
         Ok(i) => {
             if is_virtual(i.ino) {

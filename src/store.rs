@@ -304,8 +304,7 @@ fn lock_exclusive(dir: &Path, purpose: &str) -> Result<File> {
         .truncate(false)
         .open(dir.join(LOCK_FILE))
         .map_err(|e| StoreError::Io(d.clone(), e))?;
-    // SAFETY: a valid open fd.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         let mut text = String::new();
         let _ = f.read_to_string(&mut text);
         let mut lines = text.lines();
@@ -360,13 +359,8 @@ fn check_db_header(dir: &Path) -> Result<()> {
 
 /// Free bytes for unprivileged users on the file system holding `dir`.
 fn free_bytes(dir: &Path) -> Option<u64> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: valid C string and an out-pointer to a zeroed struct.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Path of the reserve file of the store in `dir`.
@@ -400,7 +394,9 @@ fn ensure_reserve(dir: &Path) {
     let Ok(f) = OpenOptions::new().write(true).create_new(true).open(&p) else {
         return;
     };
-    // SAFETY: a valid open fd.
+    // glibc's posix_fallocate (rustix has only the raw fallocate, which has
+    // no fallback where the file system lacks it).
+    // SAFETY: `f` is an open file; the call only reads its descriptor.
     let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, RESERVE_BYTES as libc::off_t) };
     if r != 0 {
         drop(f);
@@ -494,10 +490,8 @@ pub fn open(dir: &Path, access: Access, create: bool) -> Result<Store> {
 fn lock_shared_quiet(dir: &Path) -> Result<File> {
     let d = disp(dir);
     let f = File::open(dir.join(LOCK_FILE)).map_err(|e| StoreError::Io(d.clone(), e))?;
-    // SAFETY: a valid open fd.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
-        return Err(StoreError::Io(d, std::io::Error::last_os_error()));
-    }
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared)
+        .map_err(|e| StoreError::Io(d, e.into()))?;
     Ok(f)
 }
 

@@ -53,8 +53,9 @@ impl Drop for SmallDisk {
 
 fn free_bytes(dir: &Path) -> u64 {
     let c = c(dir);
-    // SAFETY: valid C string, zeroed out-struct.
+    // SAFETY: a plain C struct, filled by statvfs below.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
     st.f_bavail as u64 * st.f_frsize as u64
 }

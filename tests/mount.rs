@@ -100,8 +100,8 @@ fn files_dirs_links_and_attributes() {
             tv_nsec: 987_654_321,
         },
     ];
-    // SAFETY: valid path and array of two timespecs.
     assert_eq!(
+        // SAFETY: valid path and array of two timespecs.
         unsafe {
             libc::utimensat(
                 libc::AT_FDCWD,
@@ -125,8 +125,8 @@ fn files_dirs_links_and_attributes() {
             tv_nsec: libc::UTIME_NOW,
         },
     ];
-    // SAFETY: as above.
     assert_eq!(
+        // SAFETY: as above.
         unsafe {
             libc::utimensat(
                 libc::AT_FDCWD,
@@ -179,8 +179,8 @@ fn files_dirs_links_and_attributes() {
         ("chr", libc::S_IFCHR | 0o600, libc::makedev(1, 3)),
         ("blk", libc::S_IFBLK | 0o600, libc::makedev(7, 0)),
     ] {
-        // SAFETY: valid path.
         assert_eq!(
+            // SAFETY: valid path.
             unsafe { libc::mknod(c(&m.path(name)).as_ptr(), mode, dev) },
             0,
             "mknod {name}: {}",
@@ -290,12 +290,13 @@ fn files_dirs_links_and_attributes() {
         fs::write(m.path(&long), b"").unwrap_err().raw_os_error(),
         Some(libc::ENAMETOOLONG)
     );
+    // SAFETY: a plain C struct, filled by statvfs below.
     let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out-pointer.
     assert_eq!(unsafe { libc::statvfs(c(root).as_ptr(), &mut sv) }, 0);
     assert!(sv.f_blocks > 0 && sv.f_namemax == 255);
-    // SAFETY: valid path.
     assert_eq!(
+        // SAFETY: valid path.
         unsafe { libc::access(c(&m.path("r2")).as_ptr(), libc::R_OK | libc::W_OK) },
         0
     );
@@ -619,8 +620,9 @@ fn short_chunks_holes_fallocate_and_seek_through_the_kernel() {
 
     // statfs: total inodes >= free, and more than the files held.
     let c = c(&m.mp);
-    // SAFETY: valid path and out-pointer.
+    // SAFETY: a plain C struct, filled by statvfs below.
     let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out-pointer.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut v) }, 0);
     assert!(v.f_files >= v.f_ffree && v.f_files > 3 && v.f_ffree > 1000);
     // Past the maximum size: EFBIG.
@@ -641,8 +643,8 @@ fn truncating_sets_times_like_a_local_filesystem() {
             tv_sec: 978_307_200,
             tv_nsec: 0,
         }; 2];
-        // SAFETY: valid C string and timespec array.
         assert_eq!(
+            // SAFETY: valid C string and timespec array.
             unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), ts.as_ptr(), 0) },
             0
         );

@@ -276,13 +276,12 @@ impl BlobStore for MemBlobs {
                     b.len(),
                     r.len
                 )),
-                Some(_) => match seen.insert(r.loc.0, index) {
-                    Some(other) => Some(format!(
+                Some(_) => seen.insert(r.loc.0, index).map(|other| {
+                    format!(
                         "blob {} is referenced twice (also by reference {other})",
                         r.loc.0
-                    )),
-                    None => None,
-                },
+                    )
+                }),
             };
             if let Some(reason) = reason {
                 let units = if st.blobs.contains_key(&r.loc.0) {

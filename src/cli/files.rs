@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 use queryfs::error::FsError;
-use queryfs::meta::{kind, Inode};
 use queryfs::names::bytes_json;
 use queryfs::store::{self, Access, Store};
+use queryfs::types::{Attr, FileKind};
 use queryfs::vfs::{Caller, Fs, SetAttr, SetTime, ROOT};
 use serde::Serialize;
 
@@ -63,19 +63,19 @@ fn split(path: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((parent.to_vec(), name.to_vec()))
 }
 
-pub(super) fn resolve(fs: &Fs, path: &[u8]) -> Result<Inode> {
+pub(super) fn resolve(fs: &Fs, path: &[u8]) -> Result<Attr> {
     fs.resolve_bytes(path)
         .map_err(|e| anyhow!("{}: {e}", show(path)))
 }
 
-fn mode_string(i: &Inode) -> String {
+fn mode_string(i: &Attr) -> String {
     let t = match i.kind {
-        kind::DIR => 'd',
-        kind::SYMLINK => 'l',
-        kind::FIFO => 'p',
-        kind::SOCKET => 's',
-        kind::CHAR => 'c',
-        kind::BLOCK => 'b',
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        FileKind::Fifo => 'p',
+        FileKind::Socket => 's',
+        FileKind::Char => 'c',
+        FileKind::Block => 'b',
         _ => '-',
     };
     let mut s = String::from(t);
@@ -172,7 +172,7 @@ impl Putter<'_> {
         }
         let ino = if ft.is_file() {
             let (ino, fh) = match existing {
-                Some(i) if i.kind == kind::FILE => {
+                Some(i) if i.kind == FileKind::File => {
                     self.fs.setattr(
                         i.ino,
                         &SetAttr {
@@ -275,45 +275,34 @@ impl Putter<'_> {
 /// The `user.*` extended attributes of a file on disk (not following a
 /// symlink); none where the filesystem has no xattrs.
 fn disk_xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+    use rustix::io::Errno;
     let mut names = vec![0u8; 64 * 1024];
-    // SAFETY: a valid C string and a buffer of the length passed.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOTSUP) {
-            return Ok(Vec::new());
+    let n = match rustix::fs::llistxattr(p, &mut names[..]) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(std::io::Error::from(e))
+                .with_context(|| format!("listing xattrs of {}", p.display()))
         }
-        return Err(e).with_context(|| format!("listing xattrs of {}", p.display()));
-    }
-    names.truncate(n as usize);
+    };
+    names.truncate(n);
     let mut out = Vec::new();
     let mut value = vec![0u8; 64 * 1024];
     for name in names.split(|&b| b == 0).filter(|n| n.starts_with(b"user.")) {
-        let cn = std::ffi::CString::new(name)?;
-        // SAFETY: valid C strings and a buffer of the length passed.
-        let k = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cn.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if k < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENODATA) {
-                continue; // removed since the listing
+        let k = match rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut value[..]) {
+            Ok(k) => k,
+            Err(Errno::NODATA) => continue, // removed since the listing
+            Err(e) => {
+                return Err(std::io::Error::from(e)).with_context(|| {
+                    format!(
+                        "reading xattr {} of {}",
+                        String::from_utf8_lossy(name),
+                        p.display()
+                    )
+                })
             }
-            return Err(e).with_context(|| {
-                format!(
-                    "reading xattr {} of {}",
-                    String::from_utf8_lossy(name),
-                    p.display()
-                )
-            });
-        }
-        out.push((name.to_vec(), value[..k as usize].to_vec()));
+        };
+        out.push((name.to_vec(), value[..k].to_vec()));
     }
     Ok(out)
 }
@@ -377,7 +366,7 @@ pub struct GetArgs {
     dest: PathBuf,
 }
 
-fn set_disk_times(path: &Path, i: &Inode) -> Result<()> {
+fn set_disk_times(path: &Path, i: &Attr) -> Result<()> {
     let t = |ns: i64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
     let f = File::options()
         .read(true)
@@ -393,16 +382,16 @@ fn set_disk_times(path: &Path, i: &Inode) -> Result<()> {
     Ok(())
 }
 
-fn get_one(fs: &Fs, i: &Inode, dest: &Path, buf_size: usize, bar: &ProgressBar) -> Result<()> {
+fn get_one(fs: &Fs, i: &Attr, dest: &Path, buf_size: usize, bar: &ProgressBar) -> Result<()> {
     match i.kind {
-        kind::DIR => {
+        FileKind::Dir => {
             fs::create_dir_all(dest).with_context(|| format!("{}", dest.display()))?;
             for e in fs.list(i.ino)? {
                 let name = std::ffi::OsStr::from_encoded_bytes_checked(&e.name);
                 get_one(fs, &e.attr, &dest.join(name), buf_size, bar)?;
             }
         }
-        kind::FILE => {
+        FileKind::File => {
             let mut out = File::create(dest).with_context(|| format!("{}", dest.display()))?;
             let fh = fs.open(i.ino)?;
             let r = (|| -> Result<()> {
@@ -422,7 +411,7 @@ fn get_one(fs: &Fs, i: &Inode, dest: &Path, buf_size: usize, bar: &ProgressBar) 
             fs.release(fh)?;
             r?;
         }
-        kind::SYMLINK => {
+        FileKind::Symlink => {
             let t = fs.readlink(i.ino)?;
             let _ = fs::remove_file(dest);
             std::os::unix::fs::symlink(std::ffi::OsStr::from_encoded_bytes_checked(&t), dest)
@@ -430,12 +419,16 @@ fn get_one(fs: &Fs, i: &Inode, dest: &Path, buf_size: usize, bar: &ProgressBar) 
             return Ok(());
         }
         _ => {
-            let c = std::ffi::CString::new(dest.as_os_str().as_encoded_bytes())?;
-            // SAFETY: a valid C string; mknod has no other preconditions.
-            if unsafe { libc::mknod(c.as_ptr(), i.kind | i.perm, i.rdev as libc::dev_t) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("{}", dest.display()));
-            }
+            use rustix::fs::{FileType, Mode, CWD};
+            rustix::fs::mknodat(
+                CWD,
+                dest,
+                FileType::from_raw_mode(i.kind.bits()),
+                Mode::from_raw_mode(i.perm),
+                u64::from(i.rdev),
+            )
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("{}", dest.display()))?;
             return Ok(());
         }
     }
@@ -509,7 +502,7 @@ struct EntryJson<'a> {
     target: Option<serde_json::Value>,
 }
 
-fn entry_json(fs: &Fs, name: &[u8], path: &[u8], i: &Inode) -> EntryJson<'static> {
+fn entry_json(fs: &Fs, name: &[u8], path: &[u8], i: &Attr) -> EntryJson<'static> {
     EntryJson {
         name: bytes_json(name),
         path: bytes_json(path),
@@ -525,7 +518,7 @@ fn entry_json(fs: &Fs, name: &[u8], path: &[u8], i: &Inode) -> EntryJson<'static
         mtime_ns: i.mtime,
         ctime_ns: i.ctime,
         btime_ns: i.btime,
-        target: if i.kind == kind::SYMLINK {
+        target: if i.kind == FileKind::Symlink {
             fs.readlink(i.ino).ok().map(|t| bytes_json(&t))
         } else {
             None
@@ -570,7 +563,7 @@ pub fn ls(dir: &Path, a: LsArgs) -> Result<Outcome> {
     let fs = &s.fs;
     let path = bytes(&a.path);
     let i = resolve(fs, path)?;
-    let entries: Vec<(Vec<u8>, Vec<u8>, Inode)> = if i.is_dir() {
+    let entries: Vec<(Vec<u8>, Vec<u8>, Attr)> = if i.is_dir() {
         fs.list(i.ino)?
             .into_iter()
             .map(|e| {
@@ -599,7 +592,7 @@ pub fn ls(dir: &Path, a: LsArgs) -> Result<Outcome> {
                 fmt_time(e.mtime)
             )?;
             out.write_all(&name)?;
-            if e.kind == kind::SYMLINK {
+            if e.kind == FileKind::Symlink {
                 out.write_all(b" -> ")?;
                 out.write_all(&fs.readlink(e.ino).unwrap_or_default())?;
             }
@@ -627,7 +620,7 @@ pub fn stat(dir: &Path, json: bool, paths: &[PathBuf]) -> Result<Outcome> {
             out.write_all(b"  path: ")?;
             out.write_all(p)?;
             write!(out, "\n  kind: {}", e.kind)?;
-            if i.kind == kind::SYMLINK {
+            if i.kind == FileKind::Symlink {
                 out.write_all(b" -> ")?;
                 out.write_all(&fs.readlink(i.ino).unwrap_or_default())?;
             }

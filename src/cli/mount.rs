@@ -118,20 +118,13 @@ fn remove_created(mp: &Path, top: &Option<PathBuf>) {
 
 /// umount2(2); on EBUSY with `lazy`, detaches instead.
 fn unmount(mp: &Path, lazy: bool) -> std::io::Result<()> {
-    let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
-    // SAFETY: c is a valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if lazy && e.raw_os_error() == Some(libc::EBUSY) {
-        // SAFETY: as above.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return Ok(());
+    use rustix::mount::UnmountFlags;
+    match rustix::mount::unmount(mp, UnmountFlags::empty()) {
+        Err(rustix::io::Errno::BUSY) if lazy => {
+            Ok(rustix::mount::unmount(mp, UnmountFlags::DETACH)?)
         }
-        return Err(std::io::Error::last_os_error());
+        r => Ok(r?),
     }
-    Err(e)
 }
 
 pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {

@@ -228,7 +228,7 @@ pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
                     if json {
                         json_line(
                             &mut std::io::stdout().lock(),
-                            &serde_json::json!({"image": image.display().to_string(), "unreadable": e.0}),
+                            &serde_json::json!({"image": image.display().to_string(), "unreadable": e.to_string()}),
                         )?;
                     }
                     bail!("{e}");

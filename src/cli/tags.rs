@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use queryfs::error::FsError;
 use queryfs::meta::sandbox::value_text;
 use queryfs::store::{self, Access, Store};
 
@@ -190,7 +191,11 @@ pub fn query(dir: &Path, a: QueryArgs) -> Result<Outcome> {
                 bail!("give a query, e.g. queryfs query 'SELECT path, size FROM files'");
             };
             let s = open(dir, None)?;
-            let r = s.fs.run_query(&sql).map_err(|e| anyhow!("query: {e}"))?;
+            let r = s.fs.run_query(&sql).map_err(|e| match e {
+                // The sandbox's own words (a timeout, a cap, a syntax error).
+                FsError::Query(q) => anyhow!("query: {q}"),
+                e => anyhow!("query: {e}"),
+            })?;
             let mut out = std::io::stdout().lock();
             if a.json {
                 for i in 0..r.rows.len() {

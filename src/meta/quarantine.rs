@@ -12,6 +12,14 @@
 //! deleted, `M`'s row goes as any blob's does, and the next reclaim drops the
 //! quarantine row and frees its clusters.
 
+// Numbers cross between SQLite (i64), the kernel (u32, u64) and Rust
+// (usize) here: each conversion is checked, none wraps or truncates.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use rusqlite::named_params;
 
 use super::{hash_of, BlobData, BlobLoc, Meta, MetaStore, Result};
@@ -111,8 +119,8 @@ impl Meta {
             Ok(Quarantined {
                 hash: hash_of(r.get(0)?)?,
                 marker: hash_of(r.get(1)?)?,
-                size: r.get::<_, i64>(2)? as u64,
-                loc: r.get::<_, i64>(3)? as u32,
+                size: get_u64(r, 2)?,
+                loc: r.get::<_, u32>(3)?,
                 clusters: clusters_of(&r.get::<_, Vec<u8>>(4)?),
                 reason: r.get(5)?,
                 created_ns: r.get(6)?,
@@ -152,7 +160,9 @@ impl Meta {
             ":hash": &hash[..],
             ":marker": &marker[..],
             ":size": size as i64,
-            ":loc": loc.0 as i64,
+            ":loc": i64::try_from(loc.0).map_err(|_| rusqlite::Error::ToSqlConversionFailure(
+                format!("blob location {} does not fit SQLite", loc.0).into()
+            ))?,
             ":clusters": clusters_blob(clusters),
             ":reason": reason,
             ":created": now_ns,
@@ -173,11 +183,7 @@ impl Meta {
     pub fn blob_chains(&self) -> Result<Vec<([u8; 32], u64, BlobLoc)>> {
         let mut s = self.conn.prepare_cached(BLOB_CHAINS)?;
         let rows = s.query_map([], |r| {
-            Ok((
-                hash_of(r.get(0)?)?,
-                r.get::<_, i64>(1)? as u64,
-                BlobLoc(r.get::<_, i64>(2)? as u64),
-            ))
+            Ok((hash_of(r.get(0)?)?, get_u64(r, 1)?, BlobLoc(get_u64(r, 2)?)))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -185,11 +191,15 @@ impl Meta {
     /// The inodes whose chunks name blob `hash` (a scan of the chunk table).
     pub fn inodes_holding(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
         let mut s = self.conn.prepare_cached(CHUNK_INODES)?;
-        let rows = s.query_map(named_params! {":hash": &hash[..]}, |r| r.get::<_, i64>(0))?;
-        Ok(rows
-            .map(|r| r.map(|v| v as u64))
-            .collect::<rusqlite::Result<_>>()?)
+        let rows = s.query_map(named_params! {":hash": &hash[..]}, |r| get_u64(r, 0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// Column `i` of a row as a u64 (a negative integer is out of range).
+fn get_u64(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    let v: i64 = r.get(i)?;
+    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, v))
 }
 
 #[cfg(test)]

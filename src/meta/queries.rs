@@ -1,6 +1,14 @@
 //! Every SQL statement the metadata layer runs, one per file under
 //! `queries/meta/`, compiled in with `include_str!`.
 
+// Numbers cross between SQLite (i64), the kernel (u32, u64) and Rust
+// (usize) here: each conversion is checked, none wraps or truncates.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 macro_rules! queries {
     ($($name:ident => $file:literal),* $(,)?) => {
         $(pub const $name: &str =

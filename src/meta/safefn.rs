@@ -13,6 +13,14 @@
 //! `SQLITE_INTERRUPT` if so. They are registered on the sandbox connection
 //! only.
 
+// Numbers cross between SQLite (i64), the kernel (u32, u64) and Rust
+// (usize) here: each conversion is checked, none wraps or truncates.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, c_void, CString};
 
@@ -41,7 +49,8 @@ impl<'a> Ticker<'a> {
     /// Work on `n` bytes at once (a memchr scan counts a unit per 16 bytes).
     #[inline]
     fn ticks(&mut self, n: usize) -> Result<(), Stopped> {
-        self.left -= (n >> 4) as i64 + 1;
+        // (n >> 4 of a usize always fits an i64.)
+        self.left -= i64::try_from(n >> 4).unwrap_or(i64::MAX - 1) + 1;
         if self.left <= 0 {
             self.left = 4096;
             if (self.stop)() {
@@ -69,7 +78,7 @@ pub fn instr(h: &[u8], n: &[u8], text: bool, t: &mut Ticker) -> Result<i64, Stop
     }
     if !text {
         t.ticks(h.len())?;
-        return Ok(memchr::memmem::find(h, n).map_or(0, |p| p as i64 + 1));
+        return Ok(memchr::memmem::find(h, n).map_or(0, |p| position(p) + 1));
     }
     // SQLite tries position 0 and then only character starts; a needle
     // that starts with a continuation byte can only match at 0.
@@ -86,7 +95,12 @@ pub fn instr(h: &[u8], n: &[u8], text: bool, t: &mut Ticker) -> Result<i64, Stop
     } else {
         h[1..=p].iter().filter(|&&b| !is_cont(b)).count()
     };
-    Ok(1 + chars as i64)
+    Ok(1 + position(chars))
+}
+
+/// An index into a slice (at most `isize::MAX`) as SQLite's i64.
+fn position(i: usize) -> i64 {
+    i64::try_from(i).unwrap_or(i64::MAX)
 }
 
 /// Why a function failed.
@@ -316,15 +330,6 @@ fn lower(c: u32) -> u32 {
     }
 }
 
-#[inline]
-fn upper(c: u32) -> u32 {
-    if (b'a' as u32..=b'z' as u32).contains(&c) {
-        c - 32
-    } else {
-        c
-    }
-}
-
 /// SQLite's `patternCompare`, ported line by line, with a stop check.
 pub fn pattern_compare(
     p: &[u8],
@@ -375,11 +380,11 @@ pub fn pattern_compare(
                     return Ok(NOWILDCARDMATCH);
                 }
             }
-            if c < 0x80 {
+            if let Some(c) = u8::try_from(c).ok().filter(u8::is_ascii) {
                 let (a, b) = if no_case {
-                    (upper(c) as u8, lower(c) as u8)
+                    (c.to_ascii_uppercase(), c.to_ascii_lowercase())
                 } else {
-                    (c as u8, c as u8)
+                    (c, c)
                 };
                 loop {
                     let rest = s.get(si..).unwrap_or(&[]);
@@ -522,7 +527,7 @@ unsafe fn text<'a>(v: *mut ffi::sqlite3_value) -> Option<&'a [u8]> {
     if p.is_null() {
         return None;
     }
-    let n = ffi::sqlite3_value_bytes(v).max(0) as usize;
+    let n = usize::try_from(ffi::sqlite3_value_bytes(v)).unwrap_or(0);
     Some(std::slice::from_raw_parts(p, n))
 }
 
@@ -530,7 +535,7 @@ unsafe fn text<'a>(v: *mut ffi::sqlite3_value) -> Option<&'a [u8]> {
 /// As [`text`].
 unsafe fn blob<'a>(v: *mut ffi::sqlite3_value) -> &'a [u8] {
     let p = ffi::sqlite3_value_blob(v) as *const u8;
-    let n = ffi::sqlite3_value_bytes(v).max(0) as usize;
+    let n = usize::try_from(ffi::sqlite3_value_bytes(v)).unwrap_or(0);
     if p.is_null() || n == 0 {
         &[]
     } else {
@@ -556,7 +561,7 @@ unsafe fn result_text(ctx: *mut ffi::sqlite3_context, s: &[u8]) {
         s.as_ptr() as *const _,
         s.len() as u64,
         ffi::SQLITE_TRANSIENT(),
-        ffi::SQLITE_UTF8 as u8,
+        u8::try_from(ffi::SQLITE_UTF8).expect("SQLITE_UTF8 is 1"),
     );
 }
 
@@ -632,7 +637,8 @@ unsafe extern "C" fn replace_fn(ctx: *mut ffi::sqlite3_context, _n: c_int, argv:
         }
         let Some(r) = text(*argv.add(2)) else { return };
         let db = ffi::sqlite3_context_db_handle(ctx);
-        let limit = ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_LENGTH, -1).max(0) as usize;
+        let limit =
+            usize::try_from(ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_LENGTH, -1)).unwrap_or(0);
         match with_ticker(ctx, |t| replace(s, p, r, limit, t)) {
             Ok(out) => result_text(ctx, &out),
             Err(e) => result_error(ctx, e),
@@ -649,7 +655,8 @@ unsafe extern "C" fn trim_fn(ctx: *mut ffi::sqlite3_context, _n: c_int, argv: Ar
         let Some(set) = text(*argv.add(1)) else {
             return;
         };
-        let flags = ffi::sqlite3_user_data(ctx) as usize as u8;
+        // Registered with 1, 2 or 3.
+        let flags = u8::try_from(ffi::sqlite3_user_data(ctx) as usize).expect("trim flags");
         match with_ticker(ctx, |t| trim(s, set, flags, t)) {
             Ok(out) => result_text(ctx, out),
             Err(Stopped) => result_error(ctx, FnError::Stopped),
@@ -988,7 +995,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x % n as u64) as usize
+            usize::try_from(x % n as u64).unwrap()
         };
         for _ in 0..4000 {
             let pl = 1 + next(6);

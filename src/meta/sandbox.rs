@@ -28,6 +28,14 @@
 //!    stay in that heap (`temp_store = MEMORY`): a query writes nothing to
 //!    disk.
 
+// Numbers cross between SQLite (i64), the kernel (u32, u64) and Rust
+// (usize) here: each conversion is checked, none wraps or truncates.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,15 +77,44 @@ const VALUE_OVERHEAD: usize = 32;
 /// Functions a query may not call.
 const DENIED_FUNCTIONS: &[&str] = &["load_extension", "fts3_tokenizer", "readfile", "writefile"];
 
-/// Why a query was refused or stopped.
+/// Why a query was refused or stopped. A refusal (the statement is not one
+/// the sandbox admits) is told apart from a query that was stopped: by its
+/// time budget ([`SandboxError::Timeout`]), the heap cap
+/// ([`SandboxError::Memory`]) or the result size cap
+/// ([`SandboxError::ResultTooLarge`]). The row cap truncates a result
+/// ([`QueryResult::truncated`]) and is no error.
 #[derive(Debug, thiserror::Error)]
-pub enum QueryError {
+pub enum SandboxError {
+    #[error("the query is empty")]
+    Empty,
+    #[error("a query cannot contain NUL")]
+    Nul,
+    #[error("only one statement is allowed")]
+    MultipleStatements,
+    #[error("EXPLAIN is not allowed in a query")]
+    Explain,
+    #[error("only SELECT queries are allowed")]
+    NotSelect,
+    /// A read of something other than the documented views.
+    #[error("{0:?} is not one of the views a query may read (files, tags, tag_list, xattrs)")]
+    NotAView(String),
+    /// What the authorizer denied first (its message).
+    #[error("{0}")]
+    Denied(String),
+    /// SQLite refused or failed the statement (its message: a syntax
+    /// error, an unknown column, a value over the length cap...).
     #[error("{0}")]
     Invalid(String),
+    /// Every sandbox connection slot is taken.
+    #[error("too many queries are running at once")]
+    Busy,
     #[error("the query ran longer than its budget of {0:?}")]
     Timeout(Duration),
     #[error("the query needs more memory than a query may use ({} MiB)", HEAP_CAP >> 20)]
     Memory,
+    /// The values kept passed the byte cap (in bytes).
+    #[error("the result is larger than {} MiB", .0 >> 20)]
+    ResultTooLarge(usize),
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -183,11 +220,9 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub fn open(db: &Path) -> Result<Sandbox, QueryError> {
+    pub fn open(db: &Path) -> Result<Sandbox, SandboxError> {
         let slot = if sqlmem::installed() {
-            Some(sqlmem::Slot::take(HEAP_CAP).ok_or_else(|| {
-                QueryError::Invalid("too many queries are running at once".into())
-            })?)
+            Some(sqlmem::Slot::take(HEAP_CAP).ok_or(SandboxError::Busy)?)
         } else {
             static WARNED: std::sync::Once = std::sync::Once::new();
             WARNED.call_once(|| {
@@ -206,7 +241,7 @@ impl Sandbox {
         Self::setup(conn, slot)
     }
 
-    fn setup(conn: Connection, slot: Option<sqlmem::Slot>) -> Result<Sandbox, QueryError> {
+    fn setup(conn: Connection, slot: Option<sqlmem::Slot>) -> Result<Sandbox, SandboxError> {
         conn.busy_timeout(Duration::from_secs(2))?;
         conn.pragma_update(None, "cache_size", -4096)?;
         // Sorts and temporary b-trees in memory, where the heap cap holds
@@ -267,7 +302,7 @@ impl Sandbox {
             1000,
             Some(move || {
                 let end = d.load(Ordering::Relaxed);
-                end != 0 && base.elapsed().as_nanos() as u64 > end
+                end != 0 && u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX) > end
             }),
         )?;
         Ok(Sandbox {
@@ -295,52 +330,49 @@ impl Sandbox {
     }
 
     /// Checks that `sql` is one statement the sandbox admits, without running it.
-    pub fn check(&self, sql: &str) -> Result<Vec<String>, QueryError> {
+    pub fn check(&self, sql: &str) -> Result<Vec<String>, SandboxError> {
         let _in = self.enter();
         let stmt = self.prepare(sql)?;
         Ok(stmt.column_names().iter().map(|s| s.to_string()).collect())
     }
 
-    fn prepare(&self, sql: &str) -> Result<rusqlite::Statement<'_>, QueryError> {
+    fn prepare(&self, sql: &str) -> Result<rusqlite::Statement<'_>, SandboxError> {
         if sql.trim().is_empty() {
-            return Err(QueryError::Invalid("the query is empty".into()));
+            return Err(SandboxError::Empty);
         }
         if sql.contains('\0') {
-            return Err(QueryError::Invalid("a query cannot contain NUL".into()));
+            return Err(SandboxError::Nul);
         }
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Seen::default();
         let stmt = self.conn.prepare(sql).map_err(|e| match e {
-            rusqlite::Error::MultipleStatement => {
-                QueryError::Invalid("only one statement is allowed".into())
-            }
-            rusqlite::Error::SqliteFailure(_, Some(m)) => QueryError::Invalid(m),
-            e => QueryError::Sql(e),
+            rusqlite::Error::MultipleStatement => SandboxError::MultipleStatements,
+            rusqlite::Error::SqliteFailure(_, Some(m)) => SandboxError::Invalid(m),
+            e => SandboxError::Sql(e),
         })?;
         if stmt.is_explain() != 0 {
-            return Err(QueryError::Invalid(
-                "EXPLAIN is not allowed in a query".into(),
-            ));
+            return Err(SandboxError::Explain);
         }
         if !stmt.readonly() {
-            return Err(QueryError::Invalid(
-                "only SELECT queries are allowed".into(),
-            ));
+            return Err(SandboxError::NotSelect);
         }
         let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|e| e.into_inner()));
         if let Some(t) = seen.counted.difference(&seen.via_view).next() {
-            return Err(QueryError::Invalid(format!(
-                "{t:?} is not one of the views a query may read (files, tags, tag_list, xattrs)"
-            )));
+            return Err(SandboxError::NotAView(t.clone()));
         }
         if let Some(d) = seen.denied {
-            return Err(QueryError::Invalid(d));
+            return Err(SandboxError::Denied(d));
         }
         Ok(stmt)
     }
 
     /// Runs one SELECT within `budget`, keeping at most `cap` rows and
     /// [`RESULT_BYTES_CAP`] bytes.
-    pub fn run(&self, sql: &str, budget: Duration, cap: usize) -> Result<QueryResult, QueryError> {
+    pub fn run(
+        &self,
+        sql: &str,
+        budget: Duration,
+        cap: usize,
+    ) -> Result<QueryResult, SandboxError> {
         self.run_capped(sql, budget, cap, RESULT_BYTES_CAP)
     }
 
@@ -353,14 +385,16 @@ impl Sandbox {
         budget: Duration,
         cap: usize,
         max_bytes: usize,
-    ) -> Result<QueryResult, QueryError> {
+    ) -> Result<QueryResult, SandboxError> {
         let _in = self.enter();
         let mut stmt = self.prepare(sql)?;
         let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
         let n = columns.len();
         let end = self.base.elapsed() + budget;
-        self.deadline
-            .store(end.as_nanos().max(1) as u64, Ordering::Relaxed);
+        self.deadline.store(
+            u64::try_from(end.as_nanos().max(1)).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         // The progress handler runs between VM steps; one long function
         // call (a huge replace() or instr()) is one step. The watchdog
         // interrupts it from outside.
@@ -386,15 +420,12 @@ impl Sandbox {
                         };
                     row.push(v);
                     if bytes > max_bytes {
-                        return Err(rusqlite::Error::SqliteFailure(
-                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_TOOBIG),
-                            Some(format!("the result is larger than {} MiB", max_bytes >> 20)),
-                        ));
+                        return Err(SandboxError::ResultTooLarge(max_bytes));
                     }
                 }
                 out.push(row);
             }
-            Ok::<_, rusqlite::Error>((out, truncated))
+            Ok::<_, SandboxError>((out, truncated))
         })();
         drop(watchdog);
         self.deadline.store(0, Ordering::Relaxed);
@@ -404,18 +435,20 @@ impl Sandbox {
                 rows,
                 truncated,
             }),
-            Err(rusqlite::Error::SqliteFailure(e, _))
+            Err(SandboxError::Sql(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::OperationInterrupted =>
             {
-                Err(QueryError::Timeout(budget))
+                Err(SandboxError::Timeout(budget))
             }
-            Err(rusqlite::Error::SqliteFailure(e, _))
+            Err(SandboxError::Sql(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::OutOfMemory =>
             {
-                Err(QueryError::Memory)
+                Err(SandboxError::Memory)
             }
-            Err(rusqlite::Error::SqliteFailure(_, Some(m))) => Err(QueryError::Invalid(m)),
-            Err(e) => Err(e.into()),
+            Err(SandboxError::Sql(rusqlite::Error::SqliteFailure(_, Some(m)))) => {
+                Err(SandboxError::Invalid(m))
+            }
+            Err(e) => Err(e),
         }
     }
 }
@@ -570,13 +603,20 @@ fn register_visibility(conn: &Connection, vis: &VisCell) -> rusqlite::Result<()>
     conn.create_scalar_function("qfs_visible", 1, flags, move |ctx| {
         let Some(v) = get(&v) else { return Ok(true) };
         let parent: Option<i64> = ctx.get(0)?;
-        Ok(parent.is_some_and(|p| v.sees(p as u64)))
+        // (A negative number is no directory: u64::MAX is none either.)
+        Ok(parent.is_some_and(|p| v.sees(u64::try_from(p).unwrap_or(u64::MAX))))
     })?;
     let v = vis.clone();
     conn.create_scalar_function("qfs_readable", 3, flags, move |ctx| {
         let Some(v) = get(&v) else { return Ok(true) };
         let (uid, gid, perm): (i64, i64, i64) = (ctx.get(0)?, ctx.get(1)?, ctx.get(2)?);
-        Ok(v.bits(uid as u32, gid as u32, perm as u32) & 4 != 0)
+        // Ids and bits out of range are no real node's: not readable.
+        let (Ok(uid), Ok(gid), Ok(perm)) =
+            (u32::try_from(uid), u32::try_from(gid), u32::try_from(perm))
+        else {
+            return Ok(false);
+        };
+        Ok(v.bits(uid, gid, perm) & 4 != 0)
     })?;
     Ok(())
 }
@@ -585,11 +625,14 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     conn.create_scalar_function("qfs_user", 1, flags, |ctx| {
         let id: Option<i64> = ctx.get(0)?;
-        Ok(id.map(|id| account_name(id as u32, true)))
+        Ok(id
+            .map(|id| u32::try_from(id).map_or_else(|_| id.to_string(), |u| account_name(u, true))))
     })?;
     conn.create_scalar_function("qfs_group", 1, flags, |ctx| {
         let id: Option<i64> = ctx.get(0)?;
-        Ok(id.map(|id| account_name(id as u32, false)))
+        Ok(id.map(|id| {
+            u32::try_from(id).map_or_else(|_| id.to_string(), |g| account_name(g, false))
+        }))
     })?;
     conn.create_scalar_function("qfs_ext", 1, flags, |ctx| {
         Ok(match ctx.get_raw(0) {
@@ -610,42 +653,16 @@ pub fn extension(name: &[u8]) -> String {
 
 /// The user or group name of an id, or the id as text when it has none.
 pub fn account_name(id: u32, user: bool) -> String {
-    let mut buf = vec![0u8; 4096];
-    let mut out: *mut libc::c_void = std::ptr::null_mut();
-    // SAFETY: the buffers outlive the calls; on success the returned record's
-    // name points into `buf`, read before `buf` is dropped.
-    unsafe {
-        if user {
-            let mut pw: libc::passwd = std::mem::zeroed();
-            let r = libc::getpwuid_r(
-                id,
-                &mut pw,
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-                &mut out as *mut *mut libc::c_void as *mut *mut libc::passwd,
-            );
-            if r == 0 && !out.is_null() {
-                return std::ffi::CStr::from_ptr(pw.pw_name)
-                    .to_string_lossy()
-                    .into();
-            }
-        } else {
-            let mut gr: libc::group = std::mem::zeroed();
-            let r = libc::getgrgid_r(
-                id,
-                &mut gr,
-                buf.as_mut_ptr() as *mut libc::c_char,
-                buf.len(),
-                &mut out as *mut *mut libc::c_void as *mut *mut libc::group,
-            );
-            if r == 0 && !out.is_null() {
-                return std::ffi::CStr::from_ptr(gr.gr_name)
-                    .to_string_lossy()
-                    .into();
-            }
-        }
+    use nix::unistd::{Gid, Group, Uid, User};
+    let name = if user {
+        User::from_uid(Uid::from_raw(id)).map(|u| u.map(|u| u.name))
+    } else {
+        Group::from_gid(Gid::from_raw(id)).map(|g| g.map(|g| g.name))
+    };
+    match name {
+        Ok(Some(n)) => n,
+        _ => id.to_string(),
     }
-    id.to_string()
 }
 
 /// A value as JSON: blobs as lowercase hex, text that is not UTF-8 as
@@ -670,5 +687,41 @@ pub fn value_text(v: &Cell) -> Vec<u8> {
         Cell::Real(f) => f.to_string().into_bytes(),
         Cell::Text(s) => s.clone(),
         Cell::Blob(b) => super::hex(b).into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopped_queries_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("meta.db");
+        drop(super::super::Meta::open(&db, true).unwrap());
+        let sb = Sandbox::open(&db).unwrap();
+        let endless =
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+        let e = sb.run(endless, Duration::from_millis(200), 10).unwrap_err();
+        assert!(matches!(e, SandboxError::Timeout(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "the query ran longer than its budget of 200ms"
+        );
+        let many = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000) \
+                    SELECT printf('%.100c', 'x') FROM c";
+        let e = sb
+            .run_capped(many, Duration::from_secs(10), 1_000_000, 1 << 20)
+            .unwrap_err();
+        assert!(matches!(e, SandboxError::ResultTooLarge(_)), "{e:?}");
+        assert_eq!(e.to_string(), "the result is larger than 1 MiB");
+        assert!(matches!(sb.check(" "), Err(SandboxError::Empty)));
+        assert!(matches!(
+            sb.check("SELECT 1; SELECT 2"),
+            Err(SandboxError::MultipleStatements)
+        ));
+        // The row cap truncates, and is no error.
+        let r = sb.run(many, Duration::from_secs(10), 3).unwrap();
+        assert!(r.truncated && r.rows.len() == 3);
     }
 }

@@ -11,6 +11,14 @@
 //! remembers its slot, so it is uncharged correctly whichever thread frees
 //! it.
 
+// Numbers cross between SQLite (i64), the kernel (u32, u64) and Rust
+// (usize) here: each conversion is checked, none wraps or truncates.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -50,26 +58,26 @@ fn charge(slot: usize, n: i64, enforce: bool) -> bool {
 /// `p` must be a block from [`x_malloc`]/[`x_realloc`].
 unsafe fn header(p: *mut c_void) -> (*mut u8, i64, usize) {
     let base = (p as *mut u8).sub(HDR);
-    let n = *(base as *const u64) as i64;
-    let slot = *(base.add(8) as *const u64) as usize;
+    let n = *(base as *const i64);
+    let slot = *(base.add(8) as *const usize);
     (base, n, slot.min(SLOTS - 1))
 }
 
 unsafe extern "C" fn x_malloc(n: c_int) -> *mut c_void {
-    if n < 0 {
+    let Ok(size) = usize::try_from(n) else {
         return std::ptr::null_mut();
-    }
+    };
     let slot = current();
-    if !charge(slot, n as i64, true) {
+    if !charge(slot, i64::from(n), true) {
         return std::ptr::null_mut();
     }
-    let base = libc::malloc(n as usize + HDR) as *mut u8;
+    let base = libc::malloc(size + HDR) as *mut u8;
     if base.is_null() {
-        charge(slot, -(n as i64), false);
+        charge(slot, -i64::from(n), false);
         return std::ptr::null_mut();
     }
-    *(base as *mut u64) = n as u64;
-    *(base.add(8) as *mut u64) = slot as u64;
+    *(base as *mut i64) = i64::from(n);
+    *(base.add(8) as *mut usize) = slot;
     base.add(HDR) as *mut c_void
 }
 
@@ -86,20 +94,20 @@ unsafe extern "C" fn x_realloc(p: *mut c_void, n: c_int) -> *mut c_void {
     if p.is_null() {
         return x_malloc(n);
     }
-    if n < 0 {
+    let Ok(size) = usize::try_from(n) else {
         return std::ptr::null_mut();
-    }
+    };
     let (base, old, slot) = header(p);
-    let delta = n as i64 - old;
+    let delta = i64::from(n) - old;
     if !charge(slot, delta, slot == current()) {
         return std::ptr::null_mut();
     }
-    let nb = libc::realloc(base as *mut c_void, n as usize + HDR) as *mut u8;
+    let nb = libc::realloc(base as *mut c_void, size + HDR) as *mut u8;
     if nb.is_null() {
         charge(slot, -delta, false);
         return std::ptr::null_mut();
     }
-    *(nb as *mut u64) = n as u64;
+    *(nb as *mut i64) = i64::from(n);
     nb.add(HDR) as *mut c_void
 }
 
@@ -107,7 +115,8 @@ unsafe extern "C" fn x_size(p: *mut c_void) -> c_int {
     if p.is_null() {
         return 0;
     }
-    header(p).1 as c_int
+    // Every size was a c_int when it was stored.
+    c_int::try_from(header(p).1).unwrap_or(c_int::MAX)
 }
 
 unsafe extern "C" fn x_roundup(n: c_int) -> c_int {

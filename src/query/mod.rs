@@ -31,40 +31,73 @@ pub const TAG_MAX: usize = 200;
 /// Longest tag value, in bytes.
 pub const VALUE_MAX: usize = 1024;
 
+/// Why a tag name, a tag value, a `user.tags` set, a `/by-tag` term or a
+/// query name was refused. The messages are what users see (in logs, the
+/// CLI and through `EINVAL` from the mount).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("a tag name cannot be empty")]
+    EmptyTag,
+    #[error("tag name longer than {TAG_MAX} bytes")]
+    TagTooLong,
+    /// `.` or `..`.
+    #[error("{0:?} cannot be a tag name")]
+    DotTag(String),
+    #[error("tag name {0:?} starts or ends with a space")]
+    TagSpace(String),
+    #[error(
+        "tag name {name:?} contains {c:?}; '/', ',', '=', '<', '>', '!', '|' and control characters are not allowed"
+    )]
+    TagChar { name: String, c: char },
+    #[error("tag value longer than {VALUE_MAX} bytes")]
+    ValueTooLong,
+    #[error("tag value {0:?} contains ',' or a control character")]
+    ValueChar(String),
+    #[error("tags must be UTF-8")]
+    NotUtf8,
+    /// A saved query's name that cannot be a folder name.
+    #[error("{0:?} is not a valid query name")]
+    BadQueryName(String),
+    #[error("query name {0:?} contains '/' or a control character")]
+    QueryNameChar(String),
+    /// The name of a query shipped with queryfs.
+    #[error("{0:?} is a shipped query and cannot be replaced")]
+    ShippedQuery(String),
+}
+
 /// Checks a tag name; the error says what is wrong.
-pub fn check_tag(name: &str) -> Result<(), String> {
+pub fn check_tag(name: &str) -> Result<(), QueryError> {
     if name.is_empty() {
-        return Err("a tag name cannot be empty".into());
+        return Err(QueryError::EmptyTag);
     }
     if name.len() > TAG_MAX {
-        return Err(format!("tag name longer than {TAG_MAX} bytes"));
+        return Err(QueryError::TagTooLong);
     }
     if name == "." || name == ".." {
-        return Err(format!("{name:?} cannot be a tag name"));
+        return Err(QueryError::DotTag(name.to_string()));
     }
     if name.starts_with(' ') || name.ends_with(' ') {
-        return Err(format!("tag name {name:?} starts or ends with a space"));
+        return Err(QueryError::TagSpace(name.to_string()));
     }
     if let Some(c) = name
         .chars()
         .find(|c| c.is_control() || "/,=<>!|".contains(*c))
     {
-        return Err(format!(
-            "tag name {name:?} contains {c:?}; '/', ',', '=', '<', '>', '!', '|' and control characters are not allowed"
-        ));
+        return Err(QueryError::TagChar {
+            name: name.to_string(),
+            c,
+        });
     }
     Ok(())
 }
 
 /// Checks a tag value.
-pub fn check_value(v: &str) -> Result<(), String> {
+pub fn check_value(v: &str) -> Result<(), QueryError> {
     if v.len() > VALUE_MAX {
-        return Err(format!("tag value longer than {VALUE_MAX} bytes"));
+        return Err(QueryError::ValueTooLong);
     }
     if v.contains(',') || v.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "tag value {v:?} contains ',' or a control character"
-        ));
+        return Err(QueryError::ValueChar(v.to_string()));
     }
     Ok(())
 }
@@ -73,7 +106,7 @@ pub fn check_value(v: &str) -> Result<(), String> {
 pub type TagItem = (String, Option<String>);
 
 /// Parses one `name` or `name=value` item.
-pub fn parse_item(s: &str) -> Result<TagItem, String> {
+pub fn parse_item(s: &str) -> Result<TagItem, QueryError> {
     let s = s.trim();
     match s.split_once('=') {
         Some((n, v)) => {
@@ -92,8 +125,8 @@ pub fn parse_item(s: &str) -> Result<TagItem, String> {
 
 /// Parses a whole `user.tags` value: items separated by commas (empty items
 /// and surrounding spaces ignored; a later item wins over an earlier one).
-pub fn parse_tag_set(raw: &[u8]) -> Result<Vec<TagItem>, String> {
-    let s = std::str::from_utf8(raw).map_err(|_| "tags must be UTF-8".to_string())?;
+pub fn parse_tag_set(raw: &[u8]) -> Result<Vec<TagItem>, QueryError> {
+    let s = std::str::from_utf8(raw).map_err(|_| QueryError::NotUtf8)?;
     let mut out: BTreeMap<String, Option<String>> = BTreeMap::new();
     for part in s.split(',') {
         if part.trim().is_empty() {
@@ -182,7 +215,7 @@ impl Term {
     }
 }
 
-fn parse_atom(s: &str) -> Result<Atom, String> {
+fn parse_atom(s: &str) -> Result<Atom, QueryError> {
     // Two-character operators first.
     for (tok, op) in [
         ("<=", Op::Le),
@@ -203,7 +236,7 @@ fn parse_atom(s: &str) -> Result<Atom, String> {
 }
 
 /// Parses one folder name under `/by-tag`.
-pub fn parse_term(name: &str) -> Result<Term, String> {
+pub fn parse_term(name: &str) -> Result<Term, QueryError> {
     let (negated, rest) = match name.strip_prefix('!') {
         Some(r) => (true, r),
         None => (false, name),
@@ -437,6 +470,30 @@ mod tests {
             assert!(check_tag(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_tag(&"x".repeat(TAG_MAX + 1)).is_err());
+        // The messages users see.
+        assert_eq!(
+            check_tag("").unwrap_err().to_string(),
+            "a tag name cannot be empty"
+        );
+        assert_eq!(
+            check_tag("a|b").unwrap_err(),
+            QueryError::TagChar {
+                name: "a|b".into(),
+                c: '|'
+            }
+        );
+        assert_eq!(
+            check_tag("a|b").unwrap_err().to_string(),
+            "tag name \"a|b\" contains '|'; '/', ',', '=', '<', '>', '!', '|' and control characters are not allowed"
+        );
+        assert_eq!(
+            check_tag(&"x".repeat(TAG_MAX + 1)).unwrap_err().to_string(),
+            "tag name longer than 200 bytes"
+        );
+        assert_eq!(
+            check_value("a,b").unwrap_err().to_string(),
+            "tag value \"a,b\" contains ',' or a control character"
+        );
     }
 
     #[test]

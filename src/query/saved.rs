@@ -1,6 +1,8 @@
 //! Saved queries shipped with queryfs (`queries/saved/*.sql`), shown in
 //! `/queries/` beside the user's own (saved in the store).
 
+use super::QueryError;
+
 /// (name, SQL) of every shipped query.
 pub const SHIPPED: &[(&str, &str)] = &[
     (
@@ -18,19 +20,15 @@ pub fn shipped(name: &str) -> Option<&'static str> {
 }
 
 /// Checks the name of a query to save: a valid folder name, not shipped.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), QueryError> {
     if name.is_empty() || name.len() > 200 || name == "." || name == ".." {
-        return Err(format!("{name:?} is not a valid query name"));
+        return Err(QueryError::BadQueryName(name.to_string()));
     }
     if name.contains('/') || name.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "query name {name:?} contains '/' or a control character"
-        ));
+        return Err(QueryError::QueryNameChar(name.to_string()));
     }
     if shipped(name).is_some() {
-        return Err(format!(
-            "{name:?} is a shipped query and cannot be replaced"
-        ));
+        return Err(QueryError::ShippedQuery(name.to_string()));
     }
     Ok(())
 }

@@ -42,6 +42,39 @@ pub const FILE_SIZE_MAX: u64 = i32::MAX as u64;
 /// Name of the metadata file at the root of images queryfs writes.
 pub const SIDECAR_NAME: &str = ".queryfs-meta.json";
 
+/// Why a run of long-name fragments or a name breaks the rules of the
+/// format. The messages are what `queryfs qvfs check` reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// A run of no fragment, or of more than [`MAX_FRAGMENTS`].
+    #[error("{0} long-name fragments")]
+    FragmentCount(usize),
+    #[error("long-name fragments out of order")]
+    FragmentOrder,
+    /// The checksum names another short entry.
+    #[error("long-name fragment belongs to another entry")]
+    FragmentChecksum,
+    #[error("long name is not UTF-8")]
+    LongNotUtf8,
+    /// Empty, `.` or `..` (long or short).
+    #[error("{0:?} is not a name")]
+    NotAName(String),
+    /// A long name over [`LONG_NAME_MAX`] bytes (its length).
+    #[error("long name of {0} bytes")]
+    LongTooLong(usize),
+    #[error("long name holds '/' or NUL")]
+    LongChar,
+    #[error("name is not valid UTF-8")]
+    ShortNotUtf8,
+    #[error("empty name")]
+    ShortEmpty,
+    /// A short name over [`NAME_LEN`] bytes (its length).
+    #[error("name of {0} bytes (at most {NAME_LEN})")]
+    ShortTooLong(usize),
+    #[error("name holds the character {0:?}")]
+    ShortChar(char),
+}
+
 /// One 64-byte short entry, decoded without judgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {
@@ -178,19 +211,19 @@ pub fn long_name_fragments(long: &str, short: &[u8; NAME_LEN]) -> Vec<[u8; ENTRY
 
 /// Joins a complete run of fragments (in order) into a long name, if the run
 /// is well formed and belongs to the short entry `short`.
-pub fn join_fragments(run: &[Fragment], short: &[u8; NAME_LEN]) -> Result<String, String> {
+pub fn join_fragments(run: &[Fragment], short: &[u8; NAME_LEN]) -> Result<String, NameError> {
     let n = run.len();
     if n == 0 || n > MAX_FRAGMENTS {
-        return Err(format!("{n} long-name fragments"));
+        return Err(NameError::FragmentCount(n));
     }
     let sum = name_checksum(short);
     let mut out = Vec::with_capacity(n * FRAGMENT_BYTES);
     for (i, f) in run.iter().enumerate() {
         if f.seq as usize != i + 1 || f.count as usize != n {
-            return Err("long-name fragments out of order".into());
+            return Err(NameError::FragmentOrder);
         }
         if f.checksum != sum {
-            return Err("long-name fragment belongs to another entry".into());
+            return Err(NameError::FragmentChecksum);
         }
         let len = if i + 1 == n {
             f.bytes
@@ -202,22 +235,22 @@ pub fn join_fragments(run: &[Fragment], short: &[u8; NAME_LEN]) -> Result<String
         };
         out.extend_from_slice(&f.bytes[..len]);
     }
-    let s = String::from_utf8(out).map_err(|_| "long name is not UTF-8".to_string())?;
+    let s = String::from_utf8(out).map_err(|_| NameError::LongNotUtf8)?;
     check_long_name(&s)?;
     Ok(s)
 }
 
 /// What a long name may not be: empty, `.`/`..`, over 255 bytes, or hold
 /// `/` or NUL (the rules of a Linux name).
-pub fn check_long_name(s: &str) -> Result<(), String> {
+pub fn check_long_name(s: &str) -> Result<(), NameError> {
     if s.is_empty() || s == "." || s == ".." {
-        return Err(format!("{s:?} is not a name"));
+        return Err(NameError::NotAName(s.to_string()));
     }
     if s.len() > LONG_NAME_MAX {
-        return Err(format!("long name of {} bytes", s.len()));
+        return Err(NameError::LongTooLong(s.len()));
     }
     if s.contains(['/', '\0']) {
-        return Err("long name holds '/' or NUL".into());
+        return Err(NameError::LongChar);
     }
     Ok(())
 }
@@ -227,21 +260,21 @@ fn forbidden(c: char) -> bool {
 }
 
 /// Why `name` cannot be a short entry name, if it cannot.
-pub fn short_name_problem(name: &[u8]) -> Option<String> {
+pub fn short_name_problem(name: &[u8]) -> Option<NameError> {
     let Ok(s) = std::str::from_utf8(name) else {
-        return Some("name is not valid UTF-8".into());
+        return Some(NameError::ShortNotUtf8);
     };
     if s.is_empty() {
-        return Some("empty name".into());
+        return Some(NameError::ShortEmpty);
     }
     if s == "." || s == ".." {
-        return Some(format!("{s:?} is not a name"));
+        return Some(NameError::NotAName(s.to_string()));
     }
     if s.len() > NAME_LEN {
-        return Some(format!("name of {} bytes (at most {NAME_LEN})", s.len()));
+        return Some(NameError::ShortTooLong(s.len()));
     }
     if let Some(c) = s.chars().find(|&c| forbidden(c)) {
-        return Some(format!("name holds the character {c:?}"));
+        return Some(NameError::ShortChar(c));
     }
     None
 }

@@ -9,7 +9,6 @@
 //! `.qfd` file.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,16 +21,25 @@ use super::format::{
     fold, join_fragments, short_name_problem, unpack_time, Fragment, RawEntry, ENTRY_SIZE,
 };
 
-/// Why an image cannot be read at all.
-#[derive(Debug)]
-pub struct Unreadable(pub String);
-
-impl fmt::Display for Unreadable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why an image cannot be read at all. (The inner errors are part of the
+/// message, not `source`s, so that a chain printer does not repeat them.)
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    /// Opening or inspecting one of the two files failed.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: io::Error },
+    #[error("{}: not a regular file", .0.display())]
+    NotRegular(PathBuf),
+    /// The `.qfd` device's length could not be had.
+    #[error("{0}")]
+    Device(io::Error),
+    /// The two devices hold no readable container.
+    #[error("{0}")]
+    Container(io::Error),
+    /// The image at `path` is unreadable for the inner reason.
+    #[error("{}: {err}", path.display())]
+    Image { path: PathBuf, err: Box<Unreadable> },
 }
-impl std::error::Error for Unreadable {}
 
 /// The `.qfd` path that goes with a `.qfi` path.
 pub fn data_path(qfi: &Path) -> PathBuf {
@@ -103,24 +111,28 @@ impl Image {
     /// Opens `NAME.qfi` and the `NAME.qfd` beside it.
     pub fn open(qfi: &Path) -> Result<Image, Unreadable> {
         let qfd = data_path(qfi);
-        let f = File::open(qfi).map_err(|e| Unreadable(format!("{}: {e}", qfi.display())))?;
-        let d = File::open(&qfd).map_err(|e| Unreadable(format!("{}: {e}", qfd.display())))?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |err| Unreadable::Io { path, err }
+        };
+        let f = File::open(qfi).map_err(io(qfi))?;
+        let d = File::open(&qfd).map_err(io(&qfd))?;
         for (p, file) in [(qfi, &f), (qfd.as_path(), &d)] {
-            let md = file
-                .metadata()
-                .map_err(|e| Unreadable(format!("{}: {e}", p.display())))?;
+            let md = file.metadata().map_err(io(p))?;
             if !md.is_file() {
-                return Err(Unreadable(format!("{}: not a regular file", p.display())));
+                return Err(Unreadable::NotRegular(p.to_path_buf()));
             }
         }
-        Self::from_devices(Box::new(f), Box::new(d))
-            .map_err(|e| Unreadable(format!("{}: {e}", qfi.display())))
+        Self::from_devices(Box::new(f), Box::new(d)).map_err(|e| Unreadable::Image {
+            path: qfi.to_path_buf(),
+            err: Box::new(e),
+        })
     }
 
     /// Opens an image held by two devices.
     pub fn from_devices(qfi: Box<dyn Device>, qfd: Box<dyn Device>) -> Result<Image, Unreadable> {
-        let qfd_len = qfd.len().map_err(|e| Unreadable(e.to_string()))?;
-        let c = Container::open(qfi, qfd).map_err(|e| Unreadable(e.to_string()))?;
+        let qfd_len = qfd.len().map_err(Unreadable::Device)?;
+        let c = Container::open(qfi, qfd).map_err(Unreadable::Container)?;
         let clusters = c.cluster_count() as u32;
         Ok(Image {
             c,
@@ -215,7 +227,7 @@ impl Image {
                         Err(why) => {
                             found(Found::Orphan {
                                 slot: run_start,
-                                why,
+                                why: why.to_string(),
                             });
                             None
                         }
@@ -719,7 +731,13 @@ impl<'a> Checker<'a> {
             ),
             Ok(s) => {
                 if let Some(why) = short_name_problem(short) {
-                    self.add(Severity::Error, "bad-name", Some(node), None, why);
+                    self.add(
+                        Severity::Error,
+                        "bad-name",
+                        Some(node),
+                        None,
+                        why.to_string(),
+                    );
                 }
                 if !s.is_empty() && !names.insert(fold(s)) {
                     self.add(

@@ -38,12 +38,9 @@ impl Caller {
 
     /// The calling process's own ids.
     pub fn current() -> Caller {
-        // SAFETY: getuid/getgid cannot fail.
-        unsafe {
-            Caller {
-                uid: libc::geteuid(),
-                gid: libc::getegid(),
-            }
+        Caller {
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
         }
     }
 }
@@ -73,7 +70,7 @@ pub struct SetAttr {
 #[derive(Debug, Clone)]
 pub struct DirEntry {
     pub name: Vec<u8>,
-    pub attr: Inode,
+    pub attr: Attr,
 }
 
 /// What `statfs` reports.

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Fs {
-    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Inode> {
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
         if is_virtual(ino) {
             return self.v_setattr(ino, set);
         }

@@ -105,7 +105,7 @@ impl AttrChange {
     }
 
     /// Applies the change to `i`; the mtime only when set explicitly.
-    pub(super) fn apply(&self, i: &mut Inode) {
+    pub(super) fn apply(&self, i: &mut Attr) {
         i.perm = self.perm.unwrap_or(i.perm);
         i.uid = self.uid.unwrap_or(i.uid);
         i.gid = self.gid.unwrap_or(i.gid);
@@ -130,14 +130,14 @@ pub(super) struct OpenFile {
     pub(super) attrs: Mutex<AttrChange>,
     /// The committed inode row and the store generation it is current for:
     /// `getattr` of an open file needs no query until the next write.
-    pub(super) cached: Mutex<Option<(u64, Inode)>>,
+    pub(super) cached: Mutex<Option<(u64, Attr)>>,
     pub(super) data: RwLock<FileData>,
 }
 
 impl OpenFile {
     /// `attr` (the committed row) with the uncommitted size, times and
     /// attributes applied.
-    pub(super) fn overlay(&self, mut attr: Inode) -> Inode {
+    pub(super) fn overlay(&self, mut attr: Attr) -> Attr {
         attr.size = self.size.load(Ordering::Acquire);
         attr.blocks = self.blocks.load(Ordering::Acquire);
         let m = self.mtime.load(Ordering::Acquire);

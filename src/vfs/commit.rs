@@ -145,13 +145,8 @@ impl Fs {
     }
 
     /// statvfs(3) of the disk holding the store, if the store is on disk.
-    pub(super) fn disk_space(&self) -> Option<libc::statvfs> {
-        let dir = self.statfs_dir.as_ref()?;
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: a plain C struct, filled by statvfs below.
-        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: c is a valid C string and v a valid out-pointer.
-        (unsafe { libc::statvfs(c.as_ptr(), &mut v) } == 0).then_some(v)
+    pub(super) fn disk_space(&self) -> Option<rustix::fs::StatVfs> {
+        rustix::fs::statvfs(self.statfs_dir.as_ref()?).ok()
     }
 
     /// Copies committed WAL frames into the database beside the writer;

@@ -24,7 +24,7 @@ impl Fs {
         if a.is_dir() {
             return Err(FsError::IsDir);
         }
-        if a.kind != kind::FILE {
+        if a.kind != FileKind::File {
             return Err(FsError::Invalid("only regular files hold data".into()));
         }
         if a.nlink == 0 {
@@ -39,7 +39,7 @@ impl Fs {
 
     /// Counts one open of `attr`'s file, installing its open state (with
     /// the committed `chunks`) unless another open beat us to it.
-    pub(super) fn install(&self, attr: &Inode, chunks: Vec<(u64, ChunkRef)>) -> Arc<OpenFile> {
+    pub(super) fn install(&self, attr: &Attr, chunks: Vec<(u64, ChunkRef)>) -> Arc<OpenFile> {
         let mut table = self.open.lock();
         let of = table.entry(attr.ino).or_insert_with(|| {
             Arc::new(OpenFile {

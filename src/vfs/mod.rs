@@ -51,9 +51,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::blob::BlobStore;
 use crate::error::{FsError, Result};
-use crate::meta::{kind, BlobData, Checkpointer, ChunkRef, Inode, MetaStore, NewInode};
+use crate::meta::{BlobData, Checkpointer, ChunkRef, MetaStore, NewInode};
 use crate::query;
-use crate::types::{BlobHash, BlobLoc, FileKind};
+use crate::types::{Attr, BlobHash, BlobLoc, FileKind};
 
 mod api;
 mod attrs;
@@ -230,8 +230,8 @@ impl Fs {
     }
 
     /// Applies an open file's uncommitted size, times and attributes.
-    fn overlay(&self, attr: Inode) -> Inode {
-        if attr.kind != kind::FILE {
+    fn overlay(&self, attr: Attr) -> Attr {
+        if attr.kind != FileKind::File {
             return attr;
         }
         match self.open.lock().get(&attr.ino) {
@@ -240,11 +240,11 @@ impl Fs {
         }
     }
 
-    fn inode(&self, m: &dyn MetaStore, ino: u64) -> Result<Inode> {
+    fn inode(&self, m: &dyn MetaStore, ino: u64) -> Result<Attr> {
         m.inode(ino)?.ok_or(FsError::NotFound)
     }
 
-    fn dir(&self, m: &dyn MetaStore, ino: u64) -> Result<Inode> {
+    fn dir(&self, m: &dyn MetaStore, ino: u64) -> Result<Attr> {
         let d = self.inode(m, ino)?;
         if !d.is_dir() {
             return Err(FsError::NotDir);

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Fs {
-    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -28,7 +28,7 @@ impl Fs {
         Ok(self.overlay(attr))
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Inode> {
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
         if is_virtual(ino) {
             return self.v_getattr(ino);
         }
@@ -53,12 +53,12 @@ impl Fs {
     }
 
     /// Resolves a path relative to the root ("/a/b" or "a/b").
-    pub fn resolve(&self, path: &str) -> Result<Inode> {
+    pub fn resolve(&self, path: &str) -> Result<Attr> {
         self.resolve_bytes(path.as_bytes())
     }
 
     /// Resolves a path of any bytes (names need not be UTF-8).
-    pub fn resolve_bytes(&self, path: &[u8]) -> Result<Inode> {
+    pub fn resolve_bytes(&self, path: &[u8]) -> Result<Attr> {
         let mut cur = self.getattr(ROOT)?;
         for part in path
             .split(|&c| c == b'/')
@@ -121,7 +121,7 @@ impl Fs {
         rdev: u32,
         target: Option<&[u8]>,
         caller: Caller,
-    ) -> Result<Inode> {
+    ) -> Result<Attr> {
         self.new_node_at(parent, name, mode, rdev, target, caller)
             .map(|(i, _)| i)
     }
@@ -135,7 +135,7 @@ impl Fs {
         rdev: u32,
         target: Option<&[u8]>,
         caller: Caller,
-    ) -> Result<(Inode, u64)> {
+    ) -> Result<(Attr, u64)> {
         check_name(name)?;
         if is_virtual(parent) {
             // In a window: made in the real directory it shows.
@@ -159,7 +159,7 @@ impl Fs {
             let mut perm = mode & 0o7777;
             // BSD group semantics under a set-group-id directory.
             let gid = if p.perm & libc::S_ISGID != 0 {
-                if k == kind::DIR {
+                if k == FileKind::Dir {
                     perm |= libc::S_ISGID;
                 }
                 p.gid
@@ -172,13 +172,13 @@ impl Fs {
                 uid: caller.uid,
                 gid,
                 rdev,
-                nlink: if k == kind::DIR { 2 } else { 1 },
+                nlink: if k == FileKind::Dir { 2 } else { 1 },
                 now,
                 target,
-                chash: (k == kind::FILE).then(|| content_id(&[], 0)),
+                chash: (k == FileKind::File).then(|| content_id(&[], 0)),
             })?;
             m.insert_dentry(parent, name, node.ino)?;
-            if k == kind::DIR {
+            if k == FileKind::Dir {
                 p.nlink += 1;
             }
             p.mtime = now;
@@ -195,20 +195,20 @@ impl Fs {
         mode: u32,
         rdev: u32,
         caller: Caller,
-    ) -> Result<Inode> {
+    ) -> Result<Attr> {
         let k = if mode & libc::S_IFMT == 0 {
-            kind::FILE
+            FileKind::File
         } else {
             FileKind::from_bits(mode).ok_or_else(|| {
                 FsError::Invalid(format!("{:#o} is not the mode of a file kind", mode))
             })?
         };
         if ![
-            kind::FILE,
-            kind::FIFO,
-            kind::SOCKET,
-            kind::CHAR,
-            kind::BLOCK,
+            FileKind::File,
+            FileKind::Fifo,
+            FileKind::Socket,
+            FileKind::Char,
+            FileKind::Block,
         ]
         .contains(&k)
         {
@@ -216,7 +216,7 @@ impl Fs {
                 "mknod makes files, FIFOs, sockets and devices".into(),
             ));
         }
-        if k == kind::FILE && is_virtual(parent) && self.window_dir(parent).is_none() {
+        if k == FileKind::File && is_virtual(parent) && self.window_dir(parent).is_none() {
             // A regular file made by mknod in a tag folder (`tar -x` does
             // so for files with xattrs) is a create there.
             check_name(name)?;
@@ -227,27 +227,35 @@ impl Fs {
         self.new_node(parent, name, k | (mode & 0o7777), rdev, None, caller)
     }
 
-    pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Inode> {
+    pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Attr> {
         if is_virtual(parent) {
             check_name(name)?;
             return self.v_mkdir(parent, name, perm, caller);
         }
-        self.new_node(parent, name, kind::DIR | (perm & 0o7777), 0, None, caller)
+        self.new_node(
+            parent,
+            name,
+            FileKind::Dir | (perm & 0o7777),
+            0,
+            None,
+            caller,
+        )
     }
 
-    pub fn symlink(
-        &self,
-        parent: u64,
-        name: &[u8],
-        target: &[u8],
-        caller: Caller,
-    ) -> Result<Inode> {
+    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr> {
         if target.is_empty() || target.len() > 4095 {
             return Err(FsError::Invalid(
                 "a symlink target is 1 to 4095 bytes".into(),
             ));
         }
-        self.new_node(parent, name, kind::SYMLINK | 0o777, 0, Some(target), caller)
+        self.new_node(
+            parent,
+            name,
+            FileKind::Symlink | 0o777,
+            0,
+            Some(target),
+            caller,
+        )
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -256,7 +264,7 @@ impl Fs {
         }
         let m = self.meta();
         let i = self.inode(&*m, ino)?;
-        if i.kind != kind::SYMLINK {
+        if i.kind != FileKind::Symlink {
             return Err(FsError::Invalid("not a symbolic link".into()));
         }
         m.symlink_target(ino)?
@@ -270,13 +278,19 @@ impl Fs {
         name: &[u8],
         perm: u32,
         caller: Caller,
-    ) -> Result<(Inode, u64)> {
+    ) -> Result<(Attr, u64)> {
         if is_virtual(parent) {
             check_name(name)?;
             return self.v_create(parent, name, perm, caller);
         }
-        let (attr, g) =
-            self.new_node_at(parent, name, kind::FILE | (perm & 0o7777), 0, None, caller)?;
+        let (attr, g) = self.new_node_at(
+            parent,
+            name,
+            FileKind::File | (perm & 0o7777),
+            0,
+            None,
+            caller,
+        )?;
         // A new file has no content to load.
         let of = self.install(&attr, Vec::new());
         *of.cached.lock() = Some((g, attr.clone()));
@@ -284,7 +298,7 @@ impl Fs {
         Ok((attr, fh))
     }
 
-    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Inode> {
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
         check_name(newname)?;
         if is_virtual(newparent) {
             return self.v_link(ino, newparent, newname);

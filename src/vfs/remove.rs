@@ -26,7 +26,7 @@ impl Fs {
     pub(super) fn drop_link(
         &self,
         m: &dyn MetaStore,
-        mut i: Inode,
+        mut i: Attr,
         now: i64,
         frees: &mut Vec<BlobLoc>,
     ) -> Result<()> {

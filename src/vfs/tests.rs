@@ -215,7 +215,7 @@ fn directories_links_and_nlink(b: Backend) {
     ));
     let s = fs.symlink(ROOT, b"ln", b"d/f", c).unwrap();
     assert_eq!(fs.readlink(s.ino).unwrap(), b"d/f");
-    assert_eq!(fs.resolve("/d/sub").unwrap().kind, kind::DIR);
+    assert_eq!(fs.resolve("/d/sub").unwrap().kind, FileKind::Dir);
     assert_eq!(fs.path_of(sub.ino).unwrap(), "/d/sub");
     assert!(["/d/f", "/hard"].contains(&fs.path_of(f.ino).unwrap().as_str()));
 }
@@ -349,13 +349,13 @@ fn group_commit_holds_changes_until_due_and_frees_clusters_after() {
     assert!(reader.lookup(ROOT, b"d").unwrap().is_some());
 
     // The clusters of a removed file stay allocated until its removal commits.
-    let used = used_units(&fs);
+    let used = used_units(fs);
     assert!(used > 0);
     fs.unlink(ROOT, b"big").unwrap();
-    assert_eq!(used_units(&fs), used);
+    assert_eq!(used_units(fs), used);
     assert!(reader.lookup(ROOT, b"big").unwrap().is_some());
     fs.settle().unwrap();
-    assert!(used_units(&fs) < used);
+    assert!(used_units(fs) < used);
     assert!(reader.lookup(ROOT, b"big").unwrap().is_none());
 }
 
@@ -907,7 +907,7 @@ fn tag_folder_lookups_agree_with_listings(b: Backend) {
                 }),
             };
             if let Ok(i) = i {
-                if fs.getattr(i).unwrap().kind == kind::FILE {
+                if fs.getattr(i).unwrap().kind == FileKind::File {
                     made.push(i);
                 }
                 for t in ["x", "y", "z"] {

@@ -23,7 +23,7 @@ impl TagAttr {
             .map_err(|_| FsError::Invalid("a tag name must be UTF-8".into()))?;
         if let Err(e) = query::check_tag(t) {
             tracing::warn!("xattr user.tag.{t}: {e}");
-            return Err(FsError::Invalid(e));
+            return Err(e.into());
         }
         Ok(Some(TagAttr::One(t.to_string())))
     }
@@ -64,10 +64,10 @@ impl Fs {
                     .map_err(|_| bad("a tag value must be UTF-8".into()))
             };
             let set = match &t {
-                TagAttr::All => query::parse_tag_set(value).map_err(bad)?,
+                TagAttr::All => query::parse_tag_set(value).map_err(|e| bad(e.to_string()))?,
                 TagAttr::One(n) => {
                     let v = value_str()?;
-                    query::check_value(&v).map_err(bad)?;
+                    query::check_value(&v).map_err(|e| bad(e.to_string()))?;
                     vec![(n.clone(), (!v.is_empty()).then_some(v))]
                 }
             };

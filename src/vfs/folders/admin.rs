@@ -5,7 +5,7 @@ use super::*;
 
 impl Fs {
     /// Checks users' SQL without running it.
-    pub fn check_query(&self, sql: &str) -> std::result::Result<(), String> {
+    pub fn check_query(&self, sql: &str) -> Result<()> {
         self.with_sandbox(None, |sb| sb.check(sql).map(|_| ()))
     }
 
@@ -21,7 +21,7 @@ impl Fs {
 
     /// Creates a tag unless it exists.
     pub fn ensure_tag(&self, name: &str) -> Result<()> {
-        query::check_tag(name).map_err(FsError::Invalid)?;
+        query::check_tag(name)?;
         let now = crate::vfs::now_ns();
         self.tx(|m, _| {
             if !m.tag_exists(name)? {
@@ -38,8 +38,8 @@ impl Fs {
 
     /// Saves (or replaces) a user query after checking it.
     pub fn save_query(&self, name: &str, sql: &str) -> Result<()> {
-        saved::check_name(name).map_err(FsError::Invalid)?;
-        self.check_query(sql).map_err(FsError::Invalid)?;
+        saved::check_name(name)?;
+        self.check_query(sql)?;
         let now = crate::vfs::now_ns();
         self.tx(|m, _| Ok(m.save_query(name, sql, now)?))
     }

@@ -14,7 +14,7 @@ impl Fs {
         name: &[u8],
         perm: u32,
         caller: Caller,
-    ) -> Result<Inode> {
+    ) -> Result<Attr> {
         if let Some(d) = self.window_dir(parent) {
             return Ok(self.through_window(self.real_mkdir(d, name, perm, caller)?));
         }
@@ -31,7 +31,7 @@ impl Fs {
             .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
         if let Err(e) = query::check_tag(s) {
             tracing::warn!("mkdir in /by-tag: {e}");
-            return Err(FsError::Invalid(e));
+            return Err(e.into());
         }
         let now = crate::vfs::now_ns();
         self.tx(|m, _| {
@@ -197,7 +197,7 @@ impl Fs {
         Ok(())
     }
 
-    pub(in crate::vfs) fn v_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Inode> {
+    pub(in crate::vfs) fn v_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
         if let Some(d) = self.window_dir(newparent) {
             return self.real_link(ino, d, newname);
         }
@@ -232,7 +232,7 @@ impl Fs {
         name: &[u8],
         perm: u32,
         caller: Caller,
-    ) -> Result<(Inode, u64)> {
+    ) -> Result<(Attr, u64)> {
         if let Some(d) = self.window_dir(parent) {
             return self.real_create(d, name, perm, caller);
         }

@@ -5,7 +5,7 @@ use super::*;
 
 impl Fs {
     /// `/inbox`, made on first use.
-    pub(super) fn inbox(&self, caller: Caller) -> Result<Inode> {
+    pub(super) fn inbox(&self, caller: Caller) -> Result<Attr> {
         match self.lookup(ROOT, INBOX) {
             Ok(i) if i.is_dir() => Ok(i),
             Ok(_) => Err(FsError::Exists),
@@ -67,7 +67,7 @@ impl Fs {
     /// `/inbox` when queryfs made it (its inode number is kept in the
     /// store): a user's own folder of that name is never taken for it, so
     /// nothing of it is deleted through a tag folder.
-    pub(super) fn our_inbox(&self) -> Result<Option<Inode>> {
+    pub(super) fn our_inbox(&self) -> Result<Option<Attr>> {
         let Ok(i) = self.lookup(ROOT, INBOX) else {
             return Ok(None);
         };
@@ -87,7 +87,7 @@ impl Fs {
 
     /// The one real name of `i` when it lies in /inbox (or a slot): a file
     /// that exists only because a tag folder made it.
-    pub(super) fn inbox_place(&self, i: &Inode) -> Result<Option<(u64, Vec<u8>)>> {
+    pub(super) fn inbox_place(&self, i: &Attr) -> Result<Option<(u64, Vec<u8>)>> {
         if i.is_dir() || i.nlink != 1 {
             return Ok(None);
         }
@@ -202,7 +202,7 @@ impl Fs {
     /// An entry of `folder` listed under another name that also has the
     /// real name `name` in /inbox (after `ln tmp final` in the folder the
     /// file is listed once, as `final`; `rm tmp` means this file).
-    pub(super) fn other_inbox_name(&self, folder: u64, name: &[u8]) -> Result<Inode> {
+    pub(super) fn other_inbox_name(&self, folder: u64, name: &[u8]) -> Result<Attr> {
         let l = self.listing(folder)?;
         for (_, t) in &l.entries {
             if let Target::Real(i) = t {
@@ -233,7 +233,7 @@ impl Fs {
     /// For a file with several names, all in /inbox: the name to remove
     /// when `shown` is removed through a tag folder (the name it is shown
     /// by, else its first one).
-    pub(super) fn inbox_name(&self, i: &Inode, shown: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
+    pub(super) fn inbox_name(&self, i: &Attr, shown: &[u8]) -> Result<Option<(u64, Vec<u8>)>> {
         if i.is_dir() || i.nlink < 2 {
             return Ok(None);
         }

@@ -4,14 +4,15 @@
 use super::*;
 
 impl Fs {
-    /// Calls `f` with the sandbox, opening it on first use; errors as text.
+    /// Calls `f` with the sandbox, opening it on first use. A query the
+    /// sandbox stops is [`FsError::Query`], saying why (a timeout, a cap).
     pub(super) fn with_sandbox<T>(
         &self,
         vis: Option<Arc<Visibility>>,
-        f: impl FnOnce(&Sandbox) -> std::result::Result<T, QueryError>,
-    ) -> std::result::Result<T, String> {
+        f: impl FnOnce(&Sandbox) -> std::result::Result<T, SandboxError>,
+    ) -> Result<T> {
         // The sandbox has its own connection: it sees committed changes only.
-        self.settle().map_err(|e| e.to_string())?;
+        self.settle()?;
         // One connection per running query, so that queries on several
         // threads do not wait for each other.
         let idle = self.virt.sandboxes.lock().pop();
@@ -19,12 +20,11 @@ impl Fs {
             Some(sb) => sb,
             None => self
                 .meta()
-                .open_sandbox()
-                .map_err(|e| e.to_string())?
-                .ok_or("queries need a store on disk")?,
+                .open_sandbox()?
+                .ok_or_else(|| FsError::Invalid("SQL queries need a store on disk".into()))?,
         };
         sb.set_visibility(vis);
-        let r = f(&sb).map_err(|e| e.to_string());
+        let r = f(&sb).map_err(FsError::from);
         sb.set_visibility(None);
         let mut idle = self.virt.sandboxes.lock();
         if idle.len() < IDLE_SANDBOXES {
@@ -41,14 +41,11 @@ impl Fs {
         self.with_sandbox(vis.clone(), |sb| {
             sb.run_capped(sql, QUERY_BUDGET, ROW_CAP, FOLDER_BYTES_CAP)
         })
-        .map_err(|e| {
-            tracing::warn!("query {sql:?} refused: {e}");
-            FsError::Invalid(e)
-        })
+        .inspect_err(|e| tracing::warn!("query {sql:?} refused: {e}"))
     }
 
     /// Runs users' SQL through the sandbox (query folders and the CLI).
-    pub fn run_query(&self, sql: &str) -> std::result::Result<QueryResult, String> {
+    pub fn run_query(&self, sql: &str) -> Result<QueryResult> {
         self.with_sandbox(None, |sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
     }
 
@@ -72,10 +69,10 @@ impl Fs {
         &self,
         folder: u64,
         key: &VKey,
-        rows: Vec<(Vec<u8>, Inode)>,
+        rows: Vec<(Vec<u8>, Attr)>,
         taken: &HashSet<Vec<u8>>,
     ) -> Result<Vec<(Vec<u8>, Target)>> {
-        let rows: Vec<(Vec<u8>, u64, Inode)> =
+        let rows: Vec<(Vec<u8>, u64, Attr)> =
             rows.into_iter().map(|(n, i)| (n, i.ino, i)).collect();
         let mut out = Vec::with_capacity(rows.len());
         for (name, _, attr) in query::unique_names(rows, taken) {
@@ -90,7 +87,7 @@ impl Fs {
             let target = if attr.is_dir() {
                 let path = self.path_bytes(attr.ino)?;
                 Some(self.link_to(Self::depth(key), &path))
-            } else if attr.kind == kind::SYMLINK {
+            } else if attr.kind == FileKind::Symlink {
                 let t = self.readlink(attr.ino)?;
                 if t.starts_with(b"/") {
                     None

@@ -4,14 +4,14 @@
 use super::*;
 
 impl Fs {
-    pub(super) fn target_attr(&self, t: &Target) -> Result<Inode> {
+    pub(super) fn target_attr(&self, t: &Target) -> Result<Attr> {
         match t {
             Target::Real(i) => Ok(i.clone()),
             Target::Virtual(v) | Target::Alias(v, _) | Target::Window(v, _) => self.v_getattr(*v),
         }
     }
 
-    pub(in crate::vfs) fn v_lookup(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+    pub(in crate::vfs) fn v_lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         let key = self.vkey(parent)?;
         match &key {
             VKey::Leaf(..) => return Err(FsError::NotDir),
@@ -127,7 +127,7 @@ impl Fs {
     /// succeeds and changes nothing (a folder has no times of its own;
     /// `rsync -a` and `cp -a` set them on every directory they fill).
     /// Anything else is refused.
-    pub(in crate::vfs) fn v_setattr(&self, ino: u64, set: &crate::vfs::SetAttr) -> Result<Inode> {
+    pub(in crate::vfs) fn v_setattr(&self, ino: u64, set: &crate::vfs::SetAttr) -> Result<Attr> {
         // A tag folder has no times, mode or owner of its own: setting them
         // succeeds and changes nothing, so that `cp -a`, `rsync -a` and
         // `tar -x` of a tree into a tag folder do not fail on its folders.
@@ -177,7 +177,7 @@ impl Fs {
 
     /// The real inode behind `name` in a query folder: a file, or the
     /// directory or symlink that a virtual symlink there stands for.
-    pub(super) fn entry_in(&self, parent: u64, name: &[u8]) -> Result<Inode> {
+    pub(super) fn entry_in(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         if let Some(i) = self.quick_entry(parent, name)? {
             return Ok(i);
         }
@@ -200,7 +200,7 @@ impl Fs {
     /// (a clash suffix), the name of a tag (a sub-folder), several or no
     /// candidates, a directory or symlink (shown as aliases), a file listed
     /// deeper (placed), a viewer who may not see everything.
-    pub(super) fn quick_entry(&self, folder: u64, name: &[u8]) -> Result<Option<Inode>> {
+    pub(super) fn quick_entry(&self, folder: u64, name: &[u8]) -> Result<Option<Attr>> {
         match self.quick(folder, name)? {
             Quick::Entry(i) => Ok(Some(i)),
             _ => Ok(None),
@@ -238,7 +238,7 @@ impl Fs {
         let (Some((_, i)), None) = (hits.next(), hits.next()) else {
             return Ok(Quick::Unknown);
         };
-        if i.kind != kind::FILE {
+        if i.kind != FileKind::File {
             return Ok(Quick::Unknown);
         }
         drop(m);
@@ -251,7 +251,7 @@ impl Fs {
     /// of another folder (a file of /inbox stripped of its tags is in no
     /// folder; rsync -X does not strip the tags a file was put in a folder
     /// with, as they are not listed).
-    pub(super) fn inbox_alias(&self, folder: u64, name: &[u8]) -> Result<Inode> {
+    pub(super) fn inbox_alias(&self, folder: u64, name: &[u8]) -> Result<Attr> {
         if !matches!(self.vkey(folder)?, VKey::ByTag(t) if !t.is_empty()) {
             return Err(FsError::NotFound);
         }

@@ -31,9 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{FsError, Result};
-use crate::meta::sandbox::{value_text, Cell, QueryError, QueryResult, Sandbox, Visibility};
-use crate::meta::{kind, Inode};
+use crate::meta::sandbox::{value_text, Cell, QueryResult, Sandbox, SandboxError, Visibility};
 use crate::query::{self, saved, Term};
+use crate::types::{Attr, FileKind};
 use crate::vfs::{Caller, DirEntry, Fs, Handle, ROOT};
 
 /// The bit that marks a virtual inode number.
@@ -225,7 +225,7 @@ type Said = (Vec<(String, Option<String>, u32)>, Vec<(Vec<u8>, Vec<u8>)>);
 /// What a tag folder holds under a name, found without its listing.
 enum Quick {
     /// The one regular file of that name.
-    Entry(Inode),
+    Entry(Attr),
     /// No file the folder holds has that real name.
     Absent,
     /// The listing must say.
@@ -271,7 +271,7 @@ impl Table {
 
 #[derive(Clone)]
 enum Target {
-    Real(Inode),
+    Real(Attr),
     Virtual(u64),
     /// A virtual symlink standing for a real inode (a directory, or a
     /// symlink with a relative target): (virtual ino, real ino).

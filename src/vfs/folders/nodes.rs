@@ -91,35 +91,35 @@ impl Fs {
     }
 
     /// Attributes of a virtual node.
-    pub(in crate::vfs) fn v_getattr(&self, ino: u64) -> Result<Inode> {
+    pub(in crate::vfs) fn v_getattr(&self, ino: u64) -> Result<Attr> {
         if let Some(d) = self.window_dir(ino) {
             let mut i = self.getattr(d)?;
             i.ino = ino;
             return Ok(i);
         }
         let (k, perm, size) = match ino {
-            BY_TAG => (kind::DIR, 0o755, 0),
-            SQL | QUERIES => (kind::DIR, 0o555, 0),
+            BY_TAG => (FileKind::Dir, 0o755, 0),
+            SQL | QUERIES => (FileKind::Dir, 0o555, 0),
             _ => {
                 let t = self.virt.table.lock();
                 let n = t.nodes.get(&ino).ok_or(FsError::NotFound)?;
                 match n.key {
-                    VKey::ByTag(_) => (kind::DIR, 0o755, 0),
-                    VKey::Leaf(..) if n.link => (kind::SYMLINK, 0o777, n.size),
-                    VKey::Leaf(..) => (kind::FILE, 0o444, n.size),
-                    _ => (kind::DIR, 0o555, 0),
+                    VKey::ByTag(_) => (FileKind::Dir, 0o755, 0),
+                    VKey::Leaf(..) if n.link => (FileKind::Symlink, 0o777, n.size),
+                    VKey::Leaf(..) => (FileKind::File, 0o444, n.size),
+                    _ => (FileKind::Dir, 0o555, 0),
                 }
             }
         };
         let me = Caller::current();
-        Ok(Inode {
+        Ok(Attr {
             ino,
             kind: k,
             perm,
             uid: me.uid,
             gid: me.gid,
             size,
-            nlink: if k == kind::DIR { 2 } else { 1 },
+            nlink: if k == FileKind::Dir { 2 } else { 1 },
             rdev: 0,
             atime: self.started,
             mtime: self.started,
@@ -143,7 +143,7 @@ impl Fs {
             .collect()
     }
 
-    pub(in crate::vfs) fn v_root_lookup(&self, name: &[u8]) -> Result<Inode> {
+    pub(in crate::vfs) fn v_root_lookup(&self, name: &[u8]) -> Result<Attr> {
         let i = match name {
             b"by-tag" => BY_TAG,
             b"sql" => SQL,
@@ -206,7 +206,7 @@ impl Fs {
     /// real path (absolute: one window is reached by paths of different
     /// depths), so that `rm -r` of the window's folder does not walk into
     /// what another folder holds; anything else is itself.
-    pub(super) fn in_window(&self, w: u64, name: &[u8], a: Inode) -> Result<Target> {
+    pub(super) fn in_window(&self, w: u64, name: &[u8], a: Attr) -> Result<Target> {
         if !a.is_dir() {
             return Ok(Target::Real(self.overlay(a)));
         }
@@ -225,7 +225,7 @@ impl Fs {
 
     /// A real inode as a window shows it: a directory as a window of its
     /// own, anything else as itself.
-    pub(super) fn through_window(&self, i: Inode) -> Inode {
+    pub(super) fn through_window(&self, i: Attr) -> Attr {
         if i.is_dir() {
             let mut w = i;
             w.ino = self.vnode(VKey::Window(w.ino), None);

@@ -138,7 +138,7 @@ impl Fs {
         let old = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
         let new = std::str::from_utf8(newname)
             .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
-        query::check_tag(new).map_err(FsError::Invalid)?;
+        query::check_tag(new)?;
         self.tx(|m, _| {
             if !m.tag_exists(old)? {
                 return Err(FsError::NotFound);
@@ -154,7 +154,7 @@ impl Fs {
     pub(super) fn rename_within(
         &self,
         folder: u64,
-        e: &Inode,
+        e: &Attr,
         name: &[u8],
         newname: &[u8],
         noreplace: bool,

@@ -128,7 +128,7 @@ impl Fs {
 
     /// Whether every name of `i` lies in /inbox (or a slot): a file that
     /// exists because a tag folder made it.
-    pub(in crate::vfs) fn lives_in_inbox(&self, i: &Inode) -> Result<bool> {
+    pub(in crate::vfs) fn lives_in_inbox(&self, i: &Attr) -> Result<bool> {
         if i.is_dir() {
             return self.made_in_folder(i.ino);
         }
@@ -272,19 +272,19 @@ impl Fs {
         n: &[u8],
         perm: u32,
         caller: Caller,
-    ) -> Result<(Inode, u64)> {
+    ) -> Result<(Attr, u64)> {
         let r = self.create(p, n, perm, caller)?;
         self.changed_behind_kernel(p, n);
         Ok(r)
     }
 
-    pub(super) fn real_link(&self, ino: u64, p: u64, n: &[u8]) -> Result<Inode> {
+    pub(super) fn real_link(&self, ino: u64, p: u64, n: &[u8]) -> Result<Attr> {
         let r = self.link(ino, p, n)?;
         self.changed_behind_kernel(p, n);
         Ok(r)
     }
 
-    pub(super) fn real_mkdir(&self, p: u64, n: &[u8], perm: u32, caller: Caller) -> Result<Inode> {
+    pub(super) fn real_mkdir(&self, p: u64, n: &[u8], perm: u32, caller: Caller) -> Result<Attr> {
         let r = self.mkdir(p, n, perm, caller)?;
         self.changed_behind_kernel(p, n);
         Ok(r)
