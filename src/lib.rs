@@ -51,4 +51,6 @@ pub mod types;
 pub mod vfs;
 
 #[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
 mod test_alloc;
