@@ -48,25 +48,19 @@
 //!   that prefix ends, holds exactly its fsynced content. After the
 //!   workload, the final images must equal the model exactly.
 //!
-//! # What fails today (the `#[ignore]`d tests)
-//! - `Early`, `Dirty` and `Mixed` cuts: a blob is freed right after the
+//! # What they found
+//! - `Early`, `Dirty` and `Mixed` cuts: a blob was freed right after the
 //!   commit that dropped its last reference, but with `synchronous=NORMAL`
-//!   that commit is not durable until the next barrier or checkpoint. The
-//!   freed clusters are then reused by a new blob and synced (or just the
-//!   FAT zeros reach the disk), and a power cut that rolls the WAL back to
-//!   the last barrier leaves metadata referring to clusters that hold other
-//!   bytes or are free: damaged chains, hash mismatches, even for a file
-//!   fsynced before and not durably changed since
-//!   (`fsynced_file_survives_an_overwrite_lost_to_a_power_cut_*`).
-//! - `Container::sync` clears its "unsynced" flag before its device syncs
-//!   run, so a second caller returns `Ok` at once while the first is still
-//!   syncing: the second caller's bytes are not durable yet (the commit
-//!   thread's sync outside the metadata lock against a writer's commit).
-//!
-//! Both were checked against scratch fixes (not part of this change): with
-//! a barrier before every free, the `Early`/`Dirty`/`Mixed` tests pass; with
-//! a lock held across `Container::sync`, the sync test passes. So the model
-//! raises no false alarm on these workloads.
+//!   that commit is not durable until the next barrier. The freed clusters
+//!   were reused by a new blob and synced, and a power cut that rolled the
+//!   WAL back to the last barrier left metadata referring to clusters that
+//!   held other bytes or were free, even for a file fsynced before and not
+//!   durably changed since (`fsynced_file_survives_an_overwrite_lost_to_a_power_cut_*`).
+//!   Fixed: released blobs wait for the next barrier (`Fs::free_released`).
+//! - `Container::sync` cleared its "unsynced" flag before its device syncs
+//!   ran, so a second caller returned `Ok` at once while the first was still
+//!   syncing, before the second caller's bytes were durable. Fixed: one
+//!   sync at a time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -79,7 +73,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::meta::Meta;
+use crate::meta::{Meta, MetaStore};
 use crate::qvfs::{Container, Device};
 use crate::store::{self, Access, DB_FILE, LOCK_FILE, QFD_FILE, QFI_FILE, RESERVE_FILE};
 use crate::vfs::{Caller, Fs, SetAttr, Tuning, ROOT};
@@ -511,11 +505,21 @@ fn run_workload(dir: &Path, mode: Mode, script: impl FnOnce(&mut Workload)) -> R
         })
     };
     let container = Container::open(dev(QFI), dev(QFD)).unwrap();
-    let meta = Meta::open(&dir.join(DB_FILE), false).unwrap();
+    // Alone: no checkpointer beside it rewrites the database file.
+    let meta = Meta::open(&dir.join(DB_FILE), false).unwrap().alone();
     // Checkpoints would rewrite the database file under the WAL prefixes.
     meta.set_auto_checkpoint(false).unwrap();
+    // Every barrier, also the core's own (before it frees released blobs),
+    // makes what was committed durable.
+    {
+        let (journal, wal) = (journal.clone(), wal.clone());
+        meta.on_barrier(Box::new(move || {
+            let l = file_len(&wal);
+            journal.lock().durable = l;
+        }));
+    }
     let fs = Arc::new(Fs::new(
-        Arc::new(Mutex::new(meta)),
+        Arc::new(Mutex::new(Box::new(meta))),
         Arc::new(container),
         store::DEFAULT_CHUNK_SIZE,
         Tuning::default(),
@@ -941,7 +945,7 @@ fn power_cut_at_every_sync_commit_thread() {
 /// blobs are freed, and their clusters reused and synced, after commits
 /// that are not durable yet.
 #[test]
-#[ignore = "finds a durability bug: blobs are freed after commits that a power cut can still roll back"]
+
 fn power_cut_losing_unsynced_metadata_direct() {
     for seed in SEEDS {
         power_cuts(
@@ -954,7 +958,7 @@ fn power_cut_losing_unsynced_metadata_direct() {
 }
 
 #[test]
-#[ignore = "finds a durability bug: blobs are freed after commits that a power cut can still roll back"]
+
 fn power_cut_losing_unsynced_metadata_batched() {
     for seed in SEEDS {
         power_cuts(
@@ -990,13 +994,13 @@ fn overwrite_after_fsync(mode: Mode) {
 }
 
 #[test]
-#[ignore = "finds a durability bug: blobs are freed after commits that a power cut can still roll back"]
+
 fn fsynced_file_survives_an_overwrite_lost_to_a_power_cut_direct() {
     overwrite_after_fsync(Mode::Direct);
 }
 
 #[test]
-#[ignore = "finds a durability bug: blobs are freed after commits that a power cut can still roll back"]
+
 fn fsynced_file_survives_an_overwrite_lost_to_a_power_cut_batched() {
     overwrite_after_fsync(Mode::Batched);
 }
@@ -1053,7 +1057,7 @@ impl Device for SlowSync {
 /// before it is durable, whatever other thread syncs at the same time (the
 /// commit thread syncs outside the metadata lock while a writer commits).
 #[test]
-#[ignore = "finds a durability bug: Container::sync returns at once while another thread's sync is still in progress"]
+
 fn a_sync_never_returns_before_the_bytes_put_before_it_are_durable() {
     use crate::blob::BlobStore;
     use crate::types::BlobHash;

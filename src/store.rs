@@ -753,6 +753,11 @@ fn recover(m: &dyn MetaStore, c: &dyn BlobStore) -> std::result::Result<Recovery
         frees.extend(gone.into_iter().flatten());
         Ok(())
     })?;
+    // The commit above must be durable before storage it released is
+    // reused (it ran with synchronous=NORMAL).
+    if !frees.is_empty() {
+        m.barrier()?;
+    }
     for loc in frees {
         // Sound, unshared chains (checked above); QUARANTINED frees nothing.
         let _ = c.delete(loc);

@@ -18,8 +18,8 @@
 //!   counts failures, so a writer can tell whether one happened while its
 //!   bytes were in flight.
 //! - `delete` is called only after the metadata transaction that dropped a
-//!   blob's last reference has committed (deferred free), so a crash never
-//!   leaves metadata pointing at freed storage.
+//!   blob's last reference is durable (deferred free), so neither a crash
+//!   nor a power cut leaves metadata pointing at freed storage.
 //! - Enumeration for gc and fsck: [`BlobStore::check`] compares the blobs the
 //!   metadata references with what is stored, and [`BlobStore::reclaim`]
 //!   frees stored blobs that nothing references (crash leftovers), but only

@@ -180,6 +180,9 @@ pub struct Meta {
     next_ino: std::cell::Cell<u64>,
     /// The database file; `None` in memory.
     path: Option<std::path::PathBuf>,
+    /// Called after every barrier (the crash tests note what is durable).
+    #[cfg(test)]
+    barrier_hook: RefCell<Option<Box<dyn Fn() + Send>>>,
 }
 
 /// A second connection that copies committed WAL frames into the database
@@ -307,7 +310,23 @@ impl Meta {
             batch: RefCell::default(),
             next_ino: std::cell::Cell::new(0),
             path: None,
+            #[cfg(test)]
+            barrier_hook: RefCell::new(None),
         }
+    }
+
+    /// Test hook: no connection is opened beside this one (no checkpointer
+    /// rewrites the database file, no sandbox).
+    #[cfg(test)]
+    pub(crate) fn alone(mut self) -> Meta {
+        self.path = None;
+        self
+    }
+
+    /// Test hook: `f` runs after every barrier returns.
+    #[cfg(test)]
+    pub(crate) fn on_barrier(&self, f: Box<dyn Fn() + Send>) {
+        *self.barrier_hook.borrow_mut() = Some(f);
     }
 
     /// Notes the database file (for the connections opened beside this one).
@@ -530,6 +549,10 @@ impl MetaStore for Meta {
             .and_then(|mut s| s.execute([]));
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         r?;
+        #[cfg(test)]
+        if let Some(f) = &*self.barrier_hook.borrow() {
+            f();
+        }
         Ok(())
     }
 

@@ -317,6 +317,9 @@ pub struct Container {
     sync_failed: AtomicBool,
     /// See [`Container::set_append_only`].
     append_only: AtomicBool,
+    /// Held across a whole [`Container::sync`]: a second caller waits for a
+    /// sync in progress instead of returning before its bytes are durable.
+    syncing: std::sync::Mutex<()>,
 }
 
 impl Container {
@@ -376,6 +379,7 @@ impl Container {
             sync_failures: AtomicU64::new(0),
             sync_failed: AtomicBool::new(false),
             append_only: AtomicBool::new(false),
+            syncing: std::sync::Mutex::new(()),
         })
     }
 
@@ -734,6 +738,11 @@ impl Container {
     /// Makes all data and FAT writes so far durable: data first, then FAT.
     /// Fails while an earlier failure is not cleared.
     pub fn sync(&self) -> io::Result<()> {
+        // One sync at a time: `unsynced` is cleared before the device syncs
+        // run, so without this a second caller would see it clear and
+        // return while the first one's syncs (covering its bytes) are still
+        // in progress.
+        let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         if self.sync_failed.load(Ordering::Acquire) {
             return Err(io::Error::other(
                 "an earlier sync of the container failed: what was written before it may be lost",

@@ -5,8 +5,8 @@ use super::*;
 
 impl Fs {
     /// Runs `f` as one write: with group commit on, it joins the open
-    /// batch (committed when due); otherwise it commits at once. Clusters it
-    /// released are freed once it has committed.
+    /// batch (committed when due); otherwise it commits at once. Blobs it
+    /// released are freed once it is durable ([`Fs::free_blobs`]).
     pub(super) fn tx<T>(
         &self,
         f: impl FnOnce(&dyn MetaStore, &mut Vec<BlobLoc>) -> Result<T>,
@@ -110,6 +110,11 @@ impl Fs {
                             tracing::error!("group commit failed: {e}");
                         }
                     }
+                    if !fs.released.lock().is_empty() {
+                        if let Err(e) = fs.free_released() {
+                            tracing::warn!("freeing released blobs: {e}");
+                        }
+                    }
                     ticks = ticks.wrapping_add(1);
                     if ticks % CHECKPOINT_EVERY == 0 {
                         fs.release_reserve_when_full();
@@ -185,11 +190,54 @@ impl Fs {
         if let Ok(f) = &last {
             self.free_blobs(f);
         }
-        committed.and(last.map(drop))
+        let freed = self.free_released();
+        committed.and(last.map(drop)).and(freed)
     }
 
-    /// Deletes blobs whose last reference is committed as dropped.
+    /// Takes blobs whose last reference a committed transaction dropped.
+    /// They are deleted only once that commit is durable (after the next
+    /// barrier, [`Fs::free_released`]): commits run with
+    /// `synchronous=NORMAL`, so a power cut can still roll one back, and
+    /// its metadata would then point at storage a new blob took.
     pub(super) fn free_blobs(&self, frees: &[BlobLoc]) {
+        if frees.is_empty() {
+            return;
+        }
+        let many = {
+            let mut r = self.released.lock();
+            r.extend_from_slice(frees);
+            r.len() >= RELEASED_MAX
+        };
+        // Without group commit nothing else runs barriers: bound the list.
+        if many {
+            if let Err(e) = self.free_released() {
+                tracing::warn!("freeing released blobs: {e}");
+            }
+        }
+    }
+
+    /// Makes every commit so far durable (one barrier) and then deletes the
+    /// blobs those commits released.
+    pub(super) fn free_released(&self) -> Result<()> {
+        if self.released.lock().is_empty() || self.tuning.read_only {
+            return Ok(());
+        }
+        let m = self.meta();
+        let frees = self.commit_batch(&*m)?;
+        self.released.lock().extend(frees);
+        m.barrier()?;
+        // Everything released so far was released by a commit made before
+        // the barrier (frees are handed over after their commit, and no
+        // commit runs while the lock is held).
+        let durable = std::mem::take(&mut *self.released.lock());
+        drop(m);
+        self.delete_blobs(&durable);
+        Ok(())
+    }
+
+    /// Deletes blobs no durable metadata refers to: released ones after a
+    /// barrier, or ones written for a commit that did not happen.
+    pub(super) fn delete_blobs(&self, frees: &[BlobLoc]) {
         for &loc in frees {
             if let Err(e) = self.blobs.delete(loc) {
                 // The blob row is gone; its storage is an orphan that gc reclaims.
@@ -285,7 +333,7 @@ impl Fs {
             Ok(())
         })();
         if let Err(e) = store {
-            self.free_blobs(&written);
+            self.delete_blobs(&written);
             return Err(e);
         }
         let ino = of.ino;
@@ -388,7 +436,7 @@ impl Fs {
                         _ => None,
                     })
                     .collect();
-                self.free_blobs(&unused);
+                self.delete_blobs(&unused);
                 for (idx, c) in resolved {
                     st.chunks.insert(idx, c);
                 }
@@ -403,7 +451,7 @@ impl Fs {
                 Ok(())
             }
             Err(e) => {
-                self.free_blobs(&written);
+                self.delete_blobs(&written);
                 Err(e)
             }
         }
@@ -437,8 +485,12 @@ impl Fs {
         let m = self.meta();
         let frees = self.commit_batch(&*m)?;
         m.barrier()?;
+        // The barrier made every commit so far durable: what they released
+        // can go.
+        let mut durable = std::mem::take(&mut *self.released.lock());
         drop(m);
-        self.free_blobs(&frees);
+        durable.extend(frees);
+        self.delete_blobs(&durable);
         Ok(())
     }
 

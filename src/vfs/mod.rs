@@ -16,8 +16,13 @@
 //! 1. New blob bytes go to newly allocated clusters (blobs are immutable).
 //! 2. Before a transaction that references new clusters commits, the
 //!    container is synced (data, then FAT).
-//! 3. Clusters are freed only after the transaction that dropped their last
-//!    reference has committed.
+//! 3. Blobs are freed only after the transaction that dropped their last
+//!    reference is durable: commits run with `synchronous=NORMAL`, so they
+//!    wait for the next barrier (the group-commit thread runs one in the
+//!    tick after any are released; `fsync`, unmount, or a backlog of
+//!    `RELEASED_MAX` without group commit do too). Otherwise a power cut
+//!    could roll the commit back and leave its metadata pointing at
+//!    storage a new blob took (found by `crash_tests`).
 //! 4. `fsync` commits the file's buffers and then runs a durable barrier
 //!    (a `synchronous=FULL` commit that syncs the WAL).
 //!
@@ -89,6 +94,10 @@ const CHECKPOINT_EVERY: u32 = 8;
 /// Free space on the store's disk under which the space reserve is released.
 const LOW_SPACE: u64 = 32 << 20;
 
+/// Released blobs wait for a barrier; without group commit (whose thread
+/// runs one every tick when any wait) one is run once this many wait.
+const RELEASED_MAX: usize = 4096;
+
 /// The WAL is restarted once it holds this many frames (16 MiB).
 const WAL_RESTART_FRAMES: i64 = 4096;
 
@@ -156,6 +165,9 @@ pub struct Fs {
     /// without the metadata lock): open files loaded before the last one
     /// reload their chunk maps ([`Fs::refresh`]).
     rollbacks: AtomicU64,
+    /// Blobs released by commits that may not be durable yet, deleted after
+    /// the next barrier ([`Fs::free_released`]).
+    released: Mutex<Vec<BlobLoc>>,
     /// When this core started (the times of virtual folders).
     started: i64,
     virt: folders::Virt,
@@ -188,6 +200,7 @@ impl Fs {
             reserve: None,
             generation: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
+            released: Mutex::new(Vec::new()),
             started: now_ns(),
             virt: folders::Virt::default(),
             ticker: Mutex::new(None),

@@ -174,6 +174,12 @@ fn identical_content_is_stored_once_and_freed_with_the_last_copy(b: Backend) {
     assert_eq!(fs.meta().stats().unwrap().blobs, 1);
     fs.unlink(ROOT, b"b").unwrap();
     assert_eq!(fs.meta().stats().unwrap().blobs, 0);
+    // The storage is freed once the unlink is durable (the next barrier).
+    assert!(
+        used_units(&fs) > base,
+        "freed before the unlink was durable"
+    );
+    fs.sync_all().unwrap();
     assert_eq!(used_units(&fs), base, "no blob storage is left");
 }
 
@@ -348,15 +354,22 @@ fn group_commit_holds_changes_until_due_and_frees_clusters_after() {
     assert_eq!(reader.lookup(ROOT, b"big").unwrap().unwrap().size, 300_000);
     assert!(reader.lookup(ROOT, b"d").unwrap().is_some());
 
-    // The clusters of a removed file stay allocated until its removal commits.
+    // The clusters of a removed file stay allocated until its removal is
+    // committed and durable (here the commit thread ticks every half hour:
+    // `sync_all` runs the barrier).
     let used = used_units(fs);
     assert!(used > 0);
     fs.unlink(ROOT, b"big").unwrap();
     assert_eq!(used_units(fs), used);
     assert!(reader.lookup(ROOT, b"big").unwrap().is_some());
     fs.settle().unwrap();
-    assert!(used_units(fs) < used);
     assert!(reader.lookup(ROOT, b"big").unwrap().is_none());
+    assert_eq!(used_units(fs), used, "freed before the unlink was durable");
+    fs.sync_all().unwrap();
+    assert!(
+        used_units(fs) < used,
+        "the released clusters were not freed"
+    );
 }
 
 #[test]
