@@ -140,7 +140,7 @@ pub struct Store {
     /// The blob store the core writes to, and the same container for what
     /// only a container has (repair's hold and append-only mode).
     blobs: Arc<dyn BlobStore>,
-    container: Arc<Container>,
+    container: Option<Arc<Container>>,
     pub id: String,
     pub read_only: bool,
     /// Blobs with damaged chains found at open (writing opens only); the
@@ -274,15 +274,7 @@ pub fn init(dir: &Path) -> Result<()> {
     let _ = fs::remove_file(&tmp);
     {
         let m = Meta::open(&tmp, true).map_err(|e| StoreError::Meta(d.clone(), e))?;
-        let caller = crate::vfs::Caller::current();
-        m.write::<_, MetaError>(|m| {
-            m.store_set("store_id", &id)?;
-            m.store_set("chunk_size", &DEFAULT_CHUNK_SIZE.to_string())?;
-            m.store_set("durable_barrier", "0")?;
-            m.store_set("created_ns", &crate::vfs::now_ns().to_string())?;
-            m.insert_root(0o755, caller.uid, caller.gid, crate::vfs::now_ns())
-        })
-        .map_err(|e| StoreError::Meta(d.clone(), e))?;
+        first_rows(&m, &id).map_err(|e| StoreError::Meta(d.clone(), e))?;
         // Fold the WAL in so that only the one file needs renaming.
         m.barrier().map_err(|e| StoreError::Meta(d.clone(), e))?;
     }
@@ -293,6 +285,54 @@ pub fn init(dir: &Path) -> Result<()> {
     ensure_reserve(dir);
     drop(lock);
     Ok(())
+}
+
+/// The settings and root directory of a new store.
+fn first_rows(m: &Meta, id: &str) -> std::result::Result<(), MetaError> {
+    let caller = crate::vfs::Caller::current();
+    m.write::<_, MetaError>(|m| {
+        m.store_set("store_id", id)?;
+        m.store_set("chunk_size", &DEFAULT_CHUNK_SIZE.to_string())?;
+        m.store_set("durable_barrier", "0")?;
+        m.store_set("created_ns", &crate::vfs::now_ns().to_string())?;
+        m.insert_root(0o755, caller.uid, caller.gid, crate::vfs::now_ns())
+    })
+}
+
+/// What [`Store::dir`] of a store in memory says.
+pub const MEMORY: &str = "(memory)";
+
+/// A new, empty store held in memory: blobs in [`blob::MemBlobs`], metadata
+/// in SQLite on `:memory:`, the same core over them. Nothing outlives it
+/// (`queryfs mount --memory`: scratch space, and the exerciser's second
+/// backend). `/sql` queries need a database file and answer EINVAL here;
+/// `/by-tag` and saved queries work.
+pub fn open_memory() -> Result<Store> {
+    let d = MEMORY.to_string();
+    let meta = Meta::open_in_memory().map_err(|e| StoreError::Meta(d.clone(), e))?;
+    let id = random_id();
+    first_rows(&meta, &id).map_err(|e| StoreError::Meta(d.clone(), e))?;
+    let blobs: Arc<dyn BlobStore> = Arc::new(blob::MemBlobs::new());
+    let meta: Arc<Mutex<Box<dyn MetaStore>>> = Arc::new(Mutex::new(Box::new(meta)));
+    let fs = Arc::new(Fs::new(
+        meta.clone(),
+        blobs.clone(),
+        DEFAULT_CHUNK_SIZE,
+        Tuning::default(),
+        None,
+    ));
+    Ok(Store {
+        dir: PathBuf::from(MEMORY),
+        fs,
+        meta,
+        blobs,
+        container: None,
+        id,
+        read_only: false,
+        damage: Vec::new(),
+        reserve_released: false,
+        _lock: None,
+    })
 }
 
 fn lock_exclusive(dir: &Path, purpose: &str) -> Result<File> {
@@ -600,7 +640,7 @@ fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
         fs,
         meta,
         blobs,
-        container,
+        container: Some(container),
         id,
         read_only,
         damage,
@@ -829,7 +869,12 @@ impl Store {
         }
         let m = self.meta();
         let me = |e| StoreError::Meta(d.clone(), e);
-        let c = &self.container;
+        let Some(c) = &self.container else {
+            return Err(StoreError::Corrupt(
+                d,
+                "repair works on a QVFS container only".into(),
+            ));
+        };
         let (chains, keep) = chains_and_keep(&*m).map_err(me)?;
         let refs: Vec<BlobRef> = chains.iter().map(|x| x.1).collect();
         let check = self

@@ -43,14 +43,31 @@ fn exercise(args: &[&str]) -> (bool, String) {
     (o.status.success(), out)
 }
 
+/// The mount arguments of each backend pair the exercisers run on: the
+/// store folder (SQLite file + QVFS container) and a store in memory
+/// (`--memory`: MemBlobs + SQLite on `:memory:`). A new backend is one
+/// more case here.
+const BACKENDS: [(&str, &[&str]); 2] = [
+    ("store folder", &["--threads", "2"]),
+    ("memory", &["--threads", "2", "--memory"]),
+];
+
 #[test]
 fn exercise_data_mode() {
-    let t = tempfile::tempdir().unwrap();
-    let m = Mount::with_args(t.path(), &["--threads", "2"]);
     // 10^5 ops in all: three fixed seeds and one from the clock.
-    let seeds = [11u64, 12, 13, clock_seed()];
-    println!("data mode seeds: {seeds:?}");
-    for s in seeds {
+    data_mode(BACKENDS[0], &[11u64, 12, 13, clock_seed()]);
+}
+
+#[test]
+fn exercise_data_mode_in_memory() {
+    data_mode(BACKENDS[1], &[11u64, clock_seed()]);
+}
+
+fn data_mode((backend, args): (&str, &[&str]), seeds: &[u64]) {
+    let t = tempfile::tempdir().unwrap();
+    let m = Mount::with_args(t.path(), args);
+    println!("data mode on the {backend} backend, seeds: {seeds:?}");
+    for &s in seeds {
         let dir = m.path(&format!("data-{s}"));
         std::fs::create_dir(&dir).unwrap();
         let seed = s.to_string();
@@ -96,14 +113,22 @@ impl Drop for Tmpfs {
 
 #[test]
 fn exercise_namespace_mode_against_tmpfs() {
-    let t = tempfile::tempdir().unwrap();
-    let m = Mount::with_args(t.path(), &["--threads", "2"]);
-    let reference = Tmpfs::new(&t.path().join("ref"));
     // 1.5 x 10^4 ops in all: two fixed seeds (23 found the truncate/O_TRUNC
     // mtime difference of issue 12) and one from the clock.
-    let seeds = [21u64, 23, clock_seed()];
-    println!("namespace mode seeds: {seeds:?}");
-    for s in seeds {
+    namespace_mode(BACKENDS[0], &[21u64, 23, clock_seed()]);
+}
+
+#[test]
+fn exercise_namespace_mode_in_memory_against_tmpfs() {
+    namespace_mode(BACKENDS[1], &[23u64, clock_seed()]);
+}
+
+fn namespace_mode((backend, args): (&str, &[&str]), seeds: &[u64]) {
+    let t = tempfile::tempdir().unwrap();
+    let m = Mount::with_args(t.path(), args);
+    let reference = Tmpfs::new(&t.path().join("ref"));
+    println!("namespace mode on the {backend} backend, seeds: {seeds:?}");
+    for &s in seeds {
         let dir = m.path(&format!("ns-{s}"));
         let rdir = reference.0.join(format!("ns-{s}"));
         std::fs::create_dir(&dir).unwrap();

@@ -6,6 +6,7 @@ mod crash;
 mod exercise;
 mod faults;
 mod hostile;
+mod layers;
 mod mount;
 mod names;
 mod permissions;

@@ -18,6 +18,10 @@ pub struct MountArgs {
     /// Let other users (root included) use the mount.
     #[arg(long)]
     allow_other: bool,
+    /// Serve a new, empty store held in memory instead of a store folder:
+    /// nothing is kept after unmount (scratch space, tests).
+    #[arg(long)]
+    memory: bool,
     /// Threads serving FUSE requests (1 to 64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_THREADS))]
     threads: u32,
@@ -128,6 +132,20 @@ fn unmount(mp: &Path, lazy: bool) -> std::io::Result<()> {
 }
 
 pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
+    if a.memory {
+        let mp = resolve(&a.mountpoint)
+            .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
+        if mp.exists() && !mp.is_dir() {
+            bail!("mount point {} is not a directory", mp.display());
+        }
+        let s = store::open_memory()?;
+        let created = create_mount_point(&mp)?;
+        let r = serve_store(s, Path::new(store::MEMORY), &mp, &a);
+        if r.is_err() {
+            remove_created(&mp, &created);
+        }
+        return r;
+    }
     let dir = store_opt.clone().unwrap_or_else(store::default_dir);
     // The default store is created on first use; a named one must exist.
     let create = store_opt.is_none();
@@ -209,7 +227,8 @@ fn mount_source(mp: &Path) -> Option<String> {
         let fstype = r.next()?;
         let source = r.next()?;
         // A direct mount shows as "fuse" (the subtype needs fusermount).
-        let ours = source == "queryfs" || store::exists(Path::new(source));
+        let ours =
+            source == "queryfs" || source == store::MEMORY || store::exists(Path::new(source));
         if point == want && (fstype == "fuse" || fstype == "fuse.queryfs") && ours {
             return Some(source.to_string());
         }

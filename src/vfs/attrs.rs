@@ -125,6 +125,16 @@ impl Fs {
             if v.f_favail > 0 {
                 out.ffree = v.f_favail;
             }
+        } else {
+            // A store in memory: its room is the machine's free memory,
+            // and what it holds is in use.
+            let si = rustix::system::sysinfo();
+            let unit = u64::from(si.mem_unit.max(1));
+            let free = (si.freeram as u64).saturating_mul(unit) / 4096;
+            let used = self.blobs.usage().map_or(0, |u| u.bytes) / 4096;
+            out.blocks = free + used;
+            out.bfree = free;
+            out.bavail = free;
         }
         out.files += out.ffree;
         Ok(out)
