@@ -69,16 +69,7 @@ pub(super) fn resolve(fs: &Fs, path: &[u8]) -> Result<Attr> {
 }
 
 fn mode_string(i: &Attr) -> String {
-    let t = match i.kind {
-        FileKind::Dir => 'd',
-        FileKind::Symlink => 'l',
-        FileKind::Fifo => 'p',
-        FileKind::Socket => 's',
-        FileKind::Char => 'c',
-        FileKind::Block => 'b',
-        _ => '-',
-    };
-    let mut s = String::from(t);
+    let mut s = String::from(i.kind.letter());
     for shift in [6, 3, 0] {
         let b = (i.perm >> shift) & 7;
         s.push(if b & 4 != 0 { 'r' } else { '-' });

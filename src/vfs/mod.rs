@@ -227,8 +227,9 @@ impl Fs {
         MutexGuard::map(self.meta.lock(), |m| &mut **m)
     }
 
-    /// The blob store.
-    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+    /// The blob store (for tests).
+    #[cfg(test)]
+    pub(crate) fn blobs(&self) -> &Arc<dyn BlobStore> {
         &self.blobs
     }
 
