@@ -59,7 +59,7 @@ use crate::meta::{self, BlobData, Meta, MetaError, MetaStore};
 use crate::qvfs::container::QUARANTINED;
 use crate::qvfs::{Container, CLUSTER_SIZE};
 use crate::types::BlobLoc;
-use crate::vfs::{Fs, Tuning};
+use crate::vfs::{Fs, Room, Space, Tuning};
 
 pub const DB_FILE: &str = "queryfs.db";
 pub const QFI_FILE: &str = "blobs.qfi";
@@ -319,7 +319,9 @@ pub fn open_memory() -> Result<Store> {
         blobs.clone(),
         DEFAULT_CHUNK_SIZE,
         Tuning::default(),
-        None,
+        Some(Arc::new(MemoryRoom {
+            blobs: blobs.clone(),
+        })),
     ));
     Ok(Store {
         dir: PathBuf::from(MEMORY),
@@ -401,6 +403,71 @@ fn check_db_header(dir: &Path) -> Result<()> {
 fn free_bytes(dir: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(dir).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Free space on the store's disk under which the space reserve is released.
+const LOW_SPACE: u64 = 32 << 20;
+
+/// A store folder's room: the disk holding it, and its space reserve.
+struct FolderRoom {
+    dir: PathBuf,
+}
+
+/// The room of the store folder `dir`.
+pub fn folder_room(dir: &Path) -> Arc<dyn Room> {
+    Arc::new(FolderRoom {
+        dir: dir.to_path_buf(),
+    })
+}
+
+impl Room for FolderRoom {
+    fn space(&self) -> Option<Space> {
+        let v = rustix::fs::statvfs(&self.dir).ok()?;
+        Some(Space {
+            total: v.f_blocks.saturating_mul(v.f_frsize),
+            free: v.f_bfree.saturating_mul(v.f_frsize),
+            avail: v.f_bavail.saturating_mul(v.f_frsize),
+            files_free: Some(v.f_favail),
+        })
+    }
+
+    /// Deletes the space reserve when the disk is nearly full, so that the
+    /// metadata commits that free space (unlink, rmdir, truncate) still fit.
+    fn when_nearly_full(&self) {
+        let reserve = reserve_path(&self.dir);
+        let Some(free) = free_bytes(&self.dir) else {
+            return;
+        };
+        if free < LOW_SPACE && reserve.exists() {
+            match fs::remove_file(&reserve) {
+                Ok(()) => tracing::warn!(
+                    "the disk holding the store has {free} bytes free: released the space reserve"
+                ),
+                Err(e) => tracing::warn!("releasing the space reserve: {e}"),
+            }
+        }
+    }
+}
+
+/// A store in memory: its room is the machine's free memory, and what its
+/// blobs hold is in use.
+struct MemoryRoom {
+    blobs: Arc<dyn BlobStore>,
+}
+
+impl Room for MemoryRoom {
+    fn space(&self) -> Option<Space> {
+        let si = rustix::system::sysinfo();
+        let unit = u64::from(si.mem_unit.max(1));
+        let free = si.freeram.saturating_mul(unit);
+        let used = self.blobs.usage().map_or(0, |u| u.bytes);
+        Some(Space {
+            total: free.saturating_add(used),
+            free,
+            avail: free,
+            files_free: None,
+        })
+    }
 }
 
 /// Path of the reserve file of the store in `dir`.
@@ -625,16 +692,13 @@ fn open_once(dir: &Path, access: &Access, immutable: bool) -> Result<Store> {
         ..Tuning::default()
     };
     let meta: Arc<Mutex<Box<dyn MetaStore>>> = Arc::new(Mutex::new(Box::new(meta)));
-    let fs = Arc::new(
-        Fs::new(
-            meta.clone(),
-            blobs.clone(),
-            chunk_size,
-            tuning,
-            Some(dir.to_path_buf()),
-        )
-        .with_reserve(reserve_path(dir)),
-    );
+    let fs = Arc::new(Fs::new(
+        meta.clone(),
+        blobs.clone(),
+        chunk_size,
+        tuning,
+        Some(folder_room(dir)),
+    ));
     Ok(Store {
         dir: dir.to_path_buf(),
         fs,

@@ -109,3 +109,27 @@ pub fn check_name(name: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Space a store has, for `statfs`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Space {
+    pub total: u64,
+    pub free: u64,
+    /// Free for unprivileged users.
+    pub avail: u64,
+    /// Files that could still be made, if the place knows.
+    pub files_free: Option<u64>,
+}
+
+/// Where a store lives, as far as room goes: what `statfs` reports, and what
+/// to do when it runs out. Given by the composition root (a store folder:
+/// its disk and its space reserve; memory: free RAM); the core has no
+/// paths.
+pub trait Room: Send + Sync {
+    fn space(&self) -> Option<Space>;
+
+    /// Called by the commit thread every few ticks: when the room is nearly
+    /// gone, release what is held back for that moment (the space reserve),
+    /// so that the commits that free space still fit.
+    fn when_nearly_full(&self) {}
+}

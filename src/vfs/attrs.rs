@@ -117,24 +117,13 @@ impl Fs {
             ffree: 1 << 32,
             ..Default::default()
         };
-        if let Some(v) = self.disk_space() {
-            let scale = (v.f_frsize / 4096).max(1);
-            out.blocks = v.f_blocks * scale;
-            out.bfree = v.f_bfree * scale;
-            out.bavail = v.f_bavail * scale;
-            if v.f_favail > 0 {
-                out.ffree = v.f_favail;
+        if let Some(v) = self.room.as_ref().and_then(|r| r.space()) {
+            out.blocks = v.total / 4096;
+            out.bfree = v.free / 4096;
+            out.bavail = v.avail / 4096;
+            if let Some(f) = v.files_free.filter(|&f| f > 0) {
+                out.ffree = f;
             }
-        } else {
-            // A store in memory: its room is the machine's free memory,
-            // and what it holds is in use.
-            let si = rustix::system::sysinfo();
-            let unit = u64::from(si.mem_unit.max(1));
-            let free = (si.freeram as u64).saturating_mul(unit) / 4096;
-            let used = self.blobs.usage().map_or(0, |u| u.bytes) / 4096;
-            out.blocks = free + used;
-            out.bfree = free;
-            out.bavail = free;
         }
         out.files += out.ffree;
         Ok(out)

@@ -116,8 +116,8 @@ impl Fs {
                         }
                     }
                     ticks = ticks.wrapping_add(1);
-                    if ticks % CHECKPOINT_EVERY == 0 {
-                        fs.release_reserve_when_full();
+                    if let (Some(room), 0) = (&fs.room, ticks % CHECKPOINT_EVERY) {
+                        room.when_nearly_full();
                     }
                     if let (Some(c), 0) = (&checkpointer, ticks % CHECKPOINT_EVERY) {
                         if let Err(e) = fs.checkpoint(c) {
@@ -129,29 +129,6 @@ impl Fs {
             .map_err(FsError::Io)?;
         *self.ticker.lock() = Some(h);
         Ok(())
-    }
-
-    /// When the disk holding the store is nearly full, deletes the store's
-    /// space reserve (given by [`Fs::with_reserve`]), so that the metadata
-    /// commits that free space (unlink, rmdir, truncate) still fit.
-    pub(super) fn release_reserve_when_full(&self) {
-        let (Some(reserve), Some(v)) = (&self.reserve, self.disk_space()) else {
-            return;
-        };
-        let free = v.f_bavail * v.f_frsize;
-        if free < LOW_SPACE && reserve.exists() {
-            match std::fs::remove_file(reserve) {
-                Ok(()) => tracing::warn!(
-                    "the disk holding the store has {free} bytes free: released the space reserve"
-                ),
-                Err(e) => tracing::warn!("releasing the space reserve: {e}"),
-            }
-        }
-    }
-
-    /// statvfs(3) of the disk holding the store, if the store is on disk.
-    pub(super) fn disk_space(&self) -> Option<rustix::fs::StatVfs> {
-        rustix::fs::statvfs(self.statfs_dir.as_ref()?).ok()
     }
 
     /// Copies committed WAL frames into the database beside the writer;

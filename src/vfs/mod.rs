@@ -47,7 +47,6 @@
 //! that file cannot free the clusters under them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -71,7 +70,9 @@ mod names;
 mod perm;
 mod remove;
 mod xattrs;
-pub use api::{check_name, now_ns, Caller, DirEntry, SetAttr, SetTime, StatFs, Tuning};
+pub use api::{
+    check_name, now_ns, Caller, DirEntry, Room, SetAttr, SetTime, Space, StatFs, Tuning,
+};
 pub use buffers::content_id;
 use buffers::{hash_chunks, trimmed_len, AttrChange, FileData, OpenFile};
 pub use commit::GroupCommit;
@@ -90,9 +91,6 @@ pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(25);
 
 /// The group-commit thread checkpoints the WAL every this many ticks.
 const CHECKPOINT_EVERY: u32 = 8;
-
-/// Free space on the store's disk under which the space reserve is released.
-const LOW_SPACE: u64 = 32 << 20;
 
 /// Released blobs wait for a barrier; without group commit (whose thread
 /// runs one every tick when any wait) one is run once this many wait.
@@ -155,10 +153,8 @@ pub struct Fs {
     open: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    /// A folder on the disk holding the store, for `statfs`.
-    statfs_dir: Option<PathBuf>,
-    /// The store's space reserve, released when the disk is nearly full.
-    reserve: Option<PathBuf>,
+    /// Where the store lives, for `statfs` and a full disk.
+    room: Option<Arc<dyn Room>>,
     /// Bumped by every metadata commit; query-folder listings cache on it.
     generation: AtomicU64,
     /// Batches rolled back so far (mirror of `Meta::rollbacks`, readable
@@ -186,7 +182,7 @@ impl Fs {
         blobs: Arc<dyn BlobStore>,
         chunk_size: u64,
         tuning: Tuning,
-        statfs_dir: Option<PathBuf>,
+        room: Option<Arc<dyn Room>>,
     ) -> Fs {
         Fs {
             meta,
@@ -196,8 +192,7 @@ impl Fs {
             open: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            statfs_dir,
-            reserve: None,
+            room,
             generation: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             released: Mutex::new(Vec::new()),
@@ -212,13 +207,6 @@ impl Fs {
     /// Keeps `thing` alive as long as the core (a test's temporary folder).
     pub fn holding(mut self, thing: Box<dyn std::any::Any + Send + Sync>) -> Fs {
         self.held.push(thing);
-        self
-    }
-
-    /// Lets the mount release the store's space reserve at `path` when the
-    /// disk fills up.
-    pub fn with_reserve(mut self, path: PathBuf) -> Fs {
-        self.reserve = Some(path);
         self
     }
 

@@ -58,7 +58,7 @@ impl Backend {
                     Arc::new(c),
                     64 * 1024,
                     tuning,
-                    Some(at),
+                    Some(crate::store::folder_room(&at)),
                 )
                 .holding(Box::new(dir))
             }
