@@ -67,7 +67,7 @@ pub trait MetaStore: Send {
     fn rollback_batch(&self) -> u32;
 
     /// Makes every commit so far durable: one commit with `synchronous=FULL`.
-    /// Commit any open batch first ([`Meta::commit_batch`]).
+    /// Commit any open batch first ([`MetaStore::commit_batch`]).
     fn barrier(&self) -> Result<()>;
 
     fn store_get(&self, key: &str) -> Result<Option<String>>;
@@ -251,7 +251,7 @@ pub trait MetaStore: Send {
 
     /// Quarantines container blob `hash` (call inside a write transaction):
     /// renames its chunks to the marker, moves its row to the marker with
-    /// `loc` = [`QUARANTINED`], and records it. Returns false when the
+    /// `loc` = [`crate::qvfs::container::QUARANTINED`], and records it. Returns false when the
     /// blob does not exist or is not in the container.
     fn quarantine_blob(
         &self,

@@ -325,7 +325,7 @@ fn matches_sql_among(
 }
 
 /// SQL listing the files matching `terms`: rows of `name, <inode columns>`
-/// (a file's first name, by parent and name), for [`crate::meta::Meta::listing`].
+/// (a file's first name, by parent and name), for [`crate::meta::MetaStore::listing`].
 pub fn files_sql(terms: &[Term]) -> (String, Vec<Value>) {
     files_sql_named(terms, None)
 }
@@ -358,7 +358,7 @@ pub fn any_match_sql(terms: &[Term]) -> (String, Vec<Value>) {
 }
 
 /// SQL listing the tags held by some file matching `terms` (the sub-folders
-/// that narrow further), for [`crate::meta::Meta::strings`].
+/// that narrow further), for [`crate::meta::MetaStore::strings`].
 pub fn narrowing_sql(terms: &[Term]) -> (String, Vec<Value>) {
     let mut params = Vec::new();
     let m = matches_sql(terms, &mut params);

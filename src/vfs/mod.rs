@@ -2,7 +2,27 @@
 //!
 //! FUSE and the offline CLI both drive this module; it knows nothing of
 //! either. It owns the open-file table, the handle table and the write
-//! buffers.
+//! buffers. It works over three ports the composition root (`store`) hands
+//! it: a [`MetaStore`], a [`BlobStore`] and a [`Room`].
+//!
+//! # Files
+//! - `mod.rs`: the [`Fs`] struct, its construction, shared helpers.
+//! - `api.rs`: the request vocabulary (`Tuning`, `Caller`, `SetAttr`,
+//!   `DirEntry`, `StatFs`, the `Room` port).
+//! - `names.rs`: lookup, getattr, paths, making nodes (create, mkdir,
+//!   mknod, symlink, link).
+//! - `remove.rs`: unlink, rmdir, rename.
+//! - `attrs.rs`: setattr, access, statfs.
+//! - `xattrs.rs`: extended attributes, and tags as `user.tag.*`.
+//! - `dirs.rs`: directory listings and open-directory snapshots.
+//! - `files.rs`: the open-file table, open, read, write, release.
+//! - `buffers.rs`: write buffers, truncate, holes, fallocate, SEEK_DATA,
+//!   content ids.
+//! - `commit.rs`: transactions, group commit (and its guard), barriers,
+//!   deferred frees, committing a file's buffers.
+//! - `perm.rs`: who may see what in query folders.
+//! - `folders/`: the query folders (`/by-tag`, `/sql`, `/queries`, `/inbox`
+//!   windows); the core enters them only through their `v_*` operations.
 //!
 //! # Files, chunks and write buffering
 //! A file is a sequence of chunks of `chunk_size` bytes (64 KiB by default);
