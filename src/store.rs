@@ -898,6 +898,17 @@ pub struct Repair {
 }
 
 impl Store {
+    /// Commits what the core holds and frees what it released (a barrier),
+    /// so that the store's own maintenance sees one settled state.
+    fn settle_core(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.fs
+            .sync_all()
+            .map_err(|e| StoreError::Corrupt(disp(&self.dir), e.to_string()))
+    }
+
     fn meta(&self) -> parking_lot::MappedMutexGuard<'_, dyn MetaStore> {
         parking_lot::MutexGuard::map(self.meta.lock(), |m| &mut **m)
     }
@@ -905,6 +916,9 @@ impl Store {
     /// Reclaims unreferenced blobs, orphan clusters and unlinked inodes.
     /// Refuses (and reclaims nothing) when a chain is damaged.
     pub fn gc(&self) -> Result<Reclaimed> {
+        // Blobs the core released but has not freed yet (they wait for a
+        // barrier) would look like orphans here and be freed twice.
+        self.settle_core()?;
         let m = self.meta();
         let r = recover(&*m, &*self.blobs)?;
         if !r.damage.is_empty() {
@@ -931,6 +945,7 @@ impl Store {
         if self.read_only {
             return Err(StoreError::Corrupt(d, "repair needs a writing open".into()));
         }
+        self.settle_core()?;
         let m = self.meta();
         let me = |e| StoreError::Meta(d.clone(), e);
         let Some(c) = &self.container else {
