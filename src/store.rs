@@ -305,8 +305,8 @@ pub const MEMORY: &str = "(memory)";
 /// A new, empty store held in memory: blobs in [`blob::MemBlobs`], metadata
 /// in SQLite on `:memory:`, the same core over them. Nothing outlives it
 /// (`queryfs mount --memory`: scratch space, and the exerciser's second
-/// backend). `/sql` queries need a database file and answer EINVAL here;
-/// `/by-tag` and saved queries work.
+/// backend). It has `/by-tag` but no `/sql` or `/queries`: users' SQL runs
+/// in a sandbox connection that needs a database file.
 pub fn open_memory() -> Result<Store> {
     let d = MEMORY.to_string();
     let meta = Meta::open_in_memory().map_err(|e| StoreError::Meta(d.clone(), e))?;

@@ -19,7 +19,8 @@ pub struct MountArgs {
     #[arg(long)]
     allow_other: bool,
     /// Serve a new, empty store held in memory instead of a store folder:
-    /// nothing is kept after unmount (scratch space, tests).
+    /// nothing is kept after unmount (scratch space, tests); `/by-tag`
+    /// works, `/sql` and `/queries` need a store folder.
     #[arg(long)]
     memory: bool,
     /// Threads serving FUSE requests (1 to 64).

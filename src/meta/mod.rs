@@ -1266,6 +1266,10 @@ impl MetaStore for Meta {
         }
     }
 
+    fn runs_sql(&self) -> bool {
+        self.path.is_some()
+    }
+
     fn checkpointer(&self) -> Result<Option<Checkpointer>> {
         self.path.as_deref().map(Checkpointer::open).transpose()
     }

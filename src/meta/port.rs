@@ -275,6 +275,10 @@ pub trait MetaStore: Send {
     /// store can give one (a database in memory cannot).
     fn open_sandbox(&self) -> Result<Option<Sandbox>>;
 
+    /// Whether [`MetaStore::open_sandbox`] can give one: `/sql` and
+    /// `/queries` exist only then.
+    fn runs_sql(&self) -> bool;
+
     /// A connection that checkpoints the write-ahead log beside this one
     /// (off the request path), if the store has a log.
     fn checkpointer(&self) -> Result<Option<Checkpointer>>;

@@ -184,6 +184,8 @@ pub struct Fs {
     /// Blobs released by commits that may not be durable yet, deleted after
     /// the next barrier ([`Fs::free_released`]).
     released: Mutex<Vec<BlobLoc>>,
+    /// Whether the metadata store runs users' SQL (`/sql`, `/queries`).
+    runs_sql: bool,
     /// When this core started (the times of virtual folders).
     started: i64,
     virt: folders::Virt,
@@ -204,6 +206,7 @@ impl Fs {
         tuning: Tuning,
         room: Option<Arc<dyn Room>>,
     ) -> Fs {
+        let runs_sql = meta.lock().runs_sql();
         Fs {
             meta,
             blobs,
@@ -216,6 +219,7 @@ impl Fs {
             generation: AtomicU64::new(0),
             rollbacks: AtomicU64::new(0),
             released: Mutex::new(Vec::new()),
+            runs_sql,
             started: now_ns(),
             virt: folders::Virt::default(),
             ticker: Mutex::new(None),

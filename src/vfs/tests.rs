@@ -1013,3 +1013,34 @@ on_every_backend!(
     virtual_nodes_are_trimmed_once_forgotten,
     tag_folder_lookups_agree_with_listings,
 );
+
+/// A store that runs users' SQL shows `/sql` and `/queries`; one that
+/// cannot (in memory) shows only `/by-tag`, and the others are not there.
+#[test]
+fn sql_folders_exist_only_where_sql_runs() {
+    // What a directory listing through the kernel shows (`list` leaves
+    // the query folders out).
+    let names = |fs: &Fs| -> Vec<Vec<u8>> {
+        let fh = fs.opendir(ROOT).unwrap();
+        let page = fs.dir_page(fh, 0, 100).unwrap();
+        fs.releasedir(fh).unwrap();
+        page.into_iter()
+            .map(|(_, e)| e.name)
+            .filter(|n| n != b"." && n != b"..")
+            .collect()
+    };
+    let disk = Backend::Disk.fs();
+    assert_eq!(
+        names(&disk),
+        vec![b"by-tag".to_vec(), b"sql".to_vec(), b"queries".to_vec()]
+    );
+    assert!(disk.lookup(ROOT, b"sql").unwrap().is_dir());
+    let mem = Backend::Memory.fs();
+    assert_eq!(names(&mem), vec![b"by-tag".to_vec()]);
+    assert!(matches!(mem.lookup(ROOT, b"sql"), Err(FsError::NotFound)));
+    assert!(matches!(
+        mem.lookup(ROOT, b"queries"),
+        Err(FsError::NotFound)
+    ));
+    assert!(mem.lookup(ROOT, b"by-tag").unwrap().is_dir());
+}

@@ -134,6 +134,7 @@ impl Fs {
         [BY_TAG, SQL, QUERIES]
             .iter()
             .zip(RESERVED)
+            .filter(|(&i, _)| i == BY_TAG || self.runs_sql)
             .map(|(&i, n)| {
                 Ok(DirEntry {
                     name: n.to_vec(),
@@ -146,6 +147,9 @@ impl Fs {
     pub(in crate::vfs) fn v_root_lookup(&self, name: &[u8]) -> Result<Attr> {
         let i = match name {
             b"by-tag" => BY_TAG,
+            // Users' SQL runs in a sandbox connection beside the store's;
+            // a store without one (in memory) has no `/sql`, `/queries`.
+            _ if !self.runs_sql => return Err(FsError::NotFound),
             b"sql" => SQL,
             _ => QUERIES,
         };
