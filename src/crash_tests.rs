@@ -74,6 +74,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::meta::{Meta, MetaStore};
+use crate::qvfs::device::{read_image, write_image};
 use crate::qvfs::{Container, Device};
 use crate::store::{self, Access, DB_FILE, LOCK_FILE, QFD_FILE, QFI_FILE, RESERVE_FILE};
 use crate::vfs::{Caller, Fs, SetAttr, Tuning, ROOT};
@@ -124,13 +125,7 @@ struct FreezeDevice {
 
 impl Device for FreezeDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let j = self.journal.lock();
-        let bytes = &j.live[self.dev];
-        let start = (offset as usize).min(bytes.len());
-        let end = (offset as usize + buf.len()).min(bytes.len());
-        let n = end - start;
-        buf[..n].copy_from_slice(&bytes[start..end]);
-        buf[n..].fill(0);
+        read_image(&self.journal.lock().live[self.dev], buf, offset);
         Ok(())
     }
 
@@ -163,11 +158,7 @@ impl Device for FreezeDevice {
 }
 
 fn apply(img: &mut Vec<u8>, offset: u64, bytes: &[u8]) {
-    let end = offset as usize + bytes.len();
-    if img.len() < end {
-        img.resize(end, 0);
-    }
-    img[offset as usize..end].copy_from_slice(bytes);
+    write_image(img, bytes, offset);
 }
 
 /// How the workload commits.

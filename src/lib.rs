@@ -32,7 +32,7 @@
 //! 10. [`qvfs`]: the QVFS cluster format (FAT + clusters) through one small
 //!     device trait; it holds blob bytes, and serves plain images.
 //! 11. [`types`], [`names`]: the vocabulary every layer shares (`Attr`,
-//!     `FileKind`, `Ino`, `BlobHash`, `BlobLoc`; name encodings).
+//!     `FileKind`, `BlobHash`, `BlobLoc`; name encodings).
 //!
 //! Content: a file is a list of chunks (64 KiB by default); each chunk is a
 //! blob named by its BLAKE3 hash and stored once with a reference count.

@@ -4,21 +4,6 @@
 
 use std::fmt;
 
-/// An inode number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ino(pub u64);
-
-impl Ino {
-    /// The root directory.
-    pub const ROOT: Ino = Ino(1);
-}
-
-impl From<Ino> for u64 {
-    fn from(i: Ino) -> u64 {
-        i.0
-    }
-}
-
 /// The BLAKE3 hash that names a blob.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlobHash(pub [u8; 32]);

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use queryfs::meta::kind;
 use queryfs::store::{self, Access, Store};
+use queryfs::types::FileKind;
 use queryfs::vfs::{Caller, Fs, SetAttr, SetTime, ROOT};
 
 use crate::util::{bin, qfs, qfs_ok};
@@ -124,7 +124,7 @@ fn worked_example_byte_for_byte() {
 /// Everything a round trip must keep, per path.
 #[derive(Debug, PartialEq)]
 struct Rec {
-    kind: queryfs::types::FileKind,
+    kind: FileKind,
     perm: u32,
     uid: u32,
     gid: u32,
@@ -199,12 +199,12 @@ fn snapshot(fs: &Fs) -> BTreeMap<Vec<u8>, Rec> {
                 mtime: a.mtime,
                 ctime: a.ctime,
                 btime: a.btime,
-                content: if a.kind == kind::FILE {
+                content: if a.kind == FileKind::File {
                     content_hash(fs, a.ino)
                 } else {
                     [0; 32]
                 },
-                target: (a.kind == kind::SYMLINK).then(|| fs.readlink(a.ino).unwrap()),
+                target: (a.kind == FileKind::Symlink).then(|| fs.readlink(a.ino).unwrap()),
                 tags,
                 xattrs,
                 link_of,
@@ -429,7 +429,7 @@ fn round_trip_keeps_every_name_byte_time_mode_tag_and_xattr() {
 
     let a = snapshot(&read_store(&src).fs);
     let b = snapshot(&read_store(&dst).fs);
-    let files = a.values().filter(|r| r.kind == kind::FILE).count();
+    let files = a.values().filter(|r| r.kind == FileKind::File).count();
     assert!(files >= 1000, "only {files} files");
     assert!(a.values().any(|r| r.size > 100 << 20));
     assert!(a.values().any(|r| r.link_of.is_some()));
@@ -523,8 +523,8 @@ fn an_independent_python_reader_agrees_with_the_store() {
         let md = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         seen += 1;
         match r.kind {
-            kind::DIR => assert!(md.is_dir()),
-            kind::FILE => {
+            FileKind::Dir => assert!(md.is_dir()),
+            FileKind::File => {
                 let bytes = std::fs::read(&p).unwrap();
                 assert_eq!(
                     *blake3::hash(&bytes).as_bytes(),
@@ -533,7 +533,9 @@ fn an_independent_python_reader_agrees_with_the_store() {
                     p.display()
                 );
             }
-            kind::SYMLINK => assert_eq!(&std::fs::read(&p).unwrap(), r.target.as_ref().unwrap()),
+            FileKind::Symlink => {
+                assert_eq!(&std::fs::read(&p).unwrap(), r.target.as_ref().unwrap())
+            }
             _ => assert_eq!(md.len(), 0),
         }
     }

@@ -172,15 +172,6 @@ impl MemBlobs {
             .map(|&k| BlobLoc(k))
             .collect()
     }
-
-    /// Number of blobs stored.
-    pub fn len(&self) -> usize {
-        self.state.lock().blobs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn not_found(loc: BlobLoc) -> io::Error {

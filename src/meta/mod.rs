@@ -45,7 +45,7 @@ pub enum MetaError {
     Migration(#[from] rusqlite_migration::Error),
     /// The query sandbox could not be opened.
     #[error("query connection: {0}")]
-    Sandbox(String),
+    Sandbox(sandbox::SandboxError),
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;
@@ -62,18 +62,6 @@ static MIGRATIONS: &[M<'static>] = &[
 /// The migration list, for opening and for `validate()` in tests.
 pub fn migrations() -> Migrations<'static> {
     Migrations::from_slice(MIGRATIONS)
-}
-
-/// S_IFMT values as stored in `inodes.kind`.
-pub mod kind {
-    use crate::types::FileKind;
-    pub const DIR: FileKind = FileKind::Dir;
-    pub const FILE: FileKind = FileKind::File;
-    pub const SYMLINK: FileKind = FileKind::Symlink;
-    pub const FIFO: FileKind = FileKind::Fifo;
-    pub const SOCKET: FileKind = FileKind::Socket;
-    pub const CHAR: FileKind = FileKind::Char;
-    pub const BLOCK: FileKind = FileKind::Block;
 }
 
 pub use crate::types::{Attr as Inode, BlobLoc, FileKind};
@@ -579,7 +567,7 @@ impl MetaStore for Meta {
         self.conn
             .prepare_cached(q::INODE_INSERT_ROOT)?
             .execute(named_params! {
-                ":kind": kind::DIR.bits(), ":perm": perm, ":uid": uid, ":gid": gid, ":now": now,
+                ":kind": FileKind::Dir.bits(), ":perm": perm, ":uid": uid, ":gid": gid, ":now": now,
             })?;
         Ok(())
     }
@@ -1259,9 +1247,7 @@ impl MetaStore for Meta {
 
     fn open_sandbox(&self) -> Result<Option<sandbox::Sandbox>> {
         match &self.path {
-            Some(p) => Ok(Some(
-                sandbox::Sandbox::open(p).map_err(|e| MetaError::Sandbox(e.to_string()))?,
-            )),
+            Some(p) => Ok(Some(sandbox::Sandbox::open(p).map_err(MetaError::Sandbox)?)),
             None => Ok(None),
         }
     }
@@ -1275,13 +1261,10 @@ impl MetaStore for Meta {
     }
 }
 
-/// Lower-case hex of `bytes`.
 /// A directory for the reachability rule: (ino, parent, perm, uid, gid).
 pub type DirPerm = (u64, u64, u32, u32, u32);
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::types::hex;
 
 #[cfg(test)]
 mod tests {

@@ -77,24 +77,32 @@ impl MemDevice {
     }
 }
 
+/// Fills `buf` from `offset` of an in-memory image (zeros past its end).
+pub fn read_image(image: &[u8], buf: &mut [u8], offset: u64) {
+    let start = (offset as usize).min(image.len());
+    let end = (offset as usize + buf.len()).min(image.len());
+    let n = end - start;
+    buf[..n].copy_from_slice(&image[start..end]);
+    buf[n..].fill(0);
+}
+
+/// Writes `buf` at `offset` of an in-memory image, growing it if needed.
+pub fn write_image(image: &mut Vec<u8>, buf: &[u8], offset: u64) {
+    let end = offset as usize + buf.len();
+    if image.len() < end {
+        image.resize(end, 0);
+    }
+    image[offset as usize..end].copy_from_slice(buf);
+}
+
 impl Device for MemDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let bytes = self.bytes.lock().unwrap();
-        let start = (offset as usize).min(bytes.len());
-        let end = (offset as usize + buf.len()).min(bytes.len());
-        let n = end - start;
-        buf[..n].copy_from_slice(&bytes[start..end]);
-        buf[n..].fill(0);
+        read_image(&self.bytes.lock().unwrap(), buf, offset);
         Ok(())
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let mut bytes = self.bytes.lock().unwrap();
-        let end = offset as usize + buf.len();
-        if bytes.len() < end {
-            bytes.resize(end, 0);
-        }
-        bytes[offset as usize..end].copy_from_slice(buf);
+        write_image(&mut self.bytes.lock().unwrap(), buf, offset);
         Ok(())
     }
 

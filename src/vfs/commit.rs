@@ -199,14 +199,18 @@ impl Fs {
         if self.released.lock().is_empty() || self.tuning.read_only {
             return Ok(());
         }
+        self.barrier_then_free()
+    }
+
+    /// Commits the open batch, runs a barrier, and deletes what every
+    /// commit so far released: all of it was released by a commit made
+    /// before the barrier (frees are handed over after their commit, and no
+    /// commit runs while the lock is held).
+    fn barrier_then_free(&self) -> Result<()> {
         let m = self.meta();
-        let frees = self.commit_batch(&*m)?;
-        self.released.lock().extend(frees);
+        let mut durable = self.commit_batch(&*m)?;
         m.barrier()?;
-        // Everything released so far was released by a commit made before
-        // the barrier (frees are handed over after their commit, and no
-        // commit runs while the lock is held).
-        let durable = std::mem::take(&mut *self.released.lock());
+        durable.append(&mut self.released.lock());
         drop(m);
         self.delete_blobs(&durable);
         Ok(())
@@ -459,16 +463,7 @@ impl Fs {
         // rolls the batch back if a sync failed).
         let _ = self.blobs.sync();
         // One lock hold, so that no new batch opens before the barrier.
-        let m = self.meta();
-        let frees = self.commit_batch(&*m)?;
-        m.barrier()?;
-        // The barrier made every commit so far durable: what they released
-        // can go.
-        let mut durable = std::mem::take(&mut *self.released.lock());
-        drop(m);
-        durable.extend(frees);
-        self.delete_blobs(&durable);
-        Ok(())
+        self.barrier_then_free()
     }
 
     /// Commits every open file (unmount, shutdown).
