@@ -16,8 +16,11 @@ use fuser::{
 };
 
 use crate::error::FsError;
+use crate::folders::{with_pid, with_viewer, NameReport, Viewer};
+use crate::types::Ino;
 use crate::types::{Attr, FileKind};
-use crate::vfs::{is_virtual, with_pid, with_viewer, Caller, Fs, SetAttr, SetTime, Viewer};
+use crate::vfs::{Caller, Fs, SetAttr, SetTime};
+use crate::view::View;
 
 /// How long the kernel may cache entries and attributes of real nodes. Every
 /// change goes through this mount (one owner), so the kernel's own
@@ -28,7 +31,7 @@ const NO_TTL: Duration = Duration::ZERO;
 
 /// The kernel cache lifetime of an entry `ino` in `parent` (and its attributes).
 fn ttl(parent: u64, ino: u64) -> &'static Duration {
-    if is_virtual(parent) || is_virtual(ino) {
+    if Ino(parent).is_virtual() || Ino(ino).is_virtual() {
         &NO_TTL
     } else {
         &TTL
@@ -125,12 +128,12 @@ impl QueryPool {
 
 /// The mounted filesystem.
 pub struct FuseFs {
-    fs: Arc<Fs>,
+    fs: Arc<View>,
     pool: QueryPool,
 }
 
 impl FuseFs {
-    pub fn new(fs: Arc<Fs>) -> Self {
+    pub fn new(fs: Arc<View>) -> Self {
         FuseFs {
             fs,
             pool: QueryPool::new(),
@@ -219,11 +222,11 @@ fn set_time(t: TimeOrNow) -> SetTime {
 
 /// Replies with an entry; the kernel then holds one more lookup of it,
 /// which a virtual node must know (it is not trimmed while held).
-fn reply_entry(fs: &Fs, parent: u64, r: crate::error::Result<Attr>, reply: ReplyEntry) {
+fn reply_entry(fs: &View, parent: u64, r: crate::error::Result<Attr>, reply: ReplyEntry) {
     match r {
         Ok(i) => {
-            if is_virtual(i.ino) {
-                fs.note_lookup(i.ino);
+            if Ino(i.ino).is_virtual() {
+                fs.folders().note_lookup(i.ino);
             }
             reply.entry(ttl(parent, i.ino), &attr(&i), Generation(0))
         }
@@ -278,27 +281,27 @@ impl Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self.fs.commit_all() {
+        if let Err(e) = self.fs.core().commit_all() {
             tracing::error!("committing at unmount failed: {e}");
         }
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if !is_virtual(parent.0) {
+        if !Ino(parent.0).is_virtual() {
             return guard("lookup", parent.0, || {
-                let r = self.fs.lookup(parent.0, name.as_bytes());
+                let r = self.fs.lookup(Ino(parent.0), name.as_bytes());
                 if let Ok(i) = &r {
                     if i.is_dir() {
                         // Just moved into a tag folder: the kernel's name
                         // of it there must go first (see `Fs::wait_moved`).
-                        self.fs.wait_moved(i.ino);
+                        self.fs.folders().wait_moved(i.ino);
                     }
                 }
                 reply_entry(&self.fs, parent.0, r, reply)
             });
         }
         let who = viewer(req);
-        if with_viewer(who.clone(), || self.fs.runs_queries(parent.0)) {
+        if with_viewer(who.clone(), || self.fs.runs_queries(Ino(parent.0))) {
             let fs = self.fs.clone();
             let name = name.to_owned();
             return self.pool.submit(Box::new(move |full| {
@@ -306,25 +309,25 @@ impl Filesystem for FuseFs {
                     return reply.error(busy());
                 }
                 guard("lookup", parent.0, || {
-                    let r = with_viewer(who, || fs.lookup(parent.0, name.as_bytes()));
+                    let r = with_viewer(who, || fs.lookup(Ino(parent.0), name.as_bytes()));
                     reply_entry(&fs, parent.0, r, reply)
                 })
             }));
         }
         guard("lookup", parent.0, || {
-            let r = with_viewer(who, || self.fs.lookup(parent.0, name.as_bytes()));
+            let r = with_viewer(who, || self.fs.lookup(Ino(parent.0), name.as_bytes()));
             reply_entry(&self.fs, parent.0, r, reply)
         })
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if is_virtual(ino.0) {
-            self.fs.forget_virtual(ino.0, nlookup);
+        if Ino(ino.0).is_virtual() {
+            self.fs.folders().forget_virtual(ino.0, nlookup);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        guard("getattr", ino.0, || match self.fs.getattr(ino.0) {
+        guard("getattr", ino.0, || match self.fs.getattr(Ino(ino.0)) {
             Ok(i) => reply.attr(ttl(i.ino, i.ino), &attr(&i)),
             Err(e) => reply.error(errno(&e)),
         })
@@ -359,7 +362,7 @@ impl Filesystem for FuseFs {
                 ctime: ctime.map(ns),
                 btime: crtime.map(ns),
             };
-            match self.fs.setattr(ino.0, &set) {
+            match self.fs.setattr(Ino(ino.0), &set) {
                 Ok(i) => reply.attr(ttl(i.ino, i.ino), &attr(&i)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -367,7 +370,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        guard("readlink", ino.0, || match self.fs.readlink(ino.0) {
+        guard("readlink", ino.0, || match self.fs.readlink(Ino(ino.0)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(&e)),
         })
@@ -390,7 +393,7 @@ impl Filesystem for FuseFs {
                 parent.0,
                 with_pid(req.pid(), || {
                     self.fs
-                        .mknod(parent.0, name.as_bytes(), mode, rdev, caller(req))
+                        .mknod(Ino(parent.0), name.as_bytes(), mode, rdev, caller(req))
                 }),
                 reply,
             )
@@ -411,7 +414,8 @@ impl Filesystem for FuseFs {
             reply_entry(
                 &self.fs,
                 parent.0,
-                self.fs.mkdir(parent.0, name.as_bytes(), mode, caller(req)),
+                self.fs
+                    .mkdir(Ino(parent.0), name.as_bytes(), mode, caller(req)),
                 reply,
             )
         })
@@ -419,12 +423,12 @@ impl Filesystem for FuseFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("unlink", parent.0, || {
-            let r = if is_virtual(parent.0) {
+            let r = if Ino(parent.0).is_virtual() {
                 with_viewer(viewer(req), || {
-                    with_pid(req.pid(), || self.fs.unlink(parent.0, name.as_bytes()))
+                    with_pid(req.pid(), || self.fs.unlink(Ino(parent.0), name.as_bytes()))
                 })
             } else {
-                self.fs.unlink(parent.0, name.as_bytes())
+                self.fs.unlink(Ino(parent.0), name.as_bytes())
             };
             reply_empty(r, reply)
         })
@@ -432,10 +436,12 @@ impl Filesystem for FuseFs {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("rmdir", parent.0, || {
-            let r = if is_virtual(parent.0) {
-                with_viewer(viewer(req), || self.fs.rmdir(parent.0, name.as_bytes()))
+            let r = if Ino(parent.0).is_virtual() {
+                with_viewer(viewer(req), || {
+                    self.fs.rmdir(Ino(parent.0), name.as_bytes())
+                })
             } else {
-                self.fs.rmdir(parent.0, name.as_bytes())
+                self.fs.rmdir(Ino(parent.0), name.as_bytes())
             };
             reply_empty(r, reply)
         })
@@ -454,7 +460,7 @@ impl Filesystem for FuseFs {
                 &self.fs,
                 parent.0,
                 self.fs.symlink(
-                    parent.0,
+                    Ino(parent.0),
                     link_name.as_bytes(),
                     target.as_os_str().as_bytes(),
                     caller(req),
@@ -477,14 +483,14 @@ impl Filesystem for FuseFs {
         guard("rename", parent.0, || {
             let go = || {
                 self.fs.rename(
-                    parent.0,
+                    Ino(parent.0),
                     name.as_bytes(),
-                    newparent.0,
+                    Ino(newparent.0),
                     newname.as_bytes(),
                     flags.bits(),
                 )
             };
-            let r = if is_virtual(parent.0) || is_virtual(newparent.0) {
+            let r = if Ino(parent.0).is_virtual() || Ino(newparent.0).is_virtual() {
                 with_viewer(viewer(req), || with_pid(req.pid(), go))
             } else {
                 go()
@@ -505,15 +511,18 @@ impl Filesystem for FuseFs {
             reply_entry(
                 &self.fs,
                 newparent.0,
-                self.fs.link(ino.0, newparent.0, newname.as_bytes()),
+                self.fs
+                    .link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()),
                 reply,
             )
         })
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let who = is_virtual(ino.0).then(|| viewer(req));
-        if let Some(who) = who.filter(|w| with_viewer(w.clone(), || self.fs.runs_queries(ino.0))) {
+        let who = Ino(ino.0).is_virtual().then(|| viewer(req));
+        if let Some(who) =
+            who.filter(|w| with_viewer(w.clone(), || self.fs.runs_queries(Ino(ino.0))))
+        {
             // A result file whose listing left the cache is made again, for
             // the viewer it belongs to.
             let fs = self.fs.clone();
@@ -522,7 +531,7 @@ impl Filesystem for FuseFs {
                     return reply.error(busy());
                 }
                 guard("open", ino.0, || {
-                    match with_viewer(who, || fs.open(ino.0)) {
+                    match with_viewer(who, || fs.open(Ino(ino.0))) {
                         Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
                         Err(e) => reply.error(errno(&e)),
                     }
@@ -534,14 +543,14 @@ impl Filesystem for FuseFs {
             // (after checking write permission, even for O_RDONLY|O_TRUNC,
             // which Linux truncates too).
             let opened = if flags.0 & libc::O_TRUNC != 0 {
-                self.fs.open_truncating(ino.0)
+                self.fs.open_truncating(Ino(ino.0))
             } else {
-                self.fs.open(ino.0)
+                self.fs.open(Ino(ino.0))
             };
             match opened {
                 // Every change goes through this mount, so the page cache stays
                 // right across opens.
-                Ok(fh) if is_virtual(ino.0) => {
+                Ok(fh) if Ino(ino.0).is_virtual() => {
                     reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
                 }
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -561,9 +570,11 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        guard("read", ino.0, || match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
+        guard("read", ino.0, || {
+            match self.fs.core().read(fh.0, offset, size) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            }
         })
     }
 
@@ -579,9 +590,11 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guard("write", ino.0, || match self.fs.write(fh.0, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+        guard("write", ino.0, || {
+            match self.fs.core().write(fh.0, offset, data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
         })
     }
 
@@ -593,7 +606,9 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        guard("flush", ino.0, || reply_empty(self.fs.flush(fh.0), reply))
+        guard("flush", ino.0, || {
+            reply_empty(self.fs.core().flush(fh.0), reply)
+        })
     }
 
     fn release(
@@ -607,7 +622,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         guard("release", ino.0, || {
-            reply_empty(self.fs.release(fh.0), reply)
+            reply_empty(self.fs.core().release(fh.0), reply)
         })
     }
 
@@ -619,7 +634,9 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guard("fsync", ino.0, || reply_empty(self.fs.fsync(fh.0), reply))
+        guard("fsync", ino.0, || {
+            reply_empty(self.fs.core().fsync(fh.0), reply)
+        })
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -627,23 +644,25 @@ impl Filesystem for FuseFs {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         };
-        if !is_virtual(ino.0) {
-            return guard("opendir", ino.0, || answer(self.fs.opendir(ino.0), reply));
+        if !Ino(ino.0).is_virtual() {
+            return guard("opendir", ino.0, || {
+                answer(self.fs.opendir(Ino(ino.0)), reply)
+            });
         }
         let who = viewer(req);
-        if with_viewer(who.clone(), || self.fs.runs_queries(ino.0)) {
+        if with_viewer(who.clone(), || self.fs.runs_queries(Ino(ino.0))) {
             let fs = self.fs.clone();
             return self.pool.submit(Box::new(move |full| {
                 if full {
                     return reply.error(busy());
                 }
                 guard("opendir", ino.0, || {
-                    answer(with_viewer(who, || fs.opendir(ino.0)), reply)
+                    answer(with_viewer(who, || fs.opendir(Ino(ino.0))), reply)
                 })
             }));
         }
         guard("opendir", ino.0, || {
-            answer(with_viewer(who, || self.fs.opendir(ino.0)), reply)
+            answer(with_viewer(who, || self.fs.opendir(Ino(ino.0))), reply)
         })
     }
 
@@ -656,7 +675,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectory,
     ) {
         guard("readdir", ino.0, || {
-            let r = pages(&self.fs, fh.0, offset, |cookie, e| {
+            let r = pages(self.fs.core(), fh.0, offset, |cookie, e| {
                 reply.add(
                     INodeNo(e.attr.ino),
                     cookie,
@@ -680,7 +699,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         guard("readdirplus", ino.0, || {
-            let r = pages(&self.fs, fh.0, offset, |cookie, e| {
+            let r = pages(self.fs.core(), fh.0, offset, |cookie, e| {
                 let full = reply.add(
                     INodeNo(e.attr.ino),
                     cookie,
@@ -691,8 +710,8 @@ impl Filesystem for FuseFs {
                 );
                 // The kernel takes a lookup of each entry it links, all
                 // but `.` and `..`.
-                if !full && is_virtual(e.attr.ino) && e.name != b"." && e.name != b".." {
-                    self.fs.note_lookup(e.attr.ino);
+                if !full && Ino(e.attr.ino).is_virtual() && e.name != b"." && e.name != b".." {
+                    self.fs.folders().note_lookup(e.attr.ino);
                 }
                 full
             });
@@ -712,7 +731,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         guard("releasedir", ino.0, || {
-            reply_empty(self.fs.releasedir(fh.0), reply)
+            reply_empty(self.fs.core().releasedir(fh.0), reply)
         })
     }
 
@@ -724,11 +743,13 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guard("fsyncdir", ino.0, || reply_empty(self.fs.sync_all(), reply))
+        guard("fsyncdir", ino.0, || {
+            reply_empty(self.fs.core().sync_all(), reply)
+        })
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        guard("statfs", ino.0, || match self.fs.statfs() {
+        guard("statfs", ino.0, || match self.fs.core().statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
             ),
@@ -748,7 +769,7 @@ impl Filesystem for FuseFs {
     ) {
         guard("setxattr", ino.0, || {
             reply_empty(
-                self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
+                self.fs.setxattr(Ino(ino.0), name.as_bytes(), value, flags),
                 reply,
             )
         })
@@ -756,25 +777,25 @@ impl Filesystem for FuseFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         guard("getxattr", ino.0, || {
-            reply_xattr(self.fs.getxattr(ino.0, name.as_bytes()), size, reply)
+            reply_xattr(self.fs.getxattr(Ino(ino.0), name.as_bytes()), size, reply)
         })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         guard("listxattr", ino.0, || {
-            reply_xattr(self.fs.listxattr(ino.0), size, reply)
+            reply_xattr(self.fs.listxattr(Ino(ino.0)), size, reply)
         })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("removexattr", ino.0, || {
-            reply_empty(self.fs.removexattr(ino.0, name.as_bytes()), reply)
+            reply_empty(self.fs.removexattr(Ino(ino.0), name.as_bytes()), reply)
         })
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         guard("access", ino.0, || {
-            reply_empty(self.fs.access(ino.0, mask.bits(), caller(req)), reply)
+            reply_empty(self.fs.access(Ino(ino.0), mask.bits(), caller(req)), reply)
         })
     }
 
@@ -791,7 +812,8 @@ impl Filesystem for FuseFs {
         guard("create", parent.0, || {
             let mode = mode & !(umask & 0o777);
             let r = with_pid(req.pid(), || {
-                self.fs.create(parent.0, name.as_bytes(), mode, caller(req))
+                self.fs
+                    .create(Ino(parent.0), name.as_bytes(), mode, caller(req))
             });
             match r {
                 Ok((i, fh)) => reply.created(
@@ -817,7 +839,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         guard("fallocate", ino.0, || {
-            reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply)
+            reply_empty(self.fs.core().fallocate(fh.0, offset, length, mode), reply)
         })
     }
 
@@ -835,6 +857,7 @@ impl Filesystem for FuseFs {
             let r = match whence {
                 libc::SEEK_DATA | libc::SEEK_HOLE if offset >= 0 => {
                     self.fs
+                        .core()
                         .seek_data(fh.0, offset as u64, whence == libc::SEEK_HOLE)
                 }
                 libc::SEEK_DATA | libc::SEEK_HOLE => Err(FsError::NoSuchOffset),
@@ -863,6 +886,7 @@ impl Filesystem for FuseFs {
         guard("copy_file_range", ino_in.0, || {
             match self
                 .fs
+                .core()
                 .copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
             {
                 Ok(n) => reply.written(n),
@@ -877,6 +901,9 @@ impl Filesystem for FuseFs {
 pub struct MountConfig {
     pub allow_other: bool,
     pub threads: usize,
+    /// List the query folders at the root (they are reachable by name
+    /// either way).
+    pub show_folders: bool,
 }
 
 /// Mounts `fs` at `mountpoint` and serves until unmounted. `on_mounted`
@@ -902,8 +929,9 @@ pub fn serve(
     }
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = cfg.threads > 1;
+    let fs = Arc::new(View::new(fs, cfg.show_folders));
     // (Resolved before the mount: afterwards the path leads into it.)
-    fs.set_mountpoint(
+    fs.folders().set_mountpoint(
         &mountpoint
             .canonicalize()
             .unwrap_or_else(|_| mountpoint.to_path_buf()),
@@ -913,7 +941,7 @@ pub fn serve(
     // kernel's cache by a thread of their own: a notification waits for the
     // directory's lock, which the kernel may hold until the reply of the
     // very request that made the change.
-    let (tx, rx) = std::sync::mpsc::channel::<crate::vfs::NameReport>();
+    let (tx, rx) = std::sync::mpsc::channel::<NameReport>();
     let notifier = session.notifier();
     let invalidator = std::thread::Builder::new()
         .name("queryfs-inval".into())
@@ -926,10 +954,10 @@ pub fn serve(
                 }
             }
         })?;
-    fs.on_real_names_changed(Some(tx));
+    fs.folders().on_real_names_changed(Some(tx));
     on_mounted(session.unmount_callable());
     let served = session.run();
-    fs.on_real_names_changed(None);
+    fs.folders().on_real_names_changed(None);
     let _ = invalidator.join();
     served
 }

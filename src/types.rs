@@ -203,3 +203,30 @@ mod tests {
         assert_eq!(FileKind::from_word("directory"), None);
     }
 }
+
+/// The bit that marks a virtual inode number (a query folder, or what one
+/// shows of itself): real numbers are the metadata store's row ids and
+/// never reach it.
+pub const VIRTUAL_BIT: u64 = 1 << 62;
+
+/// An inode number as a request names it: real (the core's) or virtual
+/// (the query folders'). Where a request enters ([`crate::view::View`]),
+/// this type decides which side serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    /// The root directory.
+    pub const ROOT: Ino = Ino(1);
+
+    /// Whether a query folder serves this number.
+    pub fn is_virtual(self) -> bool {
+        self.0 & VIRTUAL_BIT != 0
+    }
+}
+
+impl std::fmt::Display for Ino {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -200,6 +200,7 @@ fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<
     let cfg = MountConfig {
         allow_other: a.allow_other,
         threads: a.threads as usize,
+        show_folders: true,
     };
     let group = fs
         .group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)

@@ -133,3 +133,13 @@ pub trait Room: Send + Sync {
     /// so that the commits that free space still fit.
     fn when_nearly_full(&self) {}
 }
+
+/// Names at the root kept for the folders the mount generates beside the
+/// real tree (`/by-tag`, `/sql`, `/queries`): the core makes no real file
+/// of these names, so that the mount's folders never hide one.
+pub const RESERVED: &[&[u8]] = &[b"by-tag", b"sql", b"queries"];
+
+/// Whether `name` in `parent` is one of the [`RESERVED`] names.
+pub fn is_reserved(parent: u64, name: &[u8]) -> bool {
+    parent == ROOT && RESERVED.contains(&name)
+}

@@ -5,9 +5,6 @@ use super::*;
 
 impl Fs {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
-        if is_virtual(ino) {
-            return self.v_setattr(ino, set);
-        }
         let now = now_ns();
         if let Some(size) = set.size {
             if size > FILE_MAX {
@@ -77,29 +74,7 @@ impl Fs {
     }
 
     pub fn access(&self, ino: u64, mask: i32, caller: Caller) -> Result<()> {
-        let i = self.getattr(ino)?;
-        if mask == libc::F_OK {
-            return Ok(());
-        }
-        let bits = if caller.uid == 0 {
-            // Root may read and write anything, and execute what anyone may.
-            let x = if i.is_dir() || i.perm & 0o111 != 0 {
-                1
-            } else {
-                0
-            };
-            6 | x
-        } else if caller.uid == i.uid {
-            (i.perm >> 6) & 7
-        } else if caller.gid == i.gid {
-            (i.perm >> 3) & 7
-        } else {
-            i.perm & 7
-        };
-        if (mask as u32) & !bits & 7 != 0 {
-            return Err(FsError::Access);
-        }
-        Ok(())
+        check_access(&self.getattr(ino)?, mask, caller)
     }
 
     pub fn statfs(&self) -> Result<StatFs> {
@@ -128,4 +103,30 @@ impl Fs {
         out.files += out.ffree;
         Ok(out)
     }
+}
+
+/// access(2) of a node with attributes `i`.
+pub fn check_access(i: &Attr, mask: i32, caller: Caller) -> Result<()> {
+    if mask == libc::F_OK {
+        return Ok(());
+    }
+    let bits = if caller.uid == 0 {
+        // Root may read and write anything, and execute what anyone may.
+        let x = if i.is_dir() || i.perm & 0o111 != 0 {
+            1
+        } else {
+            0
+        };
+        6 | x
+    } else if caller.uid == i.uid {
+        (i.perm >> 6) & 7
+    } else if caller.gid == i.gid {
+        (i.perm >> 3) & 7
+    } else {
+        i.perm & 7
+    };
+    if (mask as u32) & !bits & 7 != 0 {
+        return Err(FsError::Access);
+    }
+    Ok(())
 }

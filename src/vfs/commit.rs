@@ -7,7 +7,7 @@ impl Fs {
     /// Runs `f` as one write: with group commit on, it joins the open
     /// batch (committed when due); otherwise it commits at once. Blobs it
     /// released are freed once it is durable ([`Fs::free_blobs`]).
-    pub(super) fn tx<T>(
+    pub(crate) fn tx<T>(
         &self,
         f: impl FnOnce(&dyn MetaStore, &mut Vec<BlobLoc>) -> Result<T>,
     ) -> Result<T> {
@@ -440,7 +440,7 @@ impl Fs {
 
     /// Commits the handle's file (what `close` promises).
     pub fn flush(&self, fh: u64) -> Result<()> {
-        if let Some(Handle::Virtual(_)) = self.handles.lock().get(&fh) {
+        if let Some(Handle::Bytes(_)) = self.handles.lock().get(&fh) {
             return Ok(());
         }
         let of = self.file(fh)?;

@@ -8,10 +8,13 @@ impl Fs {
     /// a snapshot taken now, so offsets stay valid whatever changes
     /// meanwhile. Attributes are served fresh by [`Fs::dir_page`].
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        if is_virtual(ino) {
-            return self.v_opendir(ino);
-        }
-        let (generation, mut entries) = {
+        self.opendir_with(ino, Vec::new())
+    }
+
+    /// [`Fs::opendir`], with `extra` entries after the directory's own,
+    /// served as given (the root's query folders, made above the core).
+    pub fn opendir_with(&self, ino: u64, extra: Vec<DirEntry>) -> Result<u64> {
+        let (generation, entries) = {
             let m = self.meta();
             // Read under the lock that every change holds while it bumps
             // the generation, so the stamp is exactly the snapshot's.
@@ -39,13 +42,12 @@ impl Fs {
             }
             (generation, v)
         };
-        if ino == ROOT {
-            entries.extend(self.v_root_entries()?);
-        }
         Ok(self.new_fh(Handle::Dir(Arc::new(DirSnap {
             ino,
             generation,
-            entries,
+            fixed: false,
+            extra: entries.len(),
+            entries: entries.into_iter().chain(extra).collect(),
         }))))
     }
 
@@ -62,11 +64,10 @@ impl Fs {
             _ => return Err(FsError::BadHandle),
         };
         let mut out = Vec::new();
-        let virtual_dir = is_virtual(snap.ino);
         let m = self.meta();
         // Nothing committed or changed in the tree since the snapshot: its
         // rows are current (open files get their state applied below).
-        let unchanged = virtual_dir || self.generation.load(Ordering::Acquire) == snap.generation;
+        let unchanged = snap.fixed || self.generation.load(Ordering::Acquire) == snap.generation;
         // Entries left out do not count against `max`: an empty page means
         // the end of the directory.
         for (k, e) in snap.entries.iter().enumerate().skip(from) {
@@ -74,7 +75,7 @@ impl Fs {
                 break;
             }
             let cookie = (k + 1) as u64;
-            let attr = if unchanged || is_virtual(e.attr.ino) {
+            let attr = if unchanged || k >= snap.extra {
                 e.attr.clone()
             } else if e.name == b"." || e.name == b".." {
                 match m.inode(e.attr.ino)? {
@@ -103,18 +104,11 @@ impl Fs {
         Ok(())
     }
 
-    /// Lists a directory in one go (offline use). The root's listing leaves
-    /// out the query folders, so that tree walks (`get /`, `rm -r`) see each
-    /// file once; they are still reachable by name.
+    /// Lists a directory in one go (offline use).
     pub fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
         let fh = self.opendir(ino)?;
         let v = self.dir_page(fh, 0, usize::MAX);
         self.releasedir(fh)?;
-        Ok(v?
-            .into_iter()
-            .skip(2)
-            .map(|(_, e)| e)
-            .filter(|e| ino != ROOT || !is_virtual(e.attr.ino))
-            .collect())
+        Ok(v?.into_iter().skip(2).map(|(_, e)| e).collect())
     }
 }

@@ -98,9 +98,6 @@ impl Fs {
     }
 
     pub fn open(&self, ino: u64) -> Result<u64> {
-        if is_virtual(ino) {
-            return self.v_open(ino);
-        }
         let of = self.acquire(ino)?;
         Ok(self.new_fh(Handle::File(of)))
     }
@@ -109,9 +106,6 @@ impl Fs {
     /// was empty already, its mtime and ctime are set to now (POSIX; as
     /// ext4 and tmpfs do).
     pub fn open_truncating(&self, ino: u64) -> Result<u64> {
-        if is_virtual(ino) {
-            return Err(FsError::Access);
-        }
         let fh = self.open(ino)?;
         let cut = SetAttr {
             size: Some(0),
@@ -171,7 +165,7 @@ impl Fs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        if let Some(Handle::Virtual(d)) = self.handles.lock().get(&fh) {
+        if let Some(Handle::Bytes(d)) = self.handles.lock().get(&fh) {
             let from = (offset as usize).min(d.len());
             let to = from.saturating_add(size as usize).min(d.len());
             return Ok(d[from..to].to_vec());
@@ -288,7 +282,7 @@ impl Fs {
         let h = self.handles.lock().remove(&fh);
         match h {
             Some(Handle::File(of)) => self.release_file(of, true),
-            Some(Handle::Dir(_)) | Some(Handle::Virtual(_)) => Ok(()),
+            Some(Handle::Dir(_)) | Some(Handle::Bytes(_)) => Ok(()),
             None => Err(FsError::BadHandle),
         }
     }

@@ -1,7 +1,7 @@
 //! The filesystem core: protocol-neutral operations over the store.
 //!
-//! FUSE and the offline CLI both drive this module; it knows nothing of
-//! either. It owns the open-file table, the handle table and the write
+//! FUSE (through [`crate::view`]) and the offline CLI both drive this
+//! module; it knows nothing of either. It owns the open-file table, the handle table and the write
 //! buffers. It works over three ports the composition root (`store`) hands
 //! it: a [`MetaStore`], a [`BlobStore`] and a [`Room`].
 //!
@@ -20,9 +20,13 @@
 //!   content ids.
 //! - `commit.rs`: transactions, group commit (and its guard), barriers,
 //!   deferred frees, committing a file's buffers.
-//! - `perm.rs`: who may see what in query folders.
-//! - `folders/`: the query folders (`/by-tag`, `/sql`, `/queries`, `/inbox`
-//!   windows); the core enters them only through their `v_*` operations.
+//! - `catalogue.rs`: users' SQL in sandbox connections, tags and saved
+//!   queries (for the CLI and, through their port, the query folders).
+//!
+//! The core serves the real tree only: the query folders
+//! ([`crate::folders`]) sit above it and reach it through their port, and
+//! the mount's view ([`crate::view`]) sends each request to one or the
+//! other. The root's [`RESERVED`] names are kept free for those folders.
 //!
 //! # Files, chunks and write buffering
 //! A file is a sequence of chunks of `chunk_size` bytes (64 KiB by default);
@@ -82,22 +86,24 @@ use crate::types::{Attr, BlobHash, BlobLoc, FileKind};
 mod api;
 mod attrs;
 mod buffers;
+mod catalogue;
 mod commit;
 mod dirs;
 mod files;
-mod folders;
 mod names;
-mod perm;
 mod remove;
 mod xattrs;
 pub use api::{
-    check_name, now_ns, Caller, DirEntry, Room, SetAttr, SetTime, Space, StatFs, Tuning,
+    check_name, is_reserved, now_ns, Caller, DirEntry, Room, SetAttr, SetTime, Space, StatFs,
+    Tuning, RESERVED,
 };
+pub use attrs::check_access;
 pub use buffers::content_id;
 use buffers::{hash_chunks, trimmed_len, AttrChange, FileData, OpenFile};
+pub use catalogue::{QUERY_BUDGET, ROW_CAP};
 pub use commit::GroupCommit;
-pub use folders::{is_virtual, with_pid, NameReport, QUERY_BUDGET, RESERVED, ROW_CAP};
-pub use perm::{with_viewer, Viewer};
+pub use names::mknod_kind;
+pub use remove::check_rename;
 
 /// Longest name of one directory entry, in bytes.
 pub const NAME_MAX: usize = 255;
@@ -154,14 +160,19 @@ struct DirSnap {
     ino: u64,
     /// The store generation when it was taken.
     generation: u64,
+    /// Attributes are served as taken (a listing made above the core).
+    fixed: bool,
+    /// Entries from this index on are served as taken (made above the
+    /// core: see [`Fs::opendir_with`]).
+    extra: usize,
     entries: Vec<DirEntry>,
 }
 
 enum Handle {
     File(Arc<OpenFile>),
     Dir(Arc<DirSnap>),
-    /// A query result file (read-only bytes).
-    Virtual(Arc<Vec<u8>>),
+    /// A read-only file of bytes (a query folder's result file).
+    Bytes(Arc<Vec<u8>>),
 }
 
 /// The filesystem core over one store.
@@ -188,7 +199,9 @@ pub struct Fs {
     runs_sql: bool,
     /// When this core started (the times of virtual folders).
     started: i64,
-    virt: folders::Virt,
+    /// Idle sandbox connections for users' SQL (one is taken per running
+    /// query).
+    sandboxes: Mutex<Vec<crate::meta::sandbox::Sandbox>>,
     /// The group-commit thread, and its stop flag.
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
     ticker_stop: AtomicBool,
@@ -221,7 +234,7 @@ impl Fs {
             released: Mutex::new(Vec::new()),
             runs_sql,
             started: now_ns(),
-            virt: folders::Virt::default(),
+            sandboxes: Mutex::new(Vec::new()),
             ticker: Mutex::new(None),
             ticker_stop: AtomicBool::new(false),
             held: Vec::new(),
@@ -249,6 +262,38 @@ impl Fs {
         self.chunk_size
     }
 
+    /// Bumped by every metadata change.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the metadata store runs users' SQL (`/sql`, `/queries`).
+    pub fn runs_sql(&self) -> bool {
+        self.runs_sql
+    }
+
+    /// When this core started.
+    pub(crate) fn started(&self) -> i64 {
+        self.started
+    }
+
+    /// A directory handle over `entries` (a listing computed above the
+    /// core: the query folders'). Its attributes are served as given.
+    pub(crate) fn open_listing(&self, ino: u64, entries: Vec<DirEntry>) -> u64 {
+        self.new_fh(Handle::Dir(Arc::new(DirSnap {
+            ino,
+            generation: 0,
+            fixed: true,
+            extra: entries.len(),
+            entries,
+        })))
+    }
+
+    /// A read-only file handle over `bytes`.
+    pub(crate) fn open_bytes(&self, bytes: Arc<Vec<u8>>) -> u64 {
+        self.new_fh(Handle::Bytes(bytes))
+    }
+
     fn new_fh(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, h);
@@ -256,7 +301,7 @@ impl Fs {
     }
 
     /// Applies an open file's uncommitted size, times and attributes.
-    fn overlay(&self, attr: Attr) -> Attr {
+    pub(crate) fn overlay(&self, attr: Attr) -> Attr {
         if attr.kind != FileKind::File {
             return attr;
         }

@@ -8,12 +8,6 @@ impl Fs {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
-        if is_virtual(parent) {
-            return self.v_lookup(parent, name);
-        }
-        if folders::is_reserved(parent, name) {
-            return self.v_root_lookup(name);
-        }
         let m = self.meta();
         if test_panic_name() == Some(name) {
             panic!(
@@ -29,9 +23,6 @@ impl Fs {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        if is_virtual(ino) {
-            return self.v_getattr(ino);
-        }
         let of = self.open.lock().get(&ino).cloned();
         if let Some(of) = of {
             let hit = of.cached.lock().clone();
@@ -137,14 +128,7 @@ impl Fs {
         caller: Caller,
     ) -> Result<(Attr, u64)> {
         check_name(name)?;
-        if is_virtual(parent) {
-            // In a window: made in the real directory it shows.
-            let d = self.window_dir(parent).ok_or(FsError::NotPermitted)?;
-            let r = self.new_node_at(d, name, mode, rdev, target, caller)?;
-            self.changed_behind_kernel(d, name);
-            return Ok(r);
-        }
-        if folders::is_reserved(parent, name) {
+        if is_reserved(parent, name) {
             return Err(FsError::Exists);
         }
         let now = now_ns();
@@ -196,42 +180,11 @@ impl Fs {
         rdev: u32,
         caller: Caller,
     ) -> Result<Attr> {
-        let k = if mode & libc::S_IFMT == 0 {
-            FileKind::File
-        } else {
-            FileKind::from_bits(mode).ok_or_else(|| {
-                FsError::Invalid(format!("{:#o} is not the mode of a file kind", mode))
-            })?
-        };
-        if ![
-            FileKind::File,
-            FileKind::Fifo,
-            FileKind::Socket,
-            FileKind::Char,
-            FileKind::Block,
-        ]
-        .contains(&k)
-        {
-            return Err(FsError::Invalid(
-                "mknod makes files, FIFOs, sockets and devices".into(),
-            ));
-        }
-        if k == FileKind::File && is_virtual(parent) && self.window_dir(parent).is_none() {
-            // A regular file made by mknod in a tag folder (`tar -x` does
-            // so for files with xattrs) is a create there.
-            check_name(name)?;
-            let (i, fh) = self.v_create(parent, name, mode & 0o7777, caller)?;
-            self.release(fh)?;
-            return Ok(i);
-        }
+        let k = mknod_kind(mode)?;
         self.new_node(parent, name, k | (mode & 0o7777), rdev, None, caller)
     }
 
     pub fn mkdir(&self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Attr> {
-        if is_virtual(parent) {
-            check_name(name)?;
-            return self.v_mkdir(parent, name, perm, caller);
-        }
         self.new_node(
             parent,
             name,
@@ -259,9 +212,6 @@ impl Fs {
     }
 
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
-        if is_virtual(ino) {
-            return self.v_readlink(ino);
-        }
         let m = self.meta();
         let i = self.inode(&*m, ino)?;
         if i.kind != FileKind::Symlink {
@@ -279,10 +229,6 @@ impl Fs {
         perm: u32,
         caller: Caller,
     ) -> Result<(Attr, u64)> {
-        if is_virtual(parent) {
-            check_name(name)?;
-            return self.v_create(parent, name, perm, caller);
-        }
         let (attr, g) = self.new_node_at(
             parent,
             name,
@@ -300,13 +246,7 @@ impl Fs {
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
         check_name(newname)?;
-        if is_virtual(newparent) {
-            return self.v_link(ino, newparent, newname);
-        }
-        if is_virtual(ino) {
-            return Err(FsError::NotPermitted);
-        }
-        if folders::is_reserved(newparent, newname) {
+        if is_reserved(newparent, newname) {
             return Err(FsError::Exists);
         }
         let now = now_ns();
@@ -336,4 +276,30 @@ impl Fs {
         })?;
         Ok(self.overlay(attr))
     }
+}
+
+/// The kind of node mknod(2) makes of `mode` (no type bits: a regular
+/// file): files, FIFOs, sockets and devices, nothing else.
+pub fn mknod_kind(mode: u32) -> Result<FileKind> {
+    let k = if mode & libc::S_IFMT == 0 {
+        FileKind::File
+    } else {
+        FileKind::from_bits(mode).ok_or_else(|| {
+            FsError::Invalid(format!("{:#o} is not the mode of a file kind", mode))
+        })?
+    };
+    if ![
+        FileKind::File,
+        FileKind::Fifo,
+        FileKind::Socket,
+        FileKind::Char,
+        FileKind::Block,
+    ]
+    .contains(&k)
+    {
+        return Err(FsError::Invalid(
+            "mknod makes files, FIFOs, sockets and devices".into(),
+        ));
+    }
+    Ok(k)
 }

@@ -3,6 +3,18 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// The checks of a rename's arguments that hold wherever it goes: the new
+/// name, and the flags (RENAME_NOREPLACE or RENAME_EXCHANGE, not both).
+pub fn check_rename(newname: &[u8], flags: u32) -> Result<()> {
+    check_name(newname)?;
+    let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+    let exchange = flags & libc::RENAME_EXCHANGE != 0;
+    if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+        return Err(FsError::Invalid("unsupported rename flags".into()));
+    }
+    Ok(())
+}
+
 impl Fs {
     /// Deletes an inode's content, xattrs and row. Its clusters go to `frees`.
     pub(super) fn purge(
@@ -41,10 +53,7 @@ impl Fs {
     }
 
     pub fn unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
-        if is_virtual(parent) {
-            return self.v_unlink(parent, name);
-        }
-        if folders::is_reserved(parent, name) {
+        if is_reserved(parent, name) {
             return Err(FsError::IsDir);
         }
         let now = now_ns();
@@ -69,10 +78,7 @@ impl Fs {
         if name == b".." {
             return Err(FsError::NotEmpty);
         }
-        if is_virtual(parent) {
-            return self.v_rmdir(parent, name);
-        }
-        if folders::is_reserved(parent, name) {
+        if is_reserved(parent, name) {
             return Err(FsError::Busy);
         }
         let now = now_ns();
@@ -124,28 +130,10 @@ impl Fs {
         newname: &[u8],
         flags: u32,
     ) -> Result<()> {
-        check_name(newname)?;
+        check_rename(newname, flags)?;
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
-        {
-            return Err(FsError::Invalid("unsupported rename flags".into()));
-        }
-        if is_virtual(parent) || is_virtual(newparent) {
-            if exchange {
-                return Err(FsError::Invalid(
-                    "RENAME_EXCHANGE does not apply to query folders".into(),
-                ));
-            }
-            self.v_rename(parent, name, newparent, newname, flags)?;
-            // The kernel moves its cached entry to the new name, with the
-            // inode it had: a real file, symlink or directory moved into a
-            // query folder is shown there as another node (an alias).
-            // (After the reply: the kernel holds that folder's lock.)
-            self.report_name(newparent, newname, false);
-            return Ok(());
-        }
-        if folders::is_reserved(parent, name) || folders::is_reserved(newparent, newname) {
+        if is_reserved(parent, name) || is_reserved(newparent, newname) {
             return Err(FsError::Busy);
         }
         let now = now_ns();

@@ -30,7 +30,7 @@ impl TagAttr {
 }
 
 impl Fs {
-    pub(super) fn check_xattr_name(name: &[u8]) -> Result<()> {
+    pub(crate) fn check_xattr_name(name: &[u8]) -> Result<()> {
         if name.len() > NAME_MAX {
             return Err(FsError::Range);
         }
@@ -42,12 +42,6 @@ impl Fs {
 
     /// flags: XATTR_CREATE (1) fails if it exists, XATTR_REPLACE (2) if not.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
-        if let Some(d) = self.window_dir(ino) {
-            return self.setxattr(d, name, value, flags);
-        }
-        if is_virtual(ino) {
-            return Err(FsError::NotSupported);
-        }
         Self::check_xattr_name(name)?;
         if value.len() > XATTR_VALUE_MAX {
             return Err(FsError::Range);
@@ -115,13 +109,7 @@ impl Fs {
     /// asking for SELinux labels and ACLs on this mount, instead of asking
     /// the daemon twice per file.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        if let Some(d) = self.window_dir(ino) {
-            return self.getxattr(d, name);
-        }
         Self::check_xattr_name(name)?;
-        if is_virtual(ino) {
-            return Err(FsError::NoAttr);
-        }
         let m = self.meta();
         self.inode(&*m, ino)?;
         match TagAttr::parse(name) {
@@ -148,12 +136,16 @@ impl Fs {
     /// every listed xattr (`rsync -aX`, `cp -a`, `tar --xattrs`) carry each
     /// tag exactly once and a second run finds nothing to change.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
-        if let Some(d) = self.window_dir(ino) {
-            return self.listxattr(d);
-        }
-        if is_virtual(ino) {
-            return Ok(Vec::new());
-        }
+        self.listxattr_hiding(ino, &|_| Ok(false))
+    }
+
+    /// [`Fs::listxattr`], leaving out the tags a file was placed with
+    /// (see below) when `hide_placed` says so of it.
+    pub fn listxattr_hiding(
+        &self,
+        ino: u64,
+        hide_placed: &dyn Fn(&Attr) -> Result<bool>,
+    ) -> Result<Vec<u8>> {
         let m = self.meta();
         let mut out = Vec::new();
         // Tags a file was given by the tag folder it was made in (placed)
@@ -167,7 +159,7 @@ impl Fs {
         drop(m);
         // (Only while it lives in /inbox: a file that has a place of its
         // own lists every tag.)
-        let hide = tags.iter().any(|t| t.2 > 0) && self.lives_in_inbox(&i)?;
+        let hide = tags.iter().any(|t| t.2 > 0) && hide_placed(&i)?;
         for (n, _, _) in tags.into_iter().filter(|t| t.2 == 0 || !hide) {
             out.extend_from_slice(b"user.tag.");
             out.extend_from_slice(n.as_bytes());
@@ -181,13 +173,7 @@ impl Fs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
-        if let Some(d) = self.window_dir(ino) {
-            return self.removexattr(d, name);
-        }
         Self::check_xattr_name(name)?;
-        if is_virtual(ino) {
-            return Err(FsError::NoAttr);
-        }
         let now = now_ns();
         if let Some(t) = TagAttr::parse(name).map_err(|_| FsError::NoAttr)? {
             return self.tx(|m, _| {

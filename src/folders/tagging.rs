@@ -3,7 +3,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-impl Fs {
+impl Folders {
     /// What putting a file into a folder of `terms` sets: every positive
     /// term must be a plain tag or `tag=value`.
     pub(super) fn settable(terms: &[Term]) -> Result<Vec<(String, Option<String>)>> {
@@ -35,9 +35,9 @@ impl Fs {
     /// as placed tags, numbered along the folder's path.
     pub(super) fn tag_into(&self, ino: u64, terms: &[Term]) -> Result<()> {
         let set = Self::settable(terms)?;
-        let placed = self.lives_in_inbox(&self.getattr(ino)?)?;
+        let placed = self.lives_in_inbox(&self.core.getattr(ino)?)?;
         let now = crate::vfs::now_ns();
-        self.tx(|m, _| {
+        self.tx(|m| {
             let mut i = self.inode(m, ino)?;
             for (k, (n, v)) in set.iter().enumerate() {
                 if placed {
@@ -84,8 +84,8 @@ impl Fs {
             return Ok(());
         }
         let now = crate::vfs::now_ns();
-        let placed = self.lives_in_inbox(&self.getattr(ino)?)?;
-        self.tx(|m, _| {
+        let placed = self.lives_in_inbox(&self.core.getattr(ino)?)?;
+        self.tx(|m| {
             let mut i = self.inode(m, ino)?;
             for (n, v, at) in &tags {
                 if placed && *at > 0 {
@@ -128,7 +128,7 @@ impl Fs {
 
     /// Whether every name of `i` lies in /inbox (or a slot): a file that
     /// exists because a tag folder made it.
-    pub(in crate::vfs) fn lives_in_inbox(&self, i: &Attr) -> Result<bool> {
+    pub fn lives_in_inbox(&self, i: &Attr) -> Result<bool> {
         if i.is_dir() {
             return self.made_in_folder(i.ino);
         }
@@ -141,7 +141,7 @@ impl Fs {
     /// Removes the tags of `terms` from `ino`.
     pub(super) fn untag(&self, ino: u64, terms: &[&Term]) -> Result<()> {
         let now = crate::vfs::now_ns();
-        self.tx(|m, _| {
+        self.tx(|m| {
             let mut i = self.inode(m, ino)?;
             for t in terms.iter().filter(|t| !t.negated) {
                 for a in &t.any {
@@ -164,13 +164,13 @@ impl Fs {
     /// request itself is dropped after the reply (the kernel holds that
     /// directory's lock until then), and so is every name when the kernel
     /// is slow to take the lock (another request holds it).
-    pub(in crate::vfs) fn changed_behind_kernel(&self, parent: u64, name: &[u8]) {
+    pub(crate) fn changed_behind_kernel(&self, parent: u64, name: &[u8]) {
         let (a, b) = REQUEST_DIRS.with(|c| c.get());
         self.report_name(parent, name, parent != a && parent != b);
     }
 
     /// Reports a changed name, waiting for the kernel if `wait`.
-    pub(in crate::vfs) fn report_name(&self, parent: u64, name: &[u8], wait: bool) {
+    pub fn report_name(&self, parent: u64, name: &[u8], wait: bool) {
         let Some(tx) = self.virt.changed.lock().clone() else {
             return;
         };
@@ -248,20 +248,20 @@ impl Fs {
         nn: &[u8],
         flags: u32,
     ) -> Result<()> {
-        self.rename(p, n, np, nn, flags)?;
+        self.core.rename(p, n, np, nn, flags)?;
         self.changed_behind_kernel(p, n);
         self.changed_behind_kernel(np, nn);
         Ok(())
     }
 
     pub(super) fn real_unlink(&self, p: u64, n: &[u8]) -> Result<()> {
-        self.unlink(p, n)?;
+        self.core.unlink(p, n)?;
         self.changed_behind_kernel(p, n);
         Ok(())
     }
 
     pub(super) fn real_rmdir(&self, p: u64, n: &[u8]) -> Result<()> {
-        self.rmdir(p, n)?;
+        self.core.rmdir(p, n)?;
         self.changed_behind_kernel(p, n);
         Ok(())
     }
@@ -273,19 +273,19 @@ impl Fs {
         perm: u32,
         caller: Caller,
     ) -> Result<(Attr, u64)> {
-        let r = self.create(p, n, perm, caller)?;
+        let r = self.core.create(p, n, perm, caller)?;
         self.changed_behind_kernel(p, n);
         Ok(r)
     }
 
     pub(super) fn real_link(&self, ino: u64, p: u64, n: &[u8]) -> Result<Attr> {
-        let r = self.link(ino, p, n)?;
+        let r = self.core.link(ino, p, n)?;
         self.changed_behind_kernel(p, n);
         Ok(r)
     }
 
     pub(super) fn real_mkdir(&self, p: u64, n: &[u8], perm: u32, caller: Caller) -> Result<Attr> {
-        let r = self.mkdir(p, n, perm, caller)?;
+        let r = self.core.mkdir(p, n, perm, caller)?;
         self.changed_behind_kernel(p, n);
         Ok(r)
     }

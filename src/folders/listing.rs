@@ -3,50 +3,15 @@
 #[allow(unused_imports)]
 use super::*;
 
-impl Fs {
-    /// Calls `f` with the sandbox, opening it on first use. A query the
-    /// sandbox stops is [`FsError::Query`], saying why (a timeout, a cap).
-    pub(super) fn with_sandbox<T>(
-        &self,
-        vis: Option<Arc<Visibility>>,
-        f: impl FnOnce(&Sandbox) -> std::result::Result<T, SandboxError>,
-    ) -> Result<T> {
-        // The sandbox has its own connection: it sees committed changes only.
-        self.settle()?;
-        // One connection per running query, so that queries on several
-        // threads do not wait for each other.
-        let idle = self.virt.sandboxes.lock().pop();
-        let sb = match idle {
-            Some(sb) => sb,
-            None => self
-                .meta()
-                .open_sandbox()?
-                .ok_or_else(|| FsError::Invalid("SQL queries need a store on disk".into()))?,
-        };
-        sb.set_visibility(vis);
-        let r = f(&sb).map_err(FsError::from);
-        sb.set_visibility(None);
-        let mut idle = self.virt.sandboxes.lock();
-        if idle.len() < IDLE_SANDBOXES {
-            idle.push(sb);
-        }
-        r
-    }
-
+impl Folders {
     pub(super) fn sandbox_run(
         &self,
         sql: &str,
         vis: &Option<Arc<Visibility>>,
     ) -> Result<QueryResult> {
-        self.with_sandbox(vis.clone(), |sb| {
-            sb.run_capped(sql, QUERY_BUDGET, ROW_CAP, FOLDER_BYTES_CAP)
-        })
-        .inspect_err(|e| tracing::warn!("query {sql:?} refused: {e}"))
-    }
-
-    /// Runs users' SQL through the sandbox (query folders and the CLI).
-    pub fn run_query(&self, sql: &str) -> Result<QueryResult> {
-        self.with_sandbox(None, |sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
+        self.core
+            .run_query(sql, vis.clone(), FOLDER_BYTES_CAP)
+            .inspect_err(|e| tracing::warn!("query {sql:?} refused: {e}"))
     }
 
     /// Relative path from a virtual folder to a real path (for dir symlinks).
@@ -85,14 +50,14 @@ impl Fs {
             // its real path. A symlink with a relative target shows as a
             // symlink rewritten to reach what it reaches at its real place.
             let target = if attr.is_dir() {
-                let path = self.path_bytes(attr.ino)?;
+                let path = self.core.path_bytes(attr.ino)?;
                 Some(self.link_to(Self::depth(key), &path))
             } else if attr.kind == FileKind::Symlink {
-                let t = self.readlink(attr.ino)?;
+                let t = self.core.readlink(attr.ino)?;
                 if t.starts_with(b"/") {
                     None
                 } else {
-                    let path = self.path_bytes(attr.ino)?;
+                    let path = self.core.path_bytes(attr.ino)?;
                     let cut = path.iter().rposition(|&c| c == b'/').unwrap_or(0);
                     let mut l = self.link_to(Self::depth(key), &path[..cut]);
                     if !l.ends_with(b"/") {
@@ -109,7 +74,7 @@ impl Fs {
                     let v = self.vnode(self.leaf(folder, &name), Some((Arc::new(target), true)));
                     out.push((name, Target::Alias(v, attr.ino)));
                 }
-                None => out.push((name, Target::Real(self.overlay(attr)))),
+                None => out.push((name, Target::Real(self.core.overlay(attr)))),
             }
         }
         Ok(out)
@@ -119,7 +84,7 @@ impl Fs {
     /// for the current viewer: each viewer has its own (their content and
     /// targets come from what that viewer may see).
     pub(super) fn leaf(&self, folder: u64, name: &[u8]) -> VKey {
-        match crate::vfs::perm::current_viewer() {
+        match crate::folders::perm::current_viewer() {
             None => VKey::Leaf(folder, name.to_vec()),
             Some(v) => {
                 // NUL never occurs in a name: no clash with another leaf.
@@ -273,7 +238,7 @@ impl Fs {
     ) -> Result<Vec<(Vec<u8>, Target)>> {
         let r = self.sandbox_run(sql, vis)?;
         if r.truncated {
-            tracing::warn!("query {sql:?}: only the first {ROW_CAP} rows are shown");
+            tracing::warn!("query {sql:?}: only the first {} rows are shown", ROW_CAP);
         }
         let col = |names: &[&str]| {
             r.columns
@@ -296,7 +261,7 @@ impl Fs {
             let path = bytes(path_col.map(|c| &row[c]));
             let found = match (id_col.map(|c| &row[c]), &path) {
                 (Some(Cell::Integer(i)), _) if *i > 0 => self.meta().inode(*i as u64)?,
-                (_, Some(p)) => match self.resolve_bytes(p) {
+                (_, Some(p)) => match self.core.resolve_bytes(p) {
                     Ok(i) => Some(i),
                     Err(FsError::NotFound | FsError::NotDir | FsError::NameTooLong) => None,
                     Err(e) => return Err(e),
@@ -423,9 +388,9 @@ impl Fs {
     }
 
     pub(super) fn listing(&self, ino: u64) -> Result<Arc<Listing>> {
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.core.generation();
         let epoch = self.virt.table.lock().epoch;
-        let ck = (ino, crate::vfs::perm::current_viewer());
+        let ck = (ino, crate::folders::perm::current_viewer());
         if let Some(l) = self.virt.cache.lock().map.get(&ck) {
             if l.generation == generation && l.epoch + 1 >= epoch {
                 return Ok(l.clone());

@@ -3,7 +3,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-impl Fs {
+impl Folders {
     pub(super) fn vnode(&self, key: VKey, data: Option<(Arc<Vec<u8>>, bool)>) -> u64 {
         let mut t = self.virt.table.lock();
         let fixed = match &key {
@@ -21,7 +21,7 @@ impl Fs {
                 }
                 let i = fixed.unwrap_or_else(|| {
                     t.next = t.next.max(16) + 1;
-                    VIRT | t.next
+                    VIRTUAL_BIT | t.next
                 });
                 t.by_key.insert(key.clone(), i);
                 t.nodes.insert(
@@ -91,9 +91,9 @@ impl Fs {
     }
 
     /// Attributes of a virtual node.
-    pub(in crate::vfs) fn v_getattr(&self, ino: u64) -> Result<Attr> {
+    pub fn v_getattr(&self, ino: u64) -> Result<Attr> {
         if let Some(d) = self.window_dir(ino) {
-            let mut i = self.getattr(d)?;
+            let mut i = self.core.getattr(d)?;
             i.ino = ino;
             return Ok(i);
         }
@@ -121,20 +121,20 @@ impl Fs {
             size,
             nlink: if k == FileKind::Dir { 2 } else { 1 },
             rdev: 0,
-            atime: self.started,
-            mtime: self.started,
-            ctime: self.started,
-            btime: self.started,
+            atime: self.core.started(),
+            mtime: self.core.started(),
+            ctime: self.core.started(),
+            btime: self.core.started(),
             blocks: 0,
         })
     }
 
     /// The query folders at the root, for its listing.
-    pub(in crate::vfs) fn v_root_entries(&self) -> Result<Vec<DirEntry>> {
+    pub fn v_root_entries(&self) -> Result<Vec<DirEntry>> {
         [BY_TAG, SQL, QUERIES]
             .iter()
-            .zip(RESERVED)
-            .filter(|(&i, _)| i == BY_TAG || self.runs_sql)
+            .zip(crate::vfs::RESERVED)
+            .filter(|(&i, _)| i == BY_TAG || self.core.runs_sql())
             .map(|(&i, n)| {
                 Ok(DirEntry {
                     name: n.to_vec(),
@@ -144,12 +144,12 @@ impl Fs {
             .collect()
     }
 
-    pub(in crate::vfs) fn v_root_lookup(&self, name: &[u8]) -> Result<Attr> {
+    pub fn v_root_lookup(&self, name: &[u8]) -> Result<Attr> {
         let i = match name {
             b"by-tag" => BY_TAG,
             // Users' SQL runs in a sandbox connection beside the store's;
             // a store without one (in memory) has no `/sql`, `/queries`.
-            _ if !self.runs_sql => return Err(FsError::NotFound),
+            _ if !self.core.runs_sql() => return Err(FsError::NotFound),
             b"sql" => SQL,
             _ => QUERIES,
         };
@@ -168,12 +168,12 @@ impl Fs {
         match self.vkey(ino) {
             Ok(VKey::SqlRoot) => true,
             Ok(VKey::Sql(_) | VKey::Saved(_)) => {
-                let generation = self.generation.load(Ordering::Acquire);
+                let generation = self.core.generation();
                 self.virt
                     .cache
                     .lock()
                     .map
-                    .get(&(ino, crate::vfs::perm::current_viewer()))
+                    .get(&(ino, crate::folders::perm::current_viewer()))
                     .is_none_or(|l| l.generation != generation)
             }
             Ok(VKey::Leaf(..)) => self
@@ -195,7 +195,7 @@ impl Fs {
     }
 
     /// The real directory that virtual node `ino` is a window onto.
-    pub(in crate::vfs) fn window_dir(&self, ino: u64) -> Option<u64> {
+    pub fn window_dir(&self, ino: u64) -> Option<u64> {
         if !is_virtual(ino) {
             return None;
         }
@@ -212,14 +212,14 @@ impl Fs {
     /// what another folder holds; anything else is itself.
     pub(super) fn in_window(&self, w: u64, name: &[u8], a: Attr) -> Result<Target> {
         if !a.is_dir() {
-            return Ok(Target::Real(self.overlay(a)));
+            return Ok(Target::Real(self.core.overlay(a)));
         }
         let mp = self.virt.mountpoint.lock().clone();
         if let Some(mp) = mp {
             let tags = self.meta().file_tags_placed(a.ino)?;
             if tags.iter().any(|(_, _, placed)| *placed == 0) {
                 let mut target = mp;
-                target.extend_from_slice(&self.path_bytes(a.ino)?);
+                target.extend_from_slice(&self.core.path_bytes(a.ino)?);
                 let v = self.vnode(self.leaf(w, name), Some((Arc::new(target), true)));
                 return Ok(Target::Alias(v, a.ino));
             }

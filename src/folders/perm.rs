@@ -12,10 +12,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Fs, ROOT};
+use super::{Folders, ROOT};
 use crate::error::Result;
 use crate::meta::sandbox::Visibility;
 
@@ -92,13 +91,13 @@ pub(super) struct VisCache {
     map: HashMap<Viewer, (u64, Arc<Visibility>)>,
 }
 
-impl Fs {
+impl Folders {
     /// What the current viewer may see; `None` is everything.
     pub(super) fn visibility(&self) -> Result<Option<Arc<Visibility>>> {
         let Some(v) = current_viewer() else {
             return Ok(None);
         };
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.core.generation();
         if let Some((g, vis)) = self.virt.vis.lock().map.get(&v) {
             if *g == generation {
                 return Ok(Some(vis.clone()));

@@ -3,7 +3,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-impl Fs {
+impl Folders {
     pub(super) fn target_attr(&self, t: &Target) -> Result<Attr> {
         match t {
             Target::Real(i) => Ok(i.clone()),
@@ -11,12 +11,12 @@ impl Fs {
         }
     }
 
-    pub(in crate::vfs) fn v_lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
+    pub fn v_lookup(&self, parent: u64, name: &[u8]) -> Result<Attr> {
         let key = self.vkey(parent)?;
         match &key {
             VKey::Leaf(..) => return Err(FsError::NotDir),
             VKey::Window(d) => {
-                let t = self.in_window(parent, name, self.lookup(*d, name)?)?;
+                let t = self.in_window(parent, name, self.core.lookup(*d, name)?)?;
                 return self.target_attr(&t);
             }
             VKey::SqlRoot => {
@@ -67,7 +67,7 @@ impl Fs {
                 return self.target_attr(&l.entries[i].1);
             }
             if let Ok(i) = self.inbox_alias(parent, name) {
-                return Ok(self.overlay(i));
+                return Ok(self.core.overlay(i));
             }
         }
         if let VKey::ByTag(terms) = key {
@@ -93,7 +93,7 @@ impl Fs {
         Err(FsError::NotFound)
     }
 
-    pub(in crate::vfs) fn v_opendir(&self, ino: u64) -> Result<u64> {
+    pub fn v_opendir(&self, ino: u64) -> Result<u64> {
         let key = self.vkey(ino)?;
         if matches!(key, VKey::Leaf(..)) {
             return Err(FsError::NotDir);
@@ -116,25 +116,21 @@ impl Fs {
                 attr: self.target_attr(t)?,
             });
         }
-        Ok(self.new_fh(Handle::Dir(Arc::new(crate::vfs::DirSnap {
-            ino,
-            generation: 0,
-            entries: v,
-        }))))
+        Ok(self.core.open_listing(ino, v))
     }
 
     /// setattr(2) on a virtual node: setting the times of a tag folder
     /// succeeds and changes nothing (a folder has no times of its own;
     /// `rsync -a` and `cp -a` set them on every directory they fill).
     /// Anything else is refused.
-    pub(in crate::vfs) fn v_setattr(&self, ino: u64, set: &crate::vfs::SetAttr) -> Result<Attr> {
+    pub fn v_setattr(&self, ino: u64, set: &crate::vfs::SetAttr) -> Result<Attr> {
         // A tag folder has no times, mode or owner of its own: setting them
         // succeeds and changes nothing, so that `cp -a`, `rsync -a` and
         // `tar -x` of a tree into a tag folder do not fail on its folders.
         match self.vkey(ino)? {
             VKey::ByTag(_) if set.size.is_none() => self.v_getattr(ino),
             VKey::Window(d) => {
-                let mut i = self.setattr(d, set)?;
+                let mut i = self.core.setattr(d, set)?;
                 i.ino = ino;
                 Ok(i)
             }
@@ -142,7 +138,7 @@ impl Fs {
         }
     }
 
-    pub(in crate::vfs) fn v_readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub fn v_readlink(&self, ino: u64) -> Result<Vec<u8>> {
         let t = self.virt.table.lock();
         match t.nodes.get(&ino) {
             Some(n) if n.link => Ok(n.data.to_vec()),
@@ -150,7 +146,7 @@ impl Fs {
         }
     }
 
-    pub(in crate::vfs) fn v_open(&self, ino: u64) -> Result<u64> {
+    pub fn v_open(&self, ino: u64) -> Result<u64> {
         let mut held = None;
         for _ in 0..2 {
             let folder = {
@@ -158,7 +154,7 @@ impl Fs {
                 match t.nodes.get(&ino) {
                     Some(n) if !n.link => match &n.key {
                         VKey::Leaf(folder, _) => match n.file.upgrade() {
-                            Some(d) => return Ok(self.new_fh(Handle::Virtual(d))),
+                            Some(d) => return Ok(self.core.open_bytes(d)),
                             None => *folder,
                         },
                         _ => return Err(FsError::IsDir),
@@ -184,7 +180,7 @@ impl Fs {
         let l = self.listing(parent)?;
         match l.index.get(name).map(|&i| &l.entries[i].1) {
             Some(Target::Real(i)) => Ok(i.clone()),
-            Some(Target::Alias(_, real) | Target::Window(_, real)) => self.getattr(*real),
+            Some(Target::Alias(_, real) | Target::Window(_, real)) => self.core.getattr(*real),
             Some(Target::Virtual(v)) if self.v_getattr(*v)?.is_dir() => Err(FsError::IsDir),
             // A query result is no file of the tree.
             Some(Target::Virtual(_)) => Err(FsError::NotPermitted),
@@ -218,7 +214,7 @@ impl Fs {
             VKey::ByTag(t) if !t.is_empty() => t,
             _ => return Ok(Quick::Unknown),
         };
-        if crate::vfs::perm::current_viewer().is_some_and(|v| v.uid != 0)
+        if crate::folders::perm::current_viewer().is_some_and(|v| v.uid != 0)
             && self.visibility()?.is_some_and(|v| !v.hidden.is_empty())
         {
             return Ok(Quick::Unknown);
@@ -242,7 +238,7 @@ impl Fs {
             return Ok(Quick::Unknown);
         }
         drop(m);
-        Ok(Quick::Entry(self.overlay(i)))
+        Ok(Quick::Entry(self.core.overlay(i)))
     }
 
     /// A file of /inbox that tools still address through a tag folder by a

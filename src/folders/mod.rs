@@ -1,4 +1,4 @@
-//! Query folders in the core: `/by-tag`, `/sql`, `/queries` as virtual
+//! The query folders: `/by-tag`, `/sql`, `/queries` as virtual
 //! nodes beside the real tree.
 //!
 //! Virtual inode numbers have bit 62 set, so they never meet real ones.
@@ -26,38 +26,36 @@
 //! immediately after any change.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{FsError, Result};
-use crate::meta::sandbox::{value_text, Cell, QueryResult, Sandbox, SandboxError, Visibility};
+use crate::meta::sandbox::{value_text, Cell, QueryResult, Visibility};
+use crate::meta::MetaStore;
 use crate::query::{self, saved, Term};
-use crate::types::{Attr, FileKind};
-use crate::vfs::{Caller, DirEntry, Fs, Handle, ROOT};
+use crate::types::{Attr, FileKind, VIRTUAL_BIT};
+use crate::vfs::{Caller, DirEntry, ROOT, ROW_CAP};
 
-/// The bit that marks a virtual inode number.
-mod admin;
 mod entries;
 mod inbox;
 mod listing;
 mod lookup;
 mod nodes;
+pub(crate) mod perm;
+mod port;
 mod rename;
 mod tagging;
+#[cfg(test)]
+mod tests;
+mod windows;
 
-pub const VIRT: u64 = 1 << 62;
-const BY_TAG: u64 = VIRT | 1;
-const SQL: u64 = VIRT | 2;
-const QUERIES: u64 = VIRT | 3;
+pub use perm::{with_viewer, Viewer};
+pub use port::Tree;
 
-/// Names at the root that belong to query folders.
-pub const RESERVED: &[&[u8]] = &[b"by-tag", b"sql", b"queries"];
+const BY_TAG: u64 = VIRTUAL_BIT | 1;
+const SQL: u64 = VIRTUAL_BIT | 2;
+const QUERIES: u64 = VIRTUAL_BIT | 3;
 
-/// Time budget of one user query.
-pub const QUERY_BUDGET: Duration = Duration::from_secs(2);
-/// Most rows (entries) a query folder shows.
-pub const ROW_CAP: usize = 100_000;
 /// Most bytes of values a query folder's query may return (the CLI allows
 /// [`crate::meta::sandbox::RESULT_BYTES_CAP`]).
 pub const FOLDER_BYTES_CAP: usize = 8 << 20;
@@ -67,19 +65,56 @@ pub const RESULT_FILE_CAP: usize = 8 << 20;
 /// listings.
 const CACHE_BYTES: usize = 32 << 20;
 const CACHE_LISTINGS: usize = 256;
-/// Idle sandbox connections kept for reuse.
-const IDLE_SANDBOXES: usize = 4;
 /// Where files made through a tag folder live (see `v_create`).
 pub const INBOX: &[u8] = b"inbox";
 /// The store key holding the inode number of the `/inbox` queryfs made.
 const INBOX_KEY: &str = "inbox_ino";
 
-pub fn is_virtual(ino: u64) -> bool {
-    ino & VIRT != 0
+fn is_virtual(ino: u64) -> bool {
+    ino & VIRTUAL_BIT != 0
 }
 
-pub fn is_reserved(parent: u64, name: &[u8]) -> bool {
-    parent == ROOT && RESERVED.contains(&name)
+/// The query folders over one core: their virtual nodes, listings and the
+/// memory of what was done through them. They reach the core only through
+/// its [`Tree`] port: they read the real tree and the metadata, change the
+/// real tree as a user would (the operations a window or a tag folder
+/// passes on) and tag files.
+pub struct Folders {
+    core: Arc<dyn Tree>,
+    virt: Virt,
+}
+
+impl Folders {
+    pub fn new(core: Arc<dyn Tree>) -> Folders {
+        Folders {
+            core,
+            virt: Virt::default(),
+        }
+    }
+
+    /// The metadata, to read.
+    fn meta(&self) -> parking_lot::MappedMutexGuard<'_, dyn MetaStore> {
+        self.core.meta()
+    }
+
+    /// Runs `f` as one metadata write of the core (a transaction, or a
+    /// savepoint of its group commit).
+    fn tx<T>(&self, f: impl FnOnce(&dyn MetaStore) -> Result<T>) -> Result<T> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.core.write(&mut |m| {
+            let f = f
+                .take()
+                .ok_or(FsError::Invalid("a write ran twice".into()))?;
+            out = Some(f(m)?);
+            Ok(())
+        })?;
+        out.ok_or(FsError::Invalid("a write did not run".into()))
+    }
+
+    fn inode(&self, m: &dyn MetaStore, ino: u64) -> Result<Attr> {
+        m.inode(ino)?.ok_or(FsError::NotFound)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -121,17 +156,15 @@ struct VNode {
 /// without bound under a stream of names.
 const NODE_CAP: usize = 32_768;
 #[cfg(test)]
-pub(in crate::vfs) const NODE_CAP_FOR_TESTS: usize = NODE_CAP;
+pub(crate) const NODE_CAP_FOR_TESTS: usize = NODE_CAP;
 
 /// The virtual inode table and the listing cache.
 #[derive(Default)]
-pub(in crate::vfs) struct Virt {
+struct Virt {
     table: parking_lot::Mutex<Table>,
     cache: parking_lot::Mutex<Cache>,
     /// What each viewer may reach, per metadata generation.
-    pub(in crate::vfs) vis: parking_lot::Mutex<crate::vfs::perm::VisCache>,
-    /// Idle sandbox connections (one is taken per running query).
-    sandboxes: parking_lot::Mutex<Vec<Sandbox>>,
+    vis: parking_lot::Mutex<perm::VisCache>,
     /// Names that a rename within a tag folder took away from a file:
     /// (folder, name in the folder) -> where that name was. The next file
     /// that takes the name in the folder (create or rename) takes that
@@ -312,7 +345,7 @@ struct Listing {
 
 /// Listings by folder, bounded in number and bytes.
 /// A folder and the viewer its listing is for (`None`: everything).
-type ListingKey = (u64, Option<crate::vfs::perm::Viewer>);
+type ListingKey = (u64, Option<crate::folders::perm::Viewer>);
 
 #[derive(Default)]
 struct Cache {

@@ -3,18 +3,12 @@
 #[allow(unused_imports)]
 use super::*;
 
-impl Fs {
+impl Folders {
     /// mkdir through a query folder: in a window, a real directory; in
     /// `/by-tag` itself, a tag; in a tag folder, a directory made in
     /// `/inbox` with the folder's tags, shown there as a window (what
     /// `cp -r`, `rsync` and `tar -x` of a tree need: the tree stays a tree).
-    pub(in crate::vfs) fn v_mkdir(
-        &self,
-        parent: u64,
-        name: &[u8],
-        perm: u32,
-        caller: Caller,
-    ) -> Result<Attr> {
+    pub fn v_mkdir(&self, parent: u64, name: &[u8], perm: u32, caller: Caller) -> Result<Attr> {
         if let Some(d) = self.window_dir(parent) {
             return Ok(self.through_window(self.real_mkdir(d, name, perm, caller)?));
         }
@@ -25,7 +19,7 @@ impl Fs {
             let (p, n) = self.inbox_slot(name, caller)?;
             let d = self.real_mkdir(p, &n, perm, caller)?;
             self.tag_into(d.ino, &terms)?;
-            return Ok(self.through_window(self.getattr(d.ino)?));
+            return Ok(self.through_window(self.core.getattr(d.ino)?));
         }
         let s = std::str::from_utf8(name)
             .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
@@ -34,7 +28,7 @@ impl Fs {
             return Err(e.into());
         }
         let now = crate::vfs::now_ns();
-        self.tx(|m, _| {
+        self.tx(|m| {
             if m.tag_exists(s)? {
                 return Err(FsError::Exists);
             }
@@ -43,7 +37,7 @@ impl Fs {
         self.v_getattr(self.vnode(VKey::ByTag(vec![Term::tag(s)]), None))
     }
 
-    pub(in crate::vfs) fn v_rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
+    pub fn v_rmdir(&self, parent: u64, name: &[u8]) -> Result<()> {
         if let Some(d) = self.window_dir(parent) {
             return self.real_rmdir(d, name);
         }
@@ -74,7 +68,7 @@ impl Fs {
                 return Err(FsError::NotEmpty);
             }
             if let Some(tag) = term.plain() {
-                self.tx(|m, _| {
+                self.tx(|m| {
                     if m.tag_exists(tag)? && !m.tag_used(tag)? {
                         m.delete_tag(tag)?;
                     }
@@ -84,7 +78,7 @@ impl Fs {
             return Ok(());
         }
         let tag = term.plain().ok_or(FsError::NotPermitted)?.to_string();
-        self.tx(|m, _| {
+        self.tx(|m| {
             if !m.tag_exists(&tag)? {
                 return Err(FsError::NotFound);
             }
@@ -124,13 +118,13 @@ impl Fs {
     /// the folder with all the folder's tags and is deleted when no tag is
     /// left (it exists for its tags, as a file exists for its names); any
     /// other file loses the innermost term's tags and stays where it is.
-    pub(in crate::vfs) fn v_unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
+    pub fn v_unlink(&self, parent: u64, name: &[u8]) -> Result<()> {
         if let Some(d) = self.window_dir(parent) {
             // A file that carries a tag the user gave it still lives for that
             // tag (as for another name): it leaves this directory for /inbox
             // and stays in its folders (`rm -r /by-tag/x` of a copied tree
             // must not take a file the user also put in /by-tag/keep).
-            let i = self.lookup(d, name)?;
+            let i = self.core.lookup(d, name)?;
             if i.is_dir() || i.nlink == 1 {
                 let tags = self.meta().file_tags_placed(i.ino)?;
                 if tags.iter().any(|(_, _, placed)| *placed == 0) {
@@ -197,7 +191,7 @@ impl Fs {
         Ok(())
     }
 
-    pub(in crate::vfs) fn v_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
+    pub fn v_link(&self, ino: u64, newparent: u64, newname: &[u8]) -> Result<Attr> {
         if let Some(d) = self.window_dir(newparent) {
             return self.real_link(ino, d, newname);
         }
@@ -206,7 +200,7 @@ impl Fs {
             return Err(FsError::NotPermitted);
         }
         let terms = self.terms_of(newparent)?;
-        let i = self.getattr(ino)?;
+        let i = self.core.getattr(ino)?;
         if !i.is_dir() && self.inbox_names(ino)?.len() == i.nlink as usize {
             // A file that lives only in /inbox gets a real second name
             // there (`ln tmp final && rm tmp` must keep the file).
@@ -219,14 +213,14 @@ impl Fs {
             self.real_link(ino, np, &nn)?;
         }
         self.tag_into(ino, &terms)?;
-        self.getattr(ino)
+        self.core.getattr(ino)
     }
 
     /// create(2) in a tag folder. The new file takes the real place of a
     /// file that just left this name by a rename within the folder (an
     /// editor's save); otherwise it lives in `/inbox`. Either way it is
     /// tagged with the folder's tags.
-    pub(in crate::vfs) fn v_create(
+    pub fn v_create(
         &self,
         parent: u64,
         name: &[u8],

@@ -3,15 +3,15 @@
 #[allow(unused_imports)]
 use super::*;
 
-impl Fs {
+impl Folders {
     /// `/inbox`, made on first use.
     pub(super) fn inbox(&self, caller: Caller) -> Result<Attr> {
-        match self.lookup(ROOT, INBOX) {
+        match self.core.lookup(ROOT, INBOX) {
             Ok(i) if i.is_dir() => Ok(i),
             Ok(_) => Err(FsError::Exists),
             Err(FsError::NotFound) => {
                 let i = self.real_mkdir(ROOT, INBOX, 0o755, caller)?;
-                self.tx(|m, _| Ok(m.store_set(INBOX_KEY, &i.ino.to_string())?))?;
+                self.tx(|m| Ok(m.store_set(INBOX_KEY, &i.ino.to_string())?))?;
                 *self.virt.inbox_ino.lock() = Some(Some(i.ino));
                 Ok(i)
             }
@@ -24,7 +24,7 @@ impl Fs {
     /// the file keeps the very name it was given in the folder.
     pub(super) fn inbox_slot(&self, name: &[u8], caller: Caller) -> Result<(u64, Vec<u8>)> {
         let inbox = self.inbox(caller)?;
-        let free = |dir: u64| match self.lookup(dir, name) {
+        let free = |dir: u64| match self.core.lookup(dir, name) {
             Err(FsError::NotFound) => Ok(true),
             Ok(_) => Ok(false),
             Err(e) => Err(e),
@@ -34,7 +34,7 @@ impl Fs {
         }
         for k in 2..=SLOT_MAX {
             let slot = k.to_string().into_bytes();
-            let dir = match self.lookup(inbox.ino, &slot) {
+            let dir = match self.core.lookup(inbox.ino, &slot) {
                 Ok(d) if d.is_dir() => d,
                 Ok(_) => continue,
                 Err(FsError::NotFound) => self.real_mkdir(inbox.ino, &slot, 0o755, caller)?,
@@ -68,7 +68,7 @@ impl Fs {
     /// store): a user's own folder of that name is never taken for it, so
     /// nothing of it is deleted through a tag folder.
     pub(super) fn our_inbox(&self) -> Result<Option<Attr>> {
-        let Ok(i) = self.lookup(ROOT, INBOX) else {
+        let Ok(i) = self.core.lookup(ROOT, INBOX) else {
             return Ok(None);
         };
         Ok((i.is_dir() && self.inbox_ino()? == Some(i.ino)).then_some(i))
@@ -114,12 +114,12 @@ impl Fs {
     /// Whether `name` is free in `parent`, which must still be a directory
     /// (a vacated place whose directory was removed since is no place).
     pub(super) fn is_free(&self, parent: u64, name: &[u8]) -> Result<bool> {
-        match self.getattr(parent) {
+        match self.core.getattr(parent) {
             Ok(d) if d.is_dir() && d.nlink > 0 => {}
             Ok(_) | Err(FsError::NotFound | FsError::Stale) => return Ok(false),
             Err(e) => return Err(e),
         }
-        match self.lookup(parent, name) {
+        match self.core.lookup(parent, name) {
             Err(FsError::NotFound) => Ok(true),
             Ok(_) => Ok(false),
             Err(e) => Err(e),
@@ -165,7 +165,7 @@ impl Fs {
                 if by == pid
                     && pid != 0
                     && v.at.elapsed() < VACATED_FOR
-                    && matches!(self.lookup(v.parent, &v.name), Ok(i) if i.ino == v.ino) =>
+                    && matches!(self.core.lookup(v.parent, &v.name), Ok(i) if i.ino == v.ino) =>
             {
                 Ok(Some(v))
             }

@@ -1,10 +1,54 @@
-//! Tags and saved queries for the command line.
+//! Users' SQL and the catalogue: the sandbox connections that run queries
+//! (for `/sql`, `/queries` and the CLI's `query`), tags and saved queries.
 
 #[allow(unused_imports)]
 use super::*;
+use crate::meta::sandbox::{QueryResult, Sandbox, SandboxError, Visibility};
+use crate::query::saved;
+
+/// Time budget of one user query.
+pub const QUERY_BUDGET: Duration = Duration::from_secs(2);
+/// Most rows (entries) a query folder shows.
+pub const ROW_CAP: usize = 100_000;
+/// Idle sandbox connections kept for reuse.
+const IDLE_SANDBOXES: usize = 4;
 
 impl Fs {
-    /// Checks users' SQL without running it.
+    /// Calls `f` with a sandbox connection (one per running query, so that
+    /// queries on several threads do not wait for each other), opening one
+    /// when none is idle. A query the sandbox stops is [`FsError::Query`],
+    /// saying why (a timeout, a cap).
+    pub fn with_sandbox<T>(
+        &self,
+        vis: Option<Arc<Visibility>>,
+        f: impl FnOnce(&Sandbox) -> std::result::Result<T, SandboxError>,
+    ) -> Result<T> {
+        // The sandbox has its own connection: it sees committed changes only.
+        self.settle()?;
+        let idle = self.sandboxes.lock().pop();
+        let sb = match idle {
+            Some(sb) => sb,
+            None => self
+                .meta()
+                .open_sandbox()?
+                .ok_or_else(|| FsError::Invalid("SQL queries need a store on disk".into()))?,
+        };
+        sb.set_visibility(vis);
+        let r = f(&sb).map_err(FsError::from);
+        sb.set_visibility(None);
+        let mut idle = self.sandboxes.lock();
+        if idle.len() < IDLE_SANDBOXES {
+            idle.push(sb);
+        }
+        r
+    }
+
+    /// Runs users' SQL through the sandbox (the CLI's `query`).
+    pub fn run_query(&self, sql: &str) -> Result<QueryResult> {
+        self.with_sandbox(None, |sb| sb.run(sql, QUERY_BUDGET, ROW_CAP))
+    }
+
+    /// Compiles users' SQL in the sandbox without running it.
     pub fn check_query(&self, sql: &str) -> Result<()> {
         self.with_sandbox(None, |sb| sb.check(sql).map(|_| ()))
     }

@@ -3,14 +3,14 @@
 #[allow(unused_imports)]
 use super::*;
 
-impl Fs {
+impl Folders {
     /// rename(2) where either side is in a query folder; the README's
     /// table gives every case. In short: into a tag folder tags in place
     /// (files and directories); within one tag folder renames the real
     /// file, and onto an entry replaces that entry's real file (an atomic
     /// save); between tag folders retags; out of a query folder moves the
     /// real file (from a tag folder also removing the innermost tags).
-    pub(in crate::vfs) fn v_rename(
+    pub fn v_rename(
         &self,
         parent: u64,
         name: &[u8],
@@ -24,7 +24,7 @@ impl Fs {
         let parent = self.window_dir(parent).unwrap_or(parent);
         let newparent = self.window_dir(newparent).unwrap_or(newparent);
         if !is_virtual(parent) && !is_virtual(newparent) {
-            let i = self.lookup(parent, name)?;
+            let i = self.core.lookup(parent, name)?;
             self.real_rename(parent, name, newparent, newname, flags)?;
             if i.is_dir() && wparent == parent && wnewparent != newparent {
                 // The kernel moves its name of the real directory into the
@@ -42,7 +42,7 @@ impl Fs {
             }
         }
         let i = match from {
-            Side::Real => self.lookup(parent, name)?,
+            Side::Real => self.core.lookup(parent, name)?,
             _ => self.entry_in(parent, name).map_err(|e| match e {
                 FsError::IsDir => FsError::NotPermitted,
                 e => e,
@@ -139,7 +139,7 @@ impl Fs {
         let new = std::str::from_utf8(newname)
             .map_err(|_| FsError::Invalid("a tag must be UTF-8".into()))?;
         query::check_tag(new)?;
-        self.tx(|m, _| {
+        self.tx(|m| {
             if !m.tag_exists(old)? {
                 return Err(FsError::NotFound);
             }

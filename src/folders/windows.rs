@@ -1,0 +1,95 @@
+//! Operations on virtual nodes that a window passes on to the real
+//! directory it shows, and that every other virtual node refuses: making
+//! special files and symlinks, and extended attributes.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl Folders {
+    /// mknod in a virtual folder: in a window, made in the real directory;
+    /// a regular file made by mknod in a tag folder (`tar -x` does so for
+    /// files with xattrs) is a create there; anything else is refused.
+    pub fn v_mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Attr> {
+        let k = crate::vfs::mknod_kind(mode)?;
+        crate::vfs::check_name(name)?;
+        if let Some(d) = self.window_dir(parent) {
+            let i = self.core.mknod(d, name, mode, rdev, caller)?;
+            self.changed_behind_kernel(d, name);
+            return Ok(i);
+        }
+        if k != FileKind::File {
+            return Err(FsError::NotPermitted);
+        }
+        let (i, fh) = self.v_create(parent, name, mode & 0o7777, caller)?;
+        self.core.release(fh)?;
+        Ok(i)
+    }
+
+    /// symlink in a virtual folder: only a window makes one (in its real
+    /// directory).
+    pub fn v_symlink(
+        &self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Attr> {
+        if target.is_empty() || target.len() > 4095 {
+            return Err(FsError::Invalid(
+                "a symlink target is 1 to 4095 bytes".into(),
+            ));
+        }
+        crate::vfs::check_name(name)?;
+        let d = self.window_dir(parent).ok_or(FsError::NotPermitted)?;
+        let i = self.core.symlink(d, name, target, caller)?;
+        self.changed_behind_kernel(d, name);
+        Ok(i)
+    }
+
+    pub fn v_setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        match self.window_dir(ino) {
+            Some(d) => self.core.setxattr(d, name, value, flags),
+            None => Err(FsError::NotSupported),
+        }
+    }
+
+    pub fn v_getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        match self.window_dir(ino) {
+            Some(d) => self.core.getxattr(d, name),
+            None => {
+                crate::vfs::Fs::check_xattr_name(name)?;
+                Err(FsError::NoAttr)
+            }
+        }
+    }
+
+    pub fn v_listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        match self.window_dir(ino) {
+            Some(d) => self.listxattr_real(d),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// listxattr of a real node: the tags a file was placed with are left
+    /// out while it lives in /inbox (see [`Folders::lives_in_inbox`]).
+    pub fn listxattr_real(&self, ino: u64) -> Result<Vec<u8>> {
+        self.core.listxattr(ino, &|i| self.lives_in_inbox(i))
+    }
+
+    pub fn v_removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        match self.window_dir(ino) {
+            Some(d) => self.core.removexattr(d, name),
+            None => {
+                crate::vfs::Fs::check_xattr_name(name)?;
+                Err(FsError::NoAttr)
+            }
+        }
+    }
+}
