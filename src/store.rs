@@ -55,7 +55,7 @@ use parking_lot::Mutex;
 
 use crate::blob::{self, BlobRef, BlobStore, Reclaim};
 use crate::error::FsError;
-use crate::meta::{self, BlobData, Meta, MetaError, MetaStore};
+use crate::meta::{self, BlobData, Meta, MetaError, MetaRead, MetaStore};
 use crate::qvfs::container::QUARANTINED;
 use crate::qvfs::{Container, CLUSTER_SIZE};
 use crate::types::BlobLoc;

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use crate::error::{FsError, Result};
 use crate::meta::sandbox::{value_text, Cell, QueryResult, Visibility};
-use crate::meta::MetaStore;
+use crate::meta::{MetaRead, MetaStore};
 use crate::query::{self, saved, Term};
 use crate::types::{Attr, FileKind, VIRTUAL_BIT};
 use crate::vfs::{Caller, DirEntry, ROOT, ROW_CAP};
@@ -93,7 +93,7 @@ impl Folders {
     }
 
     /// The metadata, to read.
-    fn meta(&self) -> parking_lot::MappedMutexGuard<'_, dyn MetaStore> {
+    fn meta(&self) -> parking_lot::MappedMutexGuard<'_, dyn MetaRead> {
         self.core.meta()
     }
 
@@ -112,7 +112,7 @@ impl Folders {
         out.ok_or(FsError::Invalid("a write did not run".into()))
     }
 
-    fn inode(&self, m: &dyn MetaStore, ino: u64) -> Result<Attr> {
+    fn inode(&self, m: &dyn MetaRead, ino: u64) -> Result<Attr> {
         m.inode(ino)?.ok_or(FsError::NotFound)
     }
 }

@@ -14,7 +14,7 @@ use parking_lot::MappedMutexGuard;
 
 use crate::error::Result;
 use crate::meta::sandbox::{QueryResult, Visibility};
-use crate::meta::MetaStore;
+use crate::meta::{MetaRead, MetaStore};
 use crate::types::Attr;
 use crate::vfs::{Caller, DirEntry, Fs, SetAttr, QUERY_BUDGET, ROW_CAP};
 
@@ -29,8 +29,10 @@ pub trait Tree: Send + Sync {
     fn resolve_bytes(&self, path: &[u8]) -> Result<Attr>;
     /// `attr` with the uncommitted state of its open file applied.
     fn overlay(&self, attr: Attr) -> Attr;
-    /// The metadata, to read (lists, tags, parents).
-    fn meta(&self) -> MappedMutexGuard<'_, dyn MetaStore>;
+    /// The metadata, to read (lists, tags, parents): read-only, so that
+    /// every change the folders make is a [`Tree::write`] or a user's
+    /// operation.
+    fn meta(&self) -> MappedMutexGuard<'_, dyn MetaRead>;
     /// Bumped by every metadata change; listings cache on it.
     fn generation(&self) -> u64;
     /// Whether users' SQL runs here (a store on disk).
@@ -97,8 +99,8 @@ impl Tree for Fs {
     fn overlay(&self, attr: Attr) -> Attr {
         Fs::overlay(self, attr)
     }
-    fn meta(&self) -> MappedMutexGuard<'_, dyn MetaStore> {
-        Fs::meta(self)
+    fn meta(&self) -> MappedMutexGuard<'_, dyn MetaRead> {
+        MappedMutexGuard::map(Fs::meta(self), |m| m as &mut dyn MetaRead)
     }
     fn generation(&self) -> u64 {
         Fs::generation(self)

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{named_params, Connection, OpenFlags, OptionalExtension, Row};
 use rusqlite_migration::{Migrations, M};
 
-pub use port::MetaStore;
+pub use port::{MetaRead, MetaStore};
 use quarantine::Quarantined;
 use queries as q;
 
@@ -461,89 +461,7 @@ impl Meta {
     }
 }
 
-impl MetaStore for Meta {
-    fn set_group_commit(&self, window: Option<Duration>) -> Result<Vec<BlobLoc>> {
-        let frees = if window.is_none() {
-            self.commit_batch()?
-        } else {
-            Vec::new()
-        };
-        self.batch.borrow_mut().window = window;
-        Ok(frees)
-    }
-
-    fn set_auto_checkpoint(&self, on: bool) -> Result<()> {
-        let pages = if on { 1000 } else { 0 };
-        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
-        Ok(())
-    }
-
-    fn rollbacks(&self) -> u64 {
-        self.batch.borrow().rollbacks
-    }
-
-    fn batch_open(&self) -> bool {
-        self.batch.borrow().since.is_some()
-    }
-
-    fn batch_due(&self) -> bool {
-        let b = self.batch.borrow();
-        match (b.since, b.window) {
-            (Some(t), Some(w)) => t.elapsed() >= w || b.writes >= BATCH_MAX_WRITES,
-            _ => false,
-        }
-    }
-
-    fn after_commit(&self, frees: Vec<BlobLoc>) -> Vec<BlobLoc> {
-        let mut b = self.batch.borrow_mut();
-        if b.since.is_some() {
-            b.frees.extend(frees);
-            Vec::new()
-        } else {
-            frees
-        }
-    }
-
-    fn commit_batch(&self) -> Result<Vec<BlobLoc>> {
-        let mut b = self.batch.borrow_mut();
-        if b.since.is_none() {
-            return Ok(std::mem::take(&mut b.frees));
-        }
-        let writes = b.end();
-        if let Err(e) = self.exec("COMMIT") {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            b.abandon();
-            tracing::error!("a group commit of {writes} metadata changes failed: {e}");
-            return Err(e);
-        }
-        Ok(std::mem::take(&mut b.frees))
-    }
-
-    fn rollback_batch(&self) -> u32 {
-        let mut b = self.batch.borrow_mut();
-        if b.since.is_none() {
-            return 0;
-        }
-        let _ = self.conn.execute_batch("ROLLBACK");
-        b.abandon()
-    }
-
-    fn barrier(&self) -> Result<()> {
-        debug_assert!(!self.batch_open(), "a barrier inside an open batch");
-        self.conn.pragma_update(None, "synchronous", "FULL")?;
-        let r = self
-            .conn
-            .prepare_cached(q::BARRIER)
-            .and_then(|mut s| s.execute([]));
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        r?;
-        #[cfg(test)]
-        if let Some(f) = &*self.barrier_hook.borrow() {
-            f();
-        }
-        Ok(())
-    }
-
+impl MetaRead for Meta {
     // ----- store settings -----
 
     fn store_get(&self, key: &str) -> Result<Option<String>> {
@@ -553,25 +471,6 @@ impl MetaStore for Meta {
             .query_row(named_params! {":key": key}, |r| r.get(0))
             .optional()?)
     }
-
-    fn store_set(&self, key: &str, value: &str) -> Result<()> {
-        self.conn
-            .prepare_cached(q::STORE_SET)?
-            .execute(named_params! {":key": key, ":value": value})?;
-        Ok(())
-    }
-
-    // ----- inodes -----
-
-    fn insert_root(&self, perm: u32, uid: u32, gid: u32, now: i64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::INODE_INSERT_ROOT)?
-            .execute(named_params! {
-                ":kind": FileKind::Dir.bits(), ":perm": perm, ":uid": uid, ":gid": gid, ":now": now,
-            })?;
-        Ok(())
-    }
-
     fn inode(&self, ino: u64) -> Result<Option<Inode>> {
         Ok(self
             .conn
@@ -579,59 +478,6 @@ impl MetaStore for Meta {
             .query_row(named_params! {":ino": ino as i64}, |r| inode_from_row(r, 0))
             .optional()?)
     }
-
-    fn insert_inode(&self, n: &NewInode<'_>) -> Result<Inode> {
-        let size = n.target.map(|t| t.len() as u64).unwrap_or(0);
-        let ino = self.next_ino()?;
-        self.conn.prepare_cached(q::INODE_INSERT)?.execute(named_params! {
-            ":ino": ino as i64,
-            ":kind": n.kind.bits(), ":perm": n.perm, ":uid": n.uid, ":gid": n.gid, ":size": size as i64,
-            ":nlink": n.nlink, ":rdev": n.rdev, ":atime": n.now, ":mtime": n.now, ":ctime": n.now,
-            ":btime": n.now, ":target": n.target, ":chash": n.chash.as_ref().map(|h| &h[..]),
-        })?;
-        Ok(Inode {
-            ino,
-            kind: n.kind,
-            perm: n.perm,
-            uid: n.uid,
-            gid: n.gid,
-            size,
-            nlink: n.nlink,
-            rdev: n.rdev,
-            atime: n.now,
-            mtime: n.now,
-            ctime: n.now,
-            btime: n.now,
-            blocks: 0,
-        })
-    }
-
-    fn update_inode(&self, i: &Inode) -> Result<()> {
-        self.update_inode_with(i, None)
-    }
-
-    fn update_inode_with(&self, i: &Inode, chash: Option<&[u8; 32]>) -> Result<()> {
-        self.conn.prepare_cached(q::INODE_UPDATE)?.execute(named_params! {
-            ":ino": i.ino as i64, ":perm": i.perm, ":uid": i.uid, ":gid": i.gid, ":size": i.size as i64,
-            ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime, ":btime": i.btime, ":blocks": i.blocks as i64,
-            ":chash": chash.map(|h| &h[..]),
-        })?;
-        Ok(())
-    }
-
-    fn delete_inode_row(&self, ino: u64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::INODE_DELETE)?
-            .execute(named_params! {":ino": ino as i64})?;
-        self.conn
-            .prepare_cached(q::XATTR_DELETE_ALL)?
-            .execute(named_params! {":ino": ino as i64})?;
-        self.conn
-            .prepare_cached(q::FILE_TAG_DELETE_ALL)?
-            .execute(named_params! {":ino": ino as i64})?;
-        Ok(())
-    }
-
     fn chash(&self, ino: u64) -> Result<Option<[u8; 32]>> {
         Ok(self
             .conn
@@ -640,58 +486,28 @@ impl MetaStore for Meta {
             .optional()?
             .flatten())
     }
-
-    // ----- tags -----
-
-    fn create_tag(&self, name: &str, now: i64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::TAG_CREATE)?
-            .execute(named_params! {":name": name, ":now": now})?;
-        Ok(())
-    }
-
-    fn delete_tag(&self, name: &str) -> Result<()> {
-        self.conn
-            .prepare_cached(q::TAG_DELETE)?
-            .execute(named_params! {":name": name})?;
-        Ok(())
-    }
-
     fn tag_exists(&self, name: &str) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::TAG_EXISTS)?
             .query_row(named_params! {":name": name}, |r| r.get(0))?)
     }
-
     fn tag_used(&self, name: &str) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::TAG_USED)?
             .query_row(named_params! {":name": name}, |r| r.get(0))?)
     }
-
-    fn rename_tag(&self, old: &str, new: &str) -> Result<()> {
-        for sql in [q::TAG_RENAME, q::TAG_RENAME_USES] {
-            self.conn
-                .prepare_cached(sql)?
-                .execute(named_params! {":old": old, ":new": new})?;
-        }
-        Ok(())
-    }
-
     fn tag_counts(&self) -> Result<Vec<(String, u64)>> {
         let mut s = self.conn.prepare_cached(q::TAG_COUNTS)?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn tag_names(&self) -> Result<Vec<String>> {
         let mut s = self.conn.prepare_cached(q::TAG_NAMES)?;
         let rows = s.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn file_tags(&self, ino: u64) -> Result<Vec<(String, Option<String>)>> {
         let mut s = self.conn.prepare_cached(q::FILE_TAGS_GET)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
@@ -699,7 +515,6 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn file_tag(&self, ino: u64, tag: &str) -> Result<Option<Option<String>>> {
         Ok(self
             .conn
@@ -709,30 +524,6 @@ impl MetaStore for Meta {
             })
             .optional()?)
     }
-
-    fn set_file_tag(&self, ino: u64, tag: &str, value: Option<&str>, now: i64) -> Result<()> {
-        self.create_tag(tag, now)?;
-        self.conn
-            .prepare_cached(q::FILE_TAG_SET)?
-            .execute(named_params! {":ino": ino as i64, ":tag": tag, ":value": value})?;
-        Ok(())
-    }
-
-    fn place_file_tag(
-        &self,
-        ino: u64,
-        tag: &str,
-        value: Option<&str>,
-        placed: u32,
-        now: i64,
-    ) -> Result<()> {
-        self.create_tag(tag, now)?;
-        self.conn.prepare_cached(q::FILE_TAG_PLACE)?.execute(
-            named_params! {":ino": ino as i64, ":tag": tag, ":value": value, ":placed": placed},
-        )?;
-        Ok(())
-    }
-
     fn file_tags_placed(&self, ino: u64) -> Result<Vec<(String, Option<String>, u32)>> {
         let mut s = self.conn.prepare_cached(q::FILE_TAGS_PLACED)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
@@ -740,22 +531,6 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
-    fn delete_file_tag(&self, ino: u64, tag: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(q::FILE_TAG_DELETE)?
-            .execute(named_params! {":ino": ino as i64, ":tag": tag})?
-            > 0)
-    }
-
-    fn delete_file_tags(&self, ino: u64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::FILE_TAG_DELETE_ALL)?
-            .execute(named_params! {":ino": ino as i64})?;
-        Ok(())
-    }
-
     // ----- saved queries -----
 
     fn saved_query(&self, name: &str) -> Result<Option<String>> {
@@ -765,28 +540,11 @@ impl MetaStore for Meta {
             .query_row(named_params! {":name": name}, |r| r.get(0))
             .optional()?)
     }
-
-    fn save_query(&self, name: &str, sql: &str, now: i64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::SAVED_SET)?
-            .execute(named_params! {":name": name, ":sql": sql, ":now": now})?;
-        Ok(())
-    }
-
-    fn delete_saved_query(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(q::SAVED_DELETE)?
-            .execute(named_params! {":name": name})?
-            > 0)
-    }
-
     fn saved_queries(&self) -> Result<Vec<(String, String)>> {
         let mut s = self.conn.prepare_cached(q::SAVED_LIST)?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn listing(
         &self,
         sql: &str,
@@ -798,13 +556,11 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn strings(&self, sql: &str, params: &[rusqlite::types::Value]) -> Result<Vec<String>> {
         let mut s = self.conn.prepare_cached(sql)?;
         let rows = s.query_map(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn symlink_target(&self, ino: u64) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
@@ -815,7 +571,6 @@ impl MetaStore for Meta {
             .optional()?
             .flatten())
     }
-
     fn unlinked_inodes(&self) -> Result<Vec<u64>> {
         let mut s = self.conn.prepare_cached(q::INODE_UNLINKED)?;
         let rows = s.query_map([], |r| r.get::<_, i64>(0))?;
@@ -823,7 +578,6 @@ impl MetaStore for Meta {
             .map(|r| r.map(|v| v as u64))
             .collect::<rusqlite::Result<_>>()?)
     }
-
     // ----- directory entries -----
 
     fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Inode>> {
@@ -836,7 +590,6 @@ impl MetaStore for Meta {
             )
             .optional()?)
     }
-
     fn list_dir(&self, parent: u64) -> Result<Vec<(Vec<u8>, Inode)>> {
         let mut s = self.conn.prepare_cached(q::DENTRY_LIST)?;
         let rows = s.query_map(named_params! {":parent": parent as i64}, |r| {
@@ -844,35 +597,12 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
-    fn insert_dentry(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::DENTRY_INSERT)?
-            .execute(named_params! {":parent": parent as i64, ":name": name, ":ino": ino as i64})?;
-        Ok(())
-    }
-
-    fn delete_dentry(&self, parent: u64, name: &[u8]) -> Result<()> {
-        self.conn
-            .prepare_cached(q::DENTRY_DELETE)?
-            .execute(named_params! {":parent": parent as i64, ":name": name})?;
-        Ok(())
-    }
-
-    fn set_dentry_ino(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::DENTRY_SET_INO)?
-            .execute(named_params! {":parent": parent as i64, ":name": name, ":ino": ino as i64})?;
-        Ok(())
-    }
-
     fn dir_has_entries(&self, parent: u64) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached(q::DENTRY_ANY)?
             .query_row(named_params! {":parent": parent as i64}, |r| r.get(0))?)
     }
-
     fn dir_perms(&self) -> Result<Vec<DirPerm>> {
         let mut s = self.conn.prepare_cached(q::DIR_PERMS)?;
         let rows = s.query_map([], |r| {
@@ -886,7 +616,6 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn parents(&self, ino: u64) -> Result<Vec<u64>> {
         let mut s = self.conn.prepare_cached(q::DENTRY_PARENTS)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
@@ -894,13 +623,11 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn tag_files(&self) -> Result<Vec<(String, u64)>> {
         let mut s = self.conn.prepare_cached(q::TAG_FILES)?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn names_of(&self, ino: u64) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut s = self.conn.prepare_cached(q::DENTRY_NAMES)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| {
@@ -908,7 +635,6 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn parent_of(&self, ino: u64) -> Result<Option<(u64, Vec<u8>)>> {
         Ok(self
             .conn
@@ -918,7 +644,6 @@ impl MetaStore for Meta {
             })
             .optional()?)
     }
-
     // ----- chunks and blobs -----
 
     fn chunks(&self, ino: u64) -> Result<Vec<(u64, ChunkRef)>> {
@@ -935,41 +660,11 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
     fn chunk_hashes(&self, ino: u64) -> Result<Vec<[u8; 32]>> {
         let mut s = self.conn.prepare_cached(q::CHUNK_HASHES)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| hash_of(r.get(0)?))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
-    fn set_chunk(&self, ino: u64, idx: u64, hash: &[u8; 32]) -> Result<()> {
-        self.conn
-            .prepare_cached(q::CHUNK_UPSERT)?
-            .execute(named_params! {":ino": ino as i64, ":idx": idx as i64, ":hash": &hash[..]})?;
-        Ok(())
-    }
-
-    fn delete_chunks_from(&self, ino: u64, from: u64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::CHUNK_DELETE_FROM)?
-            .execute(named_params! {":ino": ino as i64, ":from": from as i64})?;
-        Ok(())
-    }
-
-    fn delete_chunk(&self, ino: u64, idx: u64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::CHUNK_DELETE)?
-            .execute(named_params! {":ino": ino as i64, ":idx": idx as i64})?;
-        Ok(())
-    }
-
-    fn delete_all_chunks(&self, ino: u64) -> Result<()> {
-        self.conn
-            .prepare_cached(q::CHUNK_DELETE_ALL)?
-            .execute(named_params! {":ino": ino as i64})?;
-        Ok(())
-    }
-
     fn blob(&self, hash: &[u8; 32]) -> Result<Option<(u32, BlobData)>> {
         Ok(self
             .conn
@@ -979,46 +674,6 @@ impl MetaStore for Meta {
             })
             .optional()?)
     }
-
-    fn insert_blob(&self, hash: &[u8; 32], size: u64, data: &BlobData) -> Result<()> {
-        let (loc, inline): (Option<i64>, Option<&[u8]>) = match data {
-            BlobData::Stored(l) => (Some(l.0 as i64), None),
-            BlobData::Inline(d) => (None, Some(d)),
-        };
-        self.conn
-            .prepare_cached(q::BLOB_INSERT)?
-            .execute(named_params! {
-                ":hash": &hash[..], ":size": size as i64, ":loc": loc, ":data": inline,
-            })?;
-        Ok(())
-    }
-
-    fn incref(&self, hash: &[u8; 32]) -> Result<()> {
-        self.conn
-            .prepare_cached(q::BLOB_INCREF)?
-            .execute(named_params! {":hash": &hash[..]})?;
-        Ok(())
-    }
-
-    fn decref(&self, hash: &[u8; 32]) -> Result<Option<Option<BlobLoc>>> {
-        let row: Option<(i64, Option<i64>)> = self
-            .conn
-            .prepare_cached(q::BLOB_DECREF)?
-            .query_row(named_params! {":hash": &hash[..]}, |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        match row {
-            Some((rc, loc)) if rc <= 0 => {
-                self.conn
-                    .prepare_cached(q::BLOB_DELETE)?
-                    .execute(named_params! {":hash": &hash[..]})?;
-                Ok(Some(loc.map(|l| BlobLoc(l as u64))))
-            }
-            _ => Ok(None),
-        }
-    }
-
     fn blob_locations(&self) -> Result<Vec<BlobLoc>> {
         let mut s = self.conn.prepare_cached(q::BLOB_LOCS)?;
         let rows = s.query_map([], |r| r.get::<_, i64>(0))?;
@@ -1026,7 +681,6 @@ impl MetaStore for Meta {
             .map(|r| r.map(|v| BlobLoc(v as u64)))
             .collect::<rusqlite::Result<_>>()?)
     }
-
     fn all_blobs(&self) -> Result<Vec<BlobRow>> {
         let mut s = self.conn.prepare_cached(q::BLOB_ALL)?;
         let rows = s.query_map([], |r| {
@@ -1039,23 +693,6 @@ impl MetaStore for Meta {
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
-    fn delete_unreferenced_blobs(&self) -> Result<Vec<Option<BlobLoc>>> {
-        let rows: Vec<(Vec<u8>, Option<i64>)> = {
-            let mut s = self.conn.prepare_cached(q::BLOB_UNREFERENCED)?;
-            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let mut out = Vec::new();
-        for (hash, loc) in rows {
-            self.conn
-                .prepare_cached(q::BLOB_DELETE)?
-                .execute(named_params! {":hash": hash})?;
-            out.push(loc.map(|l| BlobLoc(l as u64)));
-        }
-        Ok(out)
-    }
-
     // ----- xattrs -----
 
     fn xattr(&self, ino: u64, name: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -1067,28 +704,11 @@ impl MetaStore for Meta {
             })
             .optional()?)
     }
-
-    fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
-        self.conn
-            .prepare_cached(q::XATTR_SET)?
-            .execute(named_params! {":ino": ino as i64, ":name": name, ":value": value})?;
-        Ok(())
-    }
-
     fn xattr_names(&self, ino: u64) -> Result<Vec<Vec<u8>>> {
         let mut s = self.conn.prepare_cached(q::XATTR_LIST)?;
         let rows = s.query_map(named_params! {":ino": ino as i64}, |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-
-    fn delete_xattr(&self, ino: u64, name: &[u8]) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(q::XATTR_DELETE)?
-            .execute(named_params! {":ino": ino as i64, ":name": name})?
-            > 0)
-    }
-
     // ----- statistics and checks -----
 
     fn stats(&self) -> Result<Stats> {
@@ -1103,14 +723,12 @@ impl MetaStore for Meta {
             })
         })?)
     }
-
     fn integrity_problems(&self) -> Result<Vec<String>> {
         let mut s = self.conn.prepare("PRAGMA integrity_check")?;
         let rows = s.query_map([], |r| r.get::<_, String>(0))?;
         let all: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
         Ok(all.into_iter().filter(|l| l != "ok").collect())
     }
-
     fn consistency_problems(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         {
@@ -1189,16 +807,337 @@ impl MetaStore for Meta {
         }
         Ok(out)
     }
-
     // Quarantine (see `quarantine.rs`).
     fn has_quarantine(&self) -> Result<bool> {
         Meta::has_quarantine(self)
     }
-
     fn quarantined(&self) -> Result<Vec<Quarantined>> {
         Meta::quarantined(self)
     }
+    fn blob_chains(&self) -> Result<Vec<([u8; 32], u64, BlobLoc)>> {
+        Meta::blob_chains(self)
+    }
+    fn inodes_holding(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
+        Meta::inodes_holding(self, hash)
+    }
+    fn runs_sql(&self) -> bool {
+        self.path.is_some()
+    }
+}
 
+impl MetaStore for Meta {
+    fn set_group_commit(&self, window: Option<Duration>) -> Result<Vec<BlobLoc>> {
+        let frees = if window.is_none() {
+            self.commit_batch()?
+        } else {
+            Vec::new()
+        };
+        self.batch.borrow_mut().window = window;
+        Ok(frees)
+    }
+    fn set_auto_checkpoint(&self, on: bool) -> Result<()> {
+        let pages = if on { 1000 } else { 0 };
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+    fn rollbacks(&self) -> u64 {
+        self.batch.borrow().rollbacks
+    }
+    fn batch_open(&self) -> bool {
+        self.batch.borrow().since.is_some()
+    }
+    fn batch_due(&self) -> bool {
+        let b = self.batch.borrow();
+        match (b.since, b.window) {
+            (Some(t), Some(w)) => t.elapsed() >= w || b.writes >= BATCH_MAX_WRITES,
+            _ => false,
+        }
+    }
+    fn after_commit(&self, frees: Vec<BlobLoc>) -> Vec<BlobLoc> {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_some() {
+            b.frees.extend(frees);
+            Vec::new()
+        } else {
+            frees
+        }
+    }
+    fn commit_batch(&self) -> Result<Vec<BlobLoc>> {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_none() {
+            return Ok(std::mem::take(&mut b.frees));
+        }
+        let writes = b.end();
+        if let Err(e) = self.exec("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            b.abandon();
+            tracing::error!("a group commit of {writes} metadata changes failed: {e}");
+            return Err(e);
+        }
+        Ok(std::mem::take(&mut b.frees))
+    }
+    fn rollback_batch(&self) -> u32 {
+        let mut b = self.batch.borrow_mut();
+        if b.since.is_none() {
+            return 0;
+        }
+        let _ = self.conn.execute_batch("ROLLBACK");
+        b.abandon()
+    }
+    fn barrier(&self) -> Result<()> {
+        debug_assert!(!self.batch_open(), "a barrier inside an open batch");
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let r = self
+            .conn
+            .prepare_cached(q::BARRIER)
+            .and_then(|mut s| s.execute([]));
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        r?;
+        #[cfg(test)]
+        if let Some(f) = &*self.barrier_hook.borrow() {
+            f();
+        }
+        Ok(())
+    }
+    fn store_set(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(q::STORE_SET)?
+            .execute(named_params! {":key": key, ":value": value})?;
+        Ok(())
+    }
+    // ----- inodes -----
+
+    fn insert_root(&self, perm: u32, uid: u32, gid: u32, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::INODE_INSERT_ROOT)?
+            .execute(named_params! {
+                ":kind": FileKind::Dir.bits(), ":perm": perm, ":uid": uid, ":gid": gid, ":now": now,
+            })?;
+        Ok(())
+    }
+    fn insert_inode(&self, n: &NewInode<'_>) -> Result<Inode> {
+        let size = n.target.map(|t| t.len() as u64).unwrap_or(0);
+        let ino = self.next_ino()?;
+        self.conn.prepare_cached(q::INODE_INSERT)?.execute(named_params! {
+            ":ino": ino as i64,
+            ":kind": n.kind.bits(), ":perm": n.perm, ":uid": n.uid, ":gid": n.gid, ":size": size as i64,
+            ":nlink": n.nlink, ":rdev": n.rdev, ":atime": n.now, ":mtime": n.now, ":ctime": n.now,
+            ":btime": n.now, ":target": n.target, ":chash": n.chash.as_ref().map(|h| &h[..]),
+        })?;
+        Ok(Inode {
+            ino,
+            kind: n.kind,
+            perm: n.perm,
+            uid: n.uid,
+            gid: n.gid,
+            size,
+            nlink: n.nlink,
+            rdev: n.rdev,
+            atime: n.now,
+            mtime: n.now,
+            ctime: n.now,
+            btime: n.now,
+            blocks: 0,
+        })
+    }
+    fn update_inode(&self, i: &Inode) -> Result<()> {
+        self.update_inode_with(i, None)
+    }
+    fn update_inode_with(&self, i: &Inode, chash: Option<&[u8; 32]>) -> Result<()> {
+        self.conn.prepare_cached(q::INODE_UPDATE)?.execute(named_params! {
+            ":ino": i.ino as i64, ":perm": i.perm, ":uid": i.uid, ":gid": i.gid, ":size": i.size as i64,
+            ":nlink": i.nlink, ":atime": i.atime, ":mtime": i.mtime, ":ctime": i.ctime, ":btime": i.btime, ":blocks": i.blocks as i64,
+            ":chash": chash.map(|h| &h[..]),
+        })?;
+        Ok(())
+    }
+    fn delete_inode_row(&self, ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::INODE_DELETE)?
+            .execute(named_params! {":ino": ino as i64})?;
+        self.conn
+            .prepare_cached(q::XATTR_DELETE_ALL)?
+            .execute(named_params! {":ino": ino as i64})?;
+        self.conn
+            .prepare_cached(q::FILE_TAG_DELETE_ALL)?
+            .execute(named_params! {":ino": ino as i64})?;
+        Ok(())
+    }
+    // ----- tags -----
+
+    fn create_tag(&self, name: &str, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::TAG_CREATE)?
+            .execute(named_params! {":name": name, ":now": now})?;
+        Ok(())
+    }
+    fn delete_tag(&self, name: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(q::TAG_DELETE)?
+            .execute(named_params! {":name": name})?;
+        Ok(())
+    }
+    fn rename_tag(&self, old: &str, new: &str) -> Result<()> {
+        for sql in [q::TAG_RENAME, q::TAG_RENAME_USES] {
+            self.conn
+                .prepare_cached(sql)?
+                .execute(named_params! {":old": old, ":new": new})?;
+        }
+        Ok(())
+    }
+    fn set_file_tag(&self, ino: u64, tag: &str, value: Option<&str>, now: i64) -> Result<()> {
+        self.create_tag(tag, now)?;
+        self.conn
+            .prepare_cached(q::FILE_TAG_SET)?
+            .execute(named_params! {":ino": ino as i64, ":tag": tag, ":value": value})?;
+        Ok(())
+    }
+    fn place_file_tag(
+        &self,
+        ino: u64,
+        tag: &str,
+        value: Option<&str>,
+        placed: u32,
+        now: i64,
+    ) -> Result<()> {
+        self.create_tag(tag, now)?;
+        self.conn.prepare_cached(q::FILE_TAG_PLACE)?.execute(
+            named_params! {":ino": ino as i64, ":tag": tag, ":value": value, ":placed": placed},
+        )?;
+        Ok(())
+    }
+    fn delete_file_tag(&self, ino: u64, tag: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::FILE_TAG_DELETE)?
+            .execute(named_params! {":ino": ino as i64, ":tag": tag})?
+            > 0)
+    }
+    fn delete_file_tags(&self, ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::FILE_TAG_DELETE_ALL)?
+            .execute(named_params! {":ino": ino as i64})?;
+        Ok(())
+    }
+    fn save_query(&self, name: &str, sql: &str, now: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::SAVED_SET)?
+            .execute(named_params! {":name": name, ":sql": sql, ":now": now})?;
+        Ok(())
+    }
+    fn delete_saved_query(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::SAVED_DELETE)?
+            .execute(named_params! {":name": name})?
+            > 0)
+    }
+    fn insert_dentry(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::DENTRY_INSERT)?
+            .execute(named_params! {":parent": parent as i64, ":name": name, ":ino": ino as i64})?;
+        Ok(())
+    }
+    fn delete_dentry(&self, parent: u64, name: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::DENTRY_DELETE)?
+            .execute(named_params! {":parent": parent as i64, ":name": name})?;
+        Ok(())
+    }
+    fn set_dentry_ino(&self, parent: u64, name: &[u8], ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::DENTRY_SET_INO)?
+            .execute(named_params! {":parent": parent as i64, ":name": name, ":ino": ino as i64})?;
+        Ok(())
+    }
+    fn set_chunk(&self, ino: u64, idx: u64, hash: &[u8; 32]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::CHUNK_UPSERT)?
+            .execute(named_params! {":ino": ino as i64, ":idx": idx as i64, ":hash": &hash[..]})?;
+        Ok(())
+    }
+    fn delete_chunks_from(&self, ino: u64, from: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::CHUNK_DELETE_FROM)?
+            .execute(named_params! {":ino": ino as i64, ":from": from as i64})?;
+        Ok(())
+    }
+    fn delete_chunk(&self, ino: u64, idx: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::CHUNK_DELETE)?
+            .execute(named_params! {":ino": ino as i64, ":idx": idx as i64})?;
+        Ok(())
+    }
+    fn delete_all_chunks(&self, ino: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(q::CHUNK_DELETE_ALL)?
+            .execute(named_params! {":ino": ino as i64})?;
+        Ok(())
+    }
+    fn insert_blob(&self, hash: &[u8; 32], size: u64, data: &BlobData) -> Result<()> {
+        let (loc, inline): (Option<i64>, Option<&[u8]>) = match data {
+            BlobData::Stored(l) => (Some(l.0 as i64), None),
+            BlobData::Inline(d) => (None, Some(d)),
+        };
+        self.conn
+            .prepare_cached(q::BLOB_INSERT)?
+            .execute(named_params! {
+                ":hash": &hash[..], ":size": size as i64, ":loc": loc, ":data": inline,
+            })?;
+        Ok(())
+    }
+    fn incref(&self, hash: &[u8; 32]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::BLOB_INCREF)?
+            .execute(named_params! {":hash": &hash[..]})?;
+        Ok(())
+    }
+    fn decref(&self, hash: &[u8; 32]) -> Result<Option<Option<BlobLoc>>> {
+        let row: Option<(i64, Option<i64>)> = self
+            .conn
+            .prepare_cached(q::BLOB_DECREF)?
+            .query_row(named_params! {":hash": &hash[..]}, |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match row {
+            Some((rc, loc)) if rc <= 0 => {
+                self.conn
+                    .prepare_cached(q::BLOB_DELETE)?
+                    .execute(named_params! {":hash": &hash[..]})?;
+                Ok(Some(loc.map(|l| BlobLoc(l as u64))))
+            }
+            _ => Ok(None),
+        }
+    }
+    fn delete_unreferenced_blobs(&self) -> Result<Vec<Option<BlobLoc>>> {
+        let rows: Vec<(Vec<u8>, Option<i64>)> = {
+            let mut s = self.conn.prepare_cached(q::BLOB_UNREFERENCED)?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::new();
+        for (hash, loc) in rows {
+            self.conn
+                .prepare_cached(q::BLOB_DELETE)?
+                .execute(named_params! {":hash": hash})?;
+            out.push(loc.map(|l| BlobLoc(l as u64)));
+        }
+        Ok(out)
+    }
+    fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached(q::XATTR_SET)?
+            .execute(named_params! {":ino": ino as i64, ":name": name, ":value": value})?;
+        Ok(())
+    }
+    fn delete_xattr(&self, ino: u64, name: &[u8]) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(q::XATTR_DELETE)?
+            .execute(named_params! {":ino": ino as i64, ":name": name})?
+            > 0)
+    }
     fn quarantine_blob(
         &self,
         hash: &[u8; 32],
@@ -1208,19 +1147,9 @@ impl MetaStore for Meta {
     ) -> Result<bool> {
         Meta::quarantine_blob(self, hash, clusters, reason, now_ns)
     }
-
     fn drop_quarantine(&self, hash: &[u8; 32]) -> Result<()> {
         Meta::drop_quarantine(self, hash)
     }
-
-    fn blob_chains(&self) -> Result<Vec<([u8; 32], u64, BlobLoc)>> {
-        Meta::blob_chains(self)
-    }
-
-    fn inodes_holding(&self, hash: &[u8; 32]) -> Result<Vec<u64>> {
-        Meta::inodes_holding(self, hash)
-    }
-
     fn write_dyn(&self, f: &mut dyn FnMut(&dyn MetaStore) -> bool) -> Result<()> {
         /// Why a write did not commit: the closure asked, or the store failed.
         enum Stop {
@@ -1237,25 +1166,18 @@ impl MetaStore for Meta {
             Err(Stop::Failed(e)) => Err(e),
         }
     }
-
     fn read_dyn(&self, f: &mut dyn FnMut(&dyn MetaStore)) -> Result<()> {
         self.read(|m| {
             f(m);
             Ok::<(), MetaError>(())
         })
     }
-
     fn open_sandbox(&self) -> Result<Option<sandbox::Sandbox>> {
         match &self.path {
             Some(p) => Ok(Some(sandbox::Sandbox::open(p).map_err(MetaError::Sandbox)?)),
             None => Ok(None),
         }
     }
-
-    fn runs_sql(&self) -> bool {
-        self.path.is_some()
-    }
-
     fn checkpointer(&self) -> Result<Option<Checkpointer>> {
         self.path.as_deref().map(Checkpointer::open).transpose()
     }

@@ -22,7 +22,7 @@
 
 use rusqlite::named_params;
 
-use super::{hash_of, BlobData, BlobLoc, Meta, MetaStore, Result};
+use super::{hash_of, BlobData, BlobLoc, Meta, MetaRead, Result};
 use crate::qvfs::container::QUARANTINED;
 
 const INSERT: &str = include_str!("../../queries/meta/quarantine_insert.sql");
@@ -205,7 +205,7 @@ fn get_u64(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meta::MetaError;
+    use crate::meta::{MetaError, MetaStore};
 
     #[test]
     fn statements_prepare() {

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::blob::MemBlobs;
-use crate::meta::Meta;
+use crate::meta::{Meta, MetaRead};
 use crate::qvfs::{Container, MemDevice};
 
 /// The backend pairs every core test runs on (see `on_every_backend!` at
