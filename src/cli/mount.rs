@@ -23,6 +23,12 @@ pub struct MountArgs {
     /// works, `/sql` and `/queries` need a store folder.
     #[arg(long)]
     memory: bool,
+    /// List the query folders (`by-tag`, `sql`, `queries`) in the root
+    /// directory. Without it they are reached by name only (`ls MNT/by-tag`,
+    /// `cd MNT/by-tag/jazz`), so that `find`, `du`, `tar` and `rsync -a` of
+    /// the root see each real file once.
+    #[arg(long)]
+    show_folders: bool,
     /// Threads serving FUSE requests (1 to 64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_THREADS))]
     threads: u32,
@@ -200,7 +206,7 @@ fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<
     let cfg = MountConfig {
         allow_other: a.allow_other,
         threads: a.threads as usize,
-        show_folders: true,
+        show_folders: a.show_folders,
     };
     let group = fs
         .group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)
