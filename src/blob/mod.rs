@@ -37,6 +37,7 @@ use parking_lot::Mutex;
 pub use crate::types::{BlobHash, BlobLoc};
 
 pub mod container;
+pub mod s3;
 
 /// A blob the metadata references: where, and how many bytes it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,51 +325,54 @@ impl BlobStore for MemBlobs {
     }
 }
 
+/// Checks that `s` keeps the contract (panics where it does not): every
+/// implementation's tests run it, this crate's and a new backend's alike.
+/// It puts, syncs, reads, checks, reclaims and deletes a few small blobs.
+#[doc(hidden)]
+pub fn check_contract(s: &dyn BlobStore) {
+    let a = s.put(&BlobHash::of(b"alpha"), b"alpha").unwrap();
+    let b = s.put(&BlobHash::of(b"beta!"), b"beta!").unwrap();
+    assert_ne!(a, b, "two puts share storage");
+    s.sync().unwrap();
+    let mut buf = [0u8; 3];
+    s.get(a, 2, &mut buf).unwrap();
+    assert_eq!(&buf, b"pha");
+    assert!(s.has(a) && s.has(b));
+    let refs = [BlobRef { loc: a, len: 5 }, BlobRef { loc: b, len: 5 }];
+    let c = s.check(&refs, &[]).unwrap();
+    assert!(c.damaged.is_empty(), "{:?}", c.damaged);
+    assert!(c.orphans.is_empty(), "{:?}", c.orphans);
+    // An orphan (put, never referenced) is found and reclaimed; the
+    // referenced blobs stay.
+    let o = s.put(&BlobHash::of(b"orphan"), b"orphan").unwrap();
+    assert!(!s.check(&refs, &[]).unwrap().orphans.is_empty());
+    assert!(matches!(s.reclaim(&refs, &[]).unwrap(), Reclaim::Freed(n) if n > 0));
+    assert!(!s.has(o));
+    s.get(b, 0, &mut [0u8; 5]).unwrap();
+    // A ref far longer than what is stored is damage, and then nothing
+    // is freed.
+    let bad = [
+        BlobRef { loc: a, len: 5 },
+        BlobRef {
+            loc: b,
+            len: 1 << 20,
+        },
+    ];
+    let o2 = s.put(&BlobHash::of(b"orphan2"), b"orphan2").unwrap();
+    assert!(matches!(s.reclaim(&bad, &[]).unwrap(), Reclaim::Damaged(d) if d[0].index == 1));
+    assert!(s.has(o2));
+    s.delete(a).unwrap();
+    assert!(!s.has(a));
+    assert!(s.get(a, 0, &mut [0u8; 1]).is_err());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The contract, run against every implementation.
-    fn contract(s: &dyn BlobStore) {
-        let a = s.put(&BlobHash::of(b"alpha"), b"alpha").unwrap();
-        let b = s.put(&BlobHash::of(b"beta!"), b"beta!").unwrap();
-        assert_ne!(a, b, "two puts share storage");
-        s.sync().unwrap();
-        let mut buf = [0u8; 3];
-        s.get(a, 2, &mut buf).unwrap();
-        assert_eq!(&buf, b"pha");
-        assert!(s.has(a) && s.has(b));
-        let refs = [BlobRef { loc: a, len: 5 }, BlobRef { loc: b, len: 5 }];
-        let c = s.check(&refs, &[]).unwrap();
-        assert!(c.damaged.is_empty(), "{:?}", c.damaged);
-        assert!(c.orphans.is_empty(), "{:?}", c.orphans);
-        // An orphan (put, never referenced) is found and reclaimed; the
-        // referenced blobs stay.
-        let o = s.put(&BlobHash::of(b"orphan"), b"orphan").unwrap();
-        assert!(!s.check(&refs, &[]).unwrap().orphans.is_empty());
-        assert!(matches!(s.reclaim(&refs, &[]).unwrap(), Reclaim::Freed(n) if n > 0));
-        assert!(!s.has(o));
-        s.get(b, 0, &mut [0u8; 5]).unwrap();
-        // A ref far longer than what is stored is damage, and then nothing
-        // is freed.
-        let bad = [
-            BlobRef { loc: a, len: 5 },
-            BlobRef {
-                loc: b,
-                len: 1 << 20,
-            },
-        ];
-        let o2 = s.put(&BlobHash::of(b"orphan2"), b"orphan2").unwrap();
-        assert!(matches!(s.reclaim(&bad, &[]).unwrap(), Reclaim::Damaged(d) if d[0].index == 1));
-        assert!(s.has(o2));
-        s.delete(a).unwrap();
-        assert!(!s.has(a));
-        assert!(s.get(a, 0, &mut [0u8; 1]).is_err());
-    }
-
     #[test]
     fn memory_store_keeps_the_contract() {
-        contract(&MemBlobs::new());
+        check_contract(&MemBlobs::new());
     }
 
     #[test]
@@ -381,7 +385,7 @@ mod tests {
             b"",
         )
         .unwrap();
-        contract(&c);
+        check_contract(&c);
     }
 
     #[test]
