@@ -13,7 +13,9 @@ pub(super) enum TagAttr {
 
 impl TagAttr {
     pub(super) fn parse(name: &[u8]) -> Result<Option<TagAttr>> {
-        if name == b"user.tags" {
+        // `user.xdg.tags` (the freedesktop convention: comma-separated, as
+        // KDE Dolphin and Baloo write it) is the same set as `user.tags`.
+        if name == b"user.tags" || name == b"user.xdg.tags" {
             return Ok(Some(TagAttr::All));
         }
         let Some(rest) = name.strip_prefix(b"user.tag.") else {
@@ -29,7 +31,33 @@ impl TagAttr {
     }
 }
 
+/// The query an xattr name of `/queries` addresses: `user.query.NAME`.
+fn query_attr(name: &[u8]) -> Result<&str> {
+    name.strip_prefix(b"user.query.")
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .ok_or(FsError::NotSupported)
+}
+
 impl Fs {
+    /// `setfattr -n user.query.NAME -v SQL /queries` saves query NAME
+    /// (XATTR_CREATE: only if there is none), so that a mounted store's
+    /// queries can be saved through the mount.
+    fn set_query_attr(&self, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        let n = query_attr(name)?;
+        let sql = std::str::from_utf8(value)
+            .map_err(|_| FsError::Invalid("a query must be UTF-8".into()))?;
+        let exists = self.queries()?.iter().any(|(q, _, _)| q == n);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoAttr);
+        }
+        self.save_query(n, sql).inspect_err(|e| {
+            tracing::warn!("saving query {n:?} through /queries: {e}");
+        })
+    }
+
     pub(super) fn check_xattr_name(name: &[u8]) -> Result<()> {
         if name.len() > NAME_MAX {
             return Err(FsError::Range);
@@ -44,6 +72,9 @@ impl Fs {
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
         if let Some(d) = self.window_dir(ino) {
             return self.setxattr(d, name, value, flags);
+        }
+        if folders::is_queries_root(ino) {
+            return self.set_query_attr(name, value, flags);
         }
         if is_virtual(ino) {
             return Err(FsError::NotSupported);
@@ -119,6 +150,15 @@ impl Fs {
             return self.getxattr(d, name);
         }
         Self::check_xattr_name(name)?;
+        if folders::is_queries_root(ino) {
+            let n = query_attr(name).map_err(|_| FsError::NoAttr)?;
+            return self
+                .queries()?
+                .into_iter()
+                .find(|(q, _, _)| q == n)
+                .map(|(_, sql, _)| sql.into_bytes())
+                .ok_or(FsError::NoAttr);
+        }
         if is_virtual(ino) {
             return Err(FsError::NoAttr);
         }
@@ -185,6 +225,13 @@ impl Fs {
             return self.removexattr(d, name);
         }
         Self::check_xattr_name(name)?;
+        if folders::is_queries_root(ino) {
+            let n = query_attr(name).map_err(|_| FsError::NoAttr)?;
+            return self.delete_query(n).map_err(|e| match e {
+                FsError::NotFound => FsError::NoAttr,
+                e => e,
+            });
+        }
         if is_virtual(ino) {
             return Err(FsError::NoAttr);
         }

@@ -78,6 +78,11 @@ pub fn is_virtual(ino: u64) -> bool {
     ino & VIRT != 0
 }
 
+/// `/queries` (whose `user.query.NAME` xattrs are the saved queries).
+pub(super) fn is_queries_root(ino: u64) -> bool {
+    ino == QUERIES
+}
+
 pub fn is_reserved(parent: u64, name: &[u8]) -> bool {
     parent == ROOT && RESERVED.contains(&name)
 }
