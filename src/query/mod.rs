@@ -293,15 +293,18 @@ pub fn parse_words<S: AsRef<str>>(args: &[S]) -> Result<Vec<Term>, QueryError> {
     let mut negate = false;
     // The next term joins the last one as an alternative.
     let mut or = false;
+    // An `and` waits for its right-hand term.
+    let mut and = false;
     for w in words {
         match w {
             "and" | "AND" => {
-                if or || negate || terms.is_empty() {
+                if or || negate || and || terms.is_empty() {
                     return Err(bad("'and' needs a term on each side"));
                 }
+                and = true;
             }
             "or" | "OR" => {
-                if or || negate || terms.is_empty() {
+                if or || negate || and || terms.is_empty() {
                     return Err(bad("'or' needs a term on each side"));
                 }
                 or = true;
@@ -315,6 +318,7 @@ pub fn parse_words<S: AsRef<str>>(args: &[S]) -> Result<Vec<Term>, QueryError> {
                 negate = true;
             }
             _ => {
+                and = false;
                 let t = parse_term(w)?;
                 if or {
                     if t.negated {
@@ -332,7 +336,7 @@ pub fn parse_words<S: AsRef<str>>(args: &[S]) -> Result<Vec<Term>, QueryError> {
             }
         }
     }
-    if or || negate {
+    if or || negate || and {
         return Err(bad("the query ends with an operator"));
     }
     if terms.is_empty() {
@@ -576,6 +580,7 @@ mod tests {
             "",
             "and",
             "jazz and",
+            "jazz and and x",
             "jazz or",
             "not",
             "jazz or not x",
