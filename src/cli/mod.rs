@@ -259,3 +259,28 @@ pub fn json_line(out: &mut impl Write, v: &impl serde::Serialize) -> Result<()> 
     out.write_all(b"\n")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every command and every flag has help text.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(c: &clap::Command, path: &str) {
+            for a in c.get_arguments() {
+                if matches!(a.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    a.get_help().is_some() || a.get_long_help().is_some(),
+                    "{path} {}: no help",
+                    a.get_id()
+                );
+            }
+            for s in c.get_subcommands() {
+                assert!(s.get_about().is_some(), "{path} {}: no help", s.get_name());
+                walk(s, &format!("{path} {}", s.get_name()));
+            }
+        }
+        walk(&<super::Cli as clap::CommandFactory>::command(), "queryfs");
+    }
+}

@@ -247,7 +247,12 @@ pub fn files(dir: &Path, a: FilesArgs) -> Result<Outcome> {
         folder.push(b'/');
         folder.extend_from_slice(term_folder(t).as_bytes());
     }
-    let d = super::files::resolve(fs, &folder)?;
+    // A tag no file holds (or none at all): nothing found.
+    let d = match fs.resolve_bytes(&folder) {
+        Ok(d) => d,
+        Err(queryfs::error::FsError::NotFound) => return Ok(Outcome::NothingFound),
+        Err(e) => bail!("{}: {e}", super::files::show(&folder)),
+    };
     let mut paths: Vec<Vec<u8>> = Vec::new();
     for e in fs.list(d.ino)? {
         if queryfs::vfs::is_virtual(e.attr.ino) {
