@@ -7,6 +7,7 @@ mod exercise;
 mod faults;
 mod habits;
 mod hostile;
+mod json;
 mod layers;
 mod live;
 mod mount;

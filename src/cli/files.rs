@@ -704,7 +704,8 @@ fn entry_json(fs: &Fs, name: &[u8], path: &[u8], i: &Attr) -> EntryJson<'static>
         name: bytes_json(name),
         path: bytes_json(path),
         ino: i.ino,
-        kind: i.kind.name(),
+        // One word per kind, as in the SQL views and export metadata.
+        kind: i.kind.word(),
         mode: format!("{:04o}", i.perm),
         size: i.size,
         nlink: i.nlink,

@@ -1,7 +1,9 @@
 //! Command-line interface: parsing, output and exit codes.
 //!
 //! Exit codes: 0 success; 1 the command ran but found nothing or found
-//! problems (`fsck`); 2 an error (the message names the path and the cause).
+//! problems (`fsck`), or some of several operands failed (each reported,
+//! the others done, as coreutils do); 2 an error (the message names the
+//! path and the cause).
 //! A closed output pipe counts as success. `--json` prints JSON Lines: one
 //! object per line.
 

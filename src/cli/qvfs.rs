@@ -233,8 +233,9 @@ struct LsJson<'a> {
     kind: &'static str,
     size: u64,
     start: i32,
-    modified: Option<String>,
-    created: Option<String>,
+    /// Nanoseconds since 1970, as every `*_ns` field (null: not recorded).
+    mtime_ns: Option<i64>,
+    btime_ns: Option<i64>,
     property: u8,
 }
 
@@ -311,7 +312,7 @@ pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
             };
             let mut out = std::io::stdout().lock();
             for i in &items {
-                let kind = if i.is_dir() { "folder" } else { "file" };
+                let kind = if i.is_dir() { "dir" } else { "file" };
                 if json {
                     json_line(
                         &mut out,
@@ -321,8 +322,8 @@ pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
                             kind,
                             size: i.size(),
                             start: i.entry.start,
-                            modified: i.modified_ns().map(format_time),
-                            created: i.created_ns().map(format_time),
+                            mtime_ns: i.modified_ns(),
+                            btime_ns: i.created_ns(),
                             property: i.entry.property,
                         },
                     )?;
