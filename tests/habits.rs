@@ -136,9 +136,13 @@ fn files_prints_the_matching_paths() {
     assert_eq!(qfs_ok(&s, &["files", "year>=1950"]), "/c\n");
     assert_eq!(qfs_ok(&s, &["files", "-0", "jazz"]), "/a\0/b\0");
     assert_eq!(
-        qfs_ok(&s, &["files", "--under", "/mnt/x", "live"]),
-        "/mnt/x/b\n"
+        qfs_ok(&s, &["files", "--under", "/mnt/x", "year=1959"]),
+        "/mnt/x/c\n"
     );
+    // A tagged directory is listed by its path too.
+    qfs_ok(&s, &["mkdir", "/dir"]);
+    qfs_ok(&s, &["tag", "add", "/dir", "--", "live"]);
+    assert_eq!(qfs_ok(&s, &["files", "live"]), "/b\n/dir\n");
     let o = qfs(&s, &["files", "nothing-has-this"]);
     assert_eq!(code(&o), 1);
     let o = qfs(&s, &["files", "jazz", "and"]);

@@ -367,6 +367,13 @@ fn put_through(mp: &Path, sources: &[PathBuf], dest: &[u8]) -> Result<Outcome> {
         }
         c.copy(&sources[0], &d)?;
     }
+    // One fsync commits everything done through the mount before it, as
+    // the offline put syncs once at the end.
+    if let Some(f) = &c.last_file {
+        File::open(f)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| anyhow!("committing {}: {}", f.display(), live::io_msg(&e)))?;
+    }
     Ok(Outcome::Ok)
 }
 
@@ -376,6 +383,8 @@ fn put_through(mp: &Path, sources: &[PathBuf], dest: &[u8]) -> Result<Outcome> {
 struct DiskCopy {
     /// (dev, ino) of a source -> the copy's path, to keep hard links.
     links: HashMap<(u64, u64), PathBuf>,
+    /// The last file written (its fsync commits everything before it).
+    last_file: Option<PathBuf>,
 }
 
 impl DiskCopy {
@@ -424,7 +433,7 @@ impl DiskCopy {
             let mut from = File::open(src).with_context(|| format!("{}", src.display()))?;
             let mut to = File::create(dst).map_err(ctx)?;
             std::io::copy(&mut from, &mut to).map_err(ctx)?;
-            to.sync_all().map_err(ctx)?;
+            self.last_file = Some(dst.to_path_buf());
         } else {
             if existing.is_some() {
                 fs::remove_file(dst).map_err(ctx)?;

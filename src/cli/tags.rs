@@ -255,10 +255,19 @@ pub fn files(dir: &Path, a: FilesArgs) -> Result<Outcome> {
     };
     let mut paths: Vec<Vec<u8>> = Vec::new();
     for e in fs.list(d.ino)? {
-        if queryfs::vfs::is_virtual(e.attr.ino) {
-            continue; // a narrowing sub-folder
+        if !queryfs::vfs::is_virtual(e.attr.ino) {
+            paths.push(fs.path_bytes(e.attr.ino)?);
+        } else if e.attr.kind == queryfs::types::FileKind::Symlink {
+            // A tagged directory: a symlink to its real place.
+            let t = fs.readlink(e.attr.ino)?;
+            let real = lexical_join(&folder, &t);
+            if let Ok(i) = fs.resolve_bytes(&real) {
+                if !queryfs::vfs::is_virtual(i.ino) {
+                    paths.push(fs.path_bytes(i.ino)?);
+                }
+            }
         }
-        paths.push(fs.path_bytes(e.attr.ino)?);
+        // Other virtual entries: narrowing sub-folders.
     }
     paths.sort();
     paths.dedup();
@@ -275,6 +284,34 @@ pub fn files(dir: &Path, a: FilesArgs) -> Result<Outcome> {
     } else {
         Outcome::Ok
     })
+}
+
+/// `target` (a symlink's, relative to folder `dir`, or absolute) as an
+/// absolute store path, `.` and `..` resolved lexically.
+fn lexical_join(dir: &[u8], target: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let base: &[u8] = if target.starts_with(b"/") { b"" } else { dir };
+    for p in base
+        .split(|&c| c == b'/')
+        .chain(target.split(|&c| c == b'/'))
+    {
+        match p {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
 }
 
 /// A term written as its `/by-tag` folder name.
