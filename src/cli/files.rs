@@ -620,11 +620,21 @@ impl Getter<'_> {
         if i.kind != FileKind::Dir && i.nlink > 1 {
             self.links.insert(i.ino, dest.to_path_buf());
         }
-        // user.* xattrs, tags included (as user.tag.NAME).
+        // user.* xattrs, tags included (as user.tag.NAME). Linux has no
+        // user.* xattrs on symlinks: a tagged symlink's tags stay behind.
         let names = fs.listxattr(i.ino)?;
-        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            let v = fs.getxattr(i.ino, name)?;
-            set_disk_xattr(dest, name, &v)?;
+        if i.kind == FileKind::Symlink {
+            if !names.is_empty() {
+                eprintln!(
+                    "queryfs: {}: a symlink's tags and xattrs cannot be kept on disk (Linux has no user.* xattrs on symlinks)",
+                    dest.display()
+                );
+            }
+        } else {
+            for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                let v = fs.getxattr(i.ino, name)?;
+                set_disk_xattr(dest, name, &v)?;
+            }
         }
         set_disk_owner_mode_times(
             dest,
