@@ -278,6 +278,43 @@ impl View {
         ino.is_virtual() && self.folders.runs_queries(ino.0)
     }
 
+    /// Resolves a path from the root through both sides (`/by-tag/x/F`);
+    /// `..` goes to the real parent of a real directory. Symlinks are not
+    /// followed.
+    pub fn resolve_bytes(&self, path: &[u8]) -> Result<Attr> {
+        let mut cur = self.getattr(Ino::ROOT)?;
+        for part in path
+            .split(|&c| c == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+        {
+            if part == b".." {
+                if Ino(cur.ino).is_virtual() {
+                    return Err(FsError::Invalid(
+                        "`..` of a query folder is ambiguous: name the folder".into(),
+                    ));
+                }
+                let up = self
+                    .core
+                    .resolve_bytes(&[self.core.path_bytes(cur.ino)?, b"/..".to_vec()].concat())?;
+                cur = up;
+                continue;
+            }
+            if !cur.is_dir() {
+                return Err(FsError::NotDir);
+            }
+            cur = self.lookup(Ino(cur.ino), part)?;
+        }
+        Ok(cur)
+    }
+
+    /// Lists a directory of either side in one go (without `.` and `..`).
+    pub fn list(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let fh = self.opendir(ino)?;
+        let v = self.core.dir_page(fh, 0, usize::MAX);
+        self.core.releasedir(fh)?;
+        Ok(v?.into_iter().skip(2).map(|(_, e)| e).collect())
+    }
+
     pub fn statfs(&self) -> Result<StatFs> {
         self.core.statfs()
     }

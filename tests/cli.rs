@@ -119,8 +119,9 @@ fn mkdir_mv_rm() {
     assert_eq!(qfs_ok(&store, &["cat", "/x/file"]), "content");
     qfs_ok(&store, &["mv", "/x/file", "/x/renamed"]);
     assert_eq!(qfs_ok(&store, &["ls", "/x"]), "renamed\ny\n");
+    // A bad operand: reported, exit 1 (as coreutils).
     let o = qfs(&store, &["rm", "/x"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is a directory"));
     qfs_ok(&store, &["rm", "-r", "/x"]);
     assert_eq!(qfs_ok(&store, &["ls", "/"]), "");
@@ -143,7 +144,7 @@ fn bad_input_gives_clear_errors_and_exit_2() {
     let store = t.path().join("s");
     qfs_ok(&store, &["init"]);
     let o = qfs(&store, &["cat", "/nope/file"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("/nope/file") && err.contains("no such file"),

@@ -30,12 +30,25 @@ pub fn qfs_ok(store: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// (mountinfo read as bytes: a mount point that is not UTF-8 elsewhere
+/// must not hide this one; spaces are escaped as `\040`).
 pub fn is_mounted(mp: &Path) -> bool {
-    let want = mp.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
+    let want = mp
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .flat_map(|&b| match b {
+            b' ' => b"\\040".to_vec(),
+            b'\t' => b"\\011".to_vec(),
+            b'\n' => b"\\012".to_vec(),
+            b'\\' => b"\\134".to_vec(),
+            b => vec![b],
+        })
+        .collect::<Vec<u8>>();
+    std::fs::read("/proc/self/mountinfo")
         .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .split(|&b| b == b'\n')
+        .any(|l| l.split(|&b| b == b' ').nth(4) == Some(want.as_slice()))
 }
 
 pub fn force_unmount(mp: &Path) {

@@ -86,7 +86,8 @@ pub fn fsck(dir: &Path, verify: bool, json: bool, repair: bool) -> Result<Outcom
                 recover: false,
             },
             false,
-        )?;
+        )
+        .map_err(|e| super::live::busy(dir, "fsck --repair", e))?;
         let r = s
             .repair()
             .with_context(|| format!("repairing {}", dir.display()))?;
@@ -122,7 +123,8 @@ pub fn fsck(dir: &Path, verify: bool, json: bool, repair: bool) -> Result<Outcom
             purpose: "queryfs fsck".into(),
         },
         false,
-    )?;
+    )
+    .map_err(|e| super::live::busy(dir, "fsck", e))?;
     let r = s
         .fsck(verify)
         .with_context(|| format!("checking {}", dir.display()))?;
@@ -174,7 +176,8 @@ pub fn gc(dir: &Path, json: bool) -> Result<Outcome> {
             recover: false,
         },
         false,
-    )?;
+    )
+    .map_err(|e| super::live::busy(dir, "gc", e))?;
     let r = s.gc()?;
     let mut out = std::io::stdout().lock();
     if json {

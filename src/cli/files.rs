@@ -20,20 +20,10 @@ use queryfs::types::{Attr, FileKind};
 use queryfs::vfs::{Caller, Fs, SetAttr, SetTime, ROOT};
 use serde::Serialize;
 
-use super::{json_line, progress_bar, Outcome};
+use super::live::{self, Target};
+use super::{each, json_line, progress_bar, Outcome};
 
 const IO_SIZE: usize = 1 << 20;
-
-fn open_write(dir: &Path, what: &str) -> Result<Store> {
-    Ok(store::open(
-        dir,
-        Access::Write {
-            purpose: format!("queryfs {what}"),
-            recover: true,
-        },
-        false,
-    )?)
-}
 
 fn open_read(dir: &Path) -> Result<Store> {
     Ok(store::open(dir, Access::Read, false)?)
@@ -298,10 +288,26 @@ fn disk_xattrs(p: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     Ok(out)
 }
 
+/// The name a source keeps in the destination folder: its last component
+/// (a symlink's own name, dangling or not; `.` and `..` resolved).
+fn source_name(src: &Path) -> Result<std::ffi::OsString> {
+    if let Some(n) = src.file_name() {
+        return Ok(n.to_os_string());
+    }
+    src.canonicalize()
+        .with_context(|| format!("{}", src.display()))?
+        .file_name()
+        .map(|n| n.to_os_string())
+        .ok_or_else(|| anyhow!("{}: has no name", src.display()))
+}
+
 pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
     let (dest, sources) = a.paths.split_last().unwrap();
     let dest = bytes(dest);
-    let s = open_write(dir, "put")?;
+    let s = match live::open(dir, "put")? {
+        Target::Store(s) => s,
+        Target::Mount(mp) => return put_through(&mp, sources, dest),
+    };
     let fs = &s.fs;
     let total: u64 = sources.iter().map(|p| disk_bytes(p)).sum();
     let bar = progress_bar(total);
@@ -321,12 +327,7 @@ pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
     match target {
         Some(d) => {
             for src in sources {
-                let name = src
-                    .canonicalize()
-                    .with_context(|| format!("{}", src.display()))?
-                    .file_name()
-                    .map(|n| n.to_os_string())
-                    .ok_or_else(|| anyhow!("{}: has no name", src.display()))?;
+                let name = source_name(src)?;
                 p.put(src, d, name.as_encoded_bytes())?;
             }
         }
@@ -347,6 +348,197 @@ pub fn put(dir: &Path, a: PutArgs) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// `put` into a mounted store: an ordinary copy into the mount, keeping
+/// what `put` keeps (modes, owners, times, symlinks, hard links, `user.*`
+/// xattrs and so tags).
+fn put_through(mp: &Path, sources: &[PathBuf], dest: &[u8]) -> Result<Outcome> {
+    let d = live::on_mount(mp, dest);
+    let mut c = DiskCopy::default();
+    if d.is_dir() {
+        for src in sources {
+            c.copy(src, &d.join(source_name(src)?))?;
+        }
+    } else {
+        if sources.len() != 1 {
+            bail!(
+                "{}: not a directory in the store (needed for several sources)",
+                show(dest)
+            );
+        }
+        c.copy(&sources[0], &d)?;
+    }
+    // One fsync commits everything done through the mount before it, as
+    // the offline put syncs once at the end.
+    if let Some(f) = &c.last_file {
+        File::open(f)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| anyhow!("committing {}: {}", f.display(), live::io_msg(&e)))?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Copies trees between two places on disk keeping everything `put`
+/// keeps.
+#[derive(Default)]
+struct DiskCopy {
+    /// (dev, ino) of a source -> the copy's path, to keep hard links.
+    links: HashMap<(u64, u64), PathBuf>,
+    /// The last file written (its fsync commits everything before it).
+    last_file: Option<PathBuf>,
+}
+
+impl DiskCopy {
+    fn copy(&mut self, src: &Path, dst: &Path) -> Result<()> {
+        let md = fs::symlink_metadata(src).with_context(|| format!("{}", src.display()))?;
+        let ft = md.file_type();
+        let ctx = |e: std::io::Error| anyhow!("{}: {}", dst.display(), live::io_msg(&e));
+        let existing = fs::symlink_metadata(dst).ok();
+        if ft.is_dir() {
+            match existing {
+                Some(e) if e.is_dir() => {}
+                Some(_) => bail!(
+                    "{}: a non-directory of that name is in the store",
+                    src.display()
+                ),
+                None => fs::create_dir(dst).map_err(ctx)?,
+            }
+            let mut entries: Vec<_> = fs::read_dir(src)
+                .with_context(|| format!("{}", src.display()))?
+                .collect::<std::io::Result<_>>()
+                .with_context(|| format!("{}", src.display()))?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                self.copy(&e.path(), &dst.join(e.file_name()))?;
+            }
+            return keep_attrs(src, dst, &md);
+        }
+        if let Some(e) = &existing {
+            if e.is_dir() {
+                bail!(
+                    "{}: a directory of that name is in the store",
+                    src.display()
+                );
+            }
+        }
+        if md.nlink() > 1 {
+            if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
+                if existing.is_some() {
+                    fs::remove_file(dst).map_err(ctx)?;
+                }
+                fs::hard_link(first, dst).map_err(ctx)?;
+                return Ok(());
+            }
+        }
+        if ft.is_file() {
+            let mut from = File::open(src).with_context(|| format!("{}", src.display()))?;
+            let mut to = File::create(dst).map_err(ctx)?;
+            std::io::copy(&mut from, &mut to).map_err(ctx)?;
+            self.last_file = Some(dst.to_path_buf());
+        } else {
+            if existing.is_some() {
+                fs::remove_file(dst).map_err(ctx)?;
+            }
+            if ft.is_symlink() {
+                let t = fs::read_link(src).with_context(|| format!("{}", src.display()))?;
+                std::os::unix::fs::symlink(t, dst).map_err(ctx)?;
+            } else {
+                use rustix::fs::{FileType, Mode, CWD};
+                rustix::fs::mknodat(
+                    CWD,
+                    dst,
+                    FileType::from_raw_mode(md.mode()),
+                    Mode::from_raw_mode(md.mode() & 0o7777),
+                    md.rdev(),
+                )
+                .map_err(|e| ctx(e.into()))?;
+            }
+        }
+        if md.nlink() > 1 {
+            self.links.insert((md.dev(), md.ino()), dst.to_path_buf());
+        }
+        keep_attrs(src, dst, &md)
+    }
+}
+
+/// Gives `dst` on disk the `user.*` xattrs, owner, mode and times of
+/// `src` (a symlink: xattrs, owner and times of the link itself).
+fn keep_attrs(src: &Path, dst: &Path, md: &fs::Metadata) -> Result<()> {
+    for (name, value) in disk_xattrs(src)? {
+        set_disk_xattr(dst, &name, &value)?;
+    }
+    set_disk_owner_mode_times(
+        dst,
+        md.file_type().is_symlink(),
+        md.uid(),
+        md.gid(),
+        md.mode() & 0o7777,
+        md.atime() * 1_000_000_000 + md.atime_nsec(),
+        mtime_ns(md),
+    )
+}
+
+fn set_disk_xattr(dst: &Path, name: &[u8], value: &[u8]) -> Result<()> {
+    rustix::fs::lsetxattr(
+        dst,
+        OsStr::from_bytes(name),
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(|e| {
+        anyhow!(
+            "{}: xattr {}: {}",
+            dst.display(),
+            String::from_utf8_lossy(name),
+            live::io_msg(&e.into())
+        )
+    })
+}
+
+/// chown (as root; others keep their own), chmod (not of a symlink) and
+/// times (of the link itself for a symlink).
+fn set_disk_owner_mode_times(
+    dst: &Path,
+    symlink: bool,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    atime: i64,
+    mtime: i64,
+) -> Result<()> {
+    use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
+    let ctx = |e: rustix::io::Errno| anyhow!("{}: {}", dst.display(), live::io_msg(&e.into()));
+    let me = rustix::process::geteuid();
+    if me.is_root() {
+        rustix::fs::chownat(
+            CWD,
+            dst,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(ctx)?;
+    }
+    if !symlink {
+        fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+            .map_err(|e| anyhow!("{}: {}", dst.display(), live::io_msg(&e)))?;
+    }
+    let ts = |ns: i64| Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000),
+        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        dst,
+        &Timestamps {
+            last_access: ts(atime),
+            last_modification: ts(mtime),
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(ctx)?;
+    Ok(())
+}
+
 // ----- get -----
 
 #[derive(clap::Args)]
@@ -357,75 +549,103 @@ pub struct GetArgs {
     dest: PathBuf,
 }
 
-fn set_disk_times(path: &Path, i: &Attr) -> Result<()> {
-    let t = |ns: i64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-    let f = File::options()
-        .read(true)
-        .open(path)
-        .or_else(|_| File::open(path))
-        .with_context(|| format!("{}", path.display()))?;
-    f.set_times(
-        fs::FileTimes::new()
-            .set_accessed(t(i.atime))
-            .set_modified(t(i.mtime)),
-    )
-    .with_context(|| format!("setting times of {}", path.display()))?;
-    Ok(())
+/// Copies store trees to disk keeping what `put` keeps.
+struct Getter<'a> {
+    fs: &'a Fs,
+    bar: &'a ProgressBar,
+    /// Store inode of a file with several links -> its first copy.
+    links: HashMap<u64, PathBuf>,
 }
 
-fn get_one(fs: &Fs, i: &Attr, dest: &Path, buf_size: usize, bar: &ProgressBar) -> Result<()> {
-    match i.kind {
-        FileKind::Dir => {
-            fs::create_dir_all(dest).with_context(|| format!("{}", dest.display()))?;
-            for e in fs.list(i.ino)? {
-                let name = std::ffi::OsStr::from_encoded_bytes_checked(&e.name);
-                get_one(fs, &e.attr, &dest.join(name), buf_size, bar)?;
+impl Getter<'_> {
+    fn get(&mut self, i: &Attr, dest: &Path) -> Result<()> {
+        let fs = self.fs;
+        let ctx = |e: std::io::Error| anyhow!("{}: {}", dest.display(), live::io_msg(&e));
+        if i.kind != FileKind::Dir && i.nlink > 1 {
+            if let Some(first) = self.links.get(&i.ino) {
+                let _ = fs::remove_file(dest);
+                fs::hard_link(first, dest).map_err(ctx)?;
+                return Ok(());
             }
         }
-        FileKind::File => {
-            let mut out = File::create(dest).with_context(|| format!("{}", dest.display()))?;
-            let fh = fs.open(i.ino)?;
-            let r = (|| -> Result<()> {
-                let mut off = 0u64;
-                loop {
-                    let d = fs.read(fh, off, buf_size as u32)?;
-                    if d.is_empty() {
-                        break;
-                    }
-                    out.write_all(&d)
-                        .with_context(|| format!("writing {}", dest.display()))?;
-                    off += d.len() as u64;
-                    bar.inc(d.len() as u64);
+        match i.kind {
+            FileKind::Dir => {
+                match fs::create_dir(dest) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dest.is_dir() => {}
+                    r => r.map_err(ctx)?,
                 }
-                Ok(())
-            })();
-            fs.release(fh)?;
-            r?;
+                for e in fs.list(i.ino)? {
+                    let name = std::ffi::OsStr::from_encoded_bytes_checked(&e.name);
+                    self.get(&e.attr, &dest.join(name))?;
+                }
+            }
+            FileKind::File => {
+                let mut out = File::create(dest).map_err(ctx)?;
+                let fh = fs.open(i.ino)?;
+                let r = (|| -> Result<()> {
+                    let mut off = 0u64;
+                    loop {
+                        let d = fs.read(fh, off, IO_SIZE as u32)?;
+                        if d.is_empty() {
+                            break;
+                        }
+                        out.write_all(&d).map_err(ctx)?;
+                        off += d.len() as u64;
+                        self.bar.inc(d.len() as u64);
+                    }
+                    Ok(())
+                })();
+                fs.release(fh)?;
+                r?;
+            }
+            FileKind::Symlink => {
+                let t = fs.readlink(i.ino)?;
+                let _ = fs::remove_file(dest);
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_encoded_bytes_checked(&t), dest)
+                    .map_err(ctx)?;
+            }
+            _ => {
+                use rustix::fs::{FileType, Mode, CWD};
+                let _ = fs::remove_file(dest);
+                rustix::fs::mknodat(
+                    CWD,
+                    dest,
+                    FileType::from_raw_mode(i.kind.bits()),
+                    Mode::from_raw_mode(i.perm),
+                    u64::from(i.rdev),
+                )
+                .map_err(|e| ctx(e.into()))?;
+            }
         }
-        FileKind::Symlink => {
-            let t = fs.readlink(i.ino)?;
-            let _ = fs::remove_file(dest);
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_encoded_bytes_checked(&t), dest)
-                .with_context(|| format!("{}", dest.display()))?;
-            return Ok(());
+        if i.kind != FileKind::Dir && i.nlink > 1 {
+            self.links.insert(i.ino, dest.to_path_buf());
         }
-        _ => {
-            use rustix::fs::{FileType, Mode, CWD};
-            rustix::fs::mknodat(
-                CWD,
-                dest,
-                FileType::from_raw_mode(i.kind.bits()),
-                Mode::from_raw_mode(i.perm),
-                u64::from(i.rdev),
-            )
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("{}", dest.display()))?;
-            return Ok(());
+        // user.* xattrs, tags included (as user.tag.NAME). Linux has no
+        // user.* xattrs on symlinks: a tagged symlink's tags stay behind.
+        let names = fs.listxattr(i.ino)?;
+        if i.kind == FileKind::Symlink {
+            if !names.is_empty() {
+                eprintln!(
+                    "queryfs: {}: a symlink's tags and xattrs cannot be kept on disk (Linux has no user.* xattrs on symlinks)",
+                    dest.display()
+                );
+            }
+        } else {
+            for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                let v = fs.getxattr(i.ino, name)?;
+                set_disk_xattr(dest, name, &v)?;
+            }
         }
+        set_disk_owner_mode_times(
+            dest,
+            i.kind == FileKind::Symlink,
+            i.uid,
+            i.gid,
+            i.perm,
+            i.atime,
+            i.mtime,
+        )
     }
-    fs::set_permissions(dest, fs::Permissions::from_mode(i.perm))
-        .with_context(|| format!("{}", dest.display()))?;
-    set_disk_times(dest, i)
 }
 
 /// Turns raw name bytes into an OsStr.
@@ -451,7 +671,12 @@ pub fn get(dir: &Path, a: GetArgs) -> Result<Outcome> {
         a.dest.clone()
     };
     let bar = ProgressBar::new(if i.is_dir() { 0 } else { i.size });
-    get_one(&s.fs, &i, &dest, IO_SIZE, &bar)?;
+    Getter {
+        fs: &s.fs,
+        bar: &bar,
+        links: HashMap::new(),
+    }
+    .get(&i, &dest)?;
     bar.finish_and_clear();
     Ok(Outcome::Ok)
 }
@@ -498,7 +723,8 @@ fn entry_json(fs: &Fs, name: &[u8], path: &[u8], i: &Attr) -> EntryJson<'static>
         name: bytes_json(name),
         path: bytes_json(path),
         ino: i.ino,
-        kind: i.kind.name(),
+        // One word per kind, as in the SQL views and export metadata.
+        kind: i.kind.word(),
         mode: format!("{:04o}", i.perm),
         size: i.size,
         nlink: i.nlink,
@@ -600,7 +826,7 @@ pub fn stat(dir: &Path, json: bool, paths: &[PathBuf]) -> Result<Outcome> {
     let s = open_read(dir)?;
     let fs = &s.fs;
     let mut out = std::io::stdout().lock();
-    for p in paths {
+    each(paths, |p| {
         let p = bytes(p);
         let i = resolve(fs, p)?;
         let name = split(p).map(|(_, n)| n).unwrap_or_else(|_| b"/".to_vec());
@@ -634,8 +860,8 @@ pub fn stat(dir: &Path, json: bool, paths: &[PathBuf]) -> Result<Outcome> {
             writeln!(out, " ctime: {}", fmt_time(e.ctime_ns))?;
             writeln!(out, " btime: {}", fmt_time(e.btime_ns))?;
         }
-    }
-    Ok(Outcome::Ok)
+        Ok(())
+    })
 }
 
 // ----- cat, mkdir, rm, mv -----
@@ -644,7 +870,7 @@ pub fn cat(dir: &Path, paths: &[PathBuf]) -> Result<Outcome> {
     let s = open_read(dir)?;
     let fs = &s.fs;
     let mut out = std::io::stdout().lock();
-    for p in paths {
+    each(paths, |p| {
         let i = resolve(fs, bytes(p))?;
         let p = p.display();
         if i.is_dir() {
@@ -665,43 +891,67 @@ pub fn cat(dir: &Path, paths: &[PathBuf]) -> Result<Outcome> {
             }
         })();
         fs.release(fh)?;
-        r?;
+        r
+    })
+}
+
+fn mkdir_parents(fs: &Fs, path: &Path, who: Caller) -> Result<()> {
+    let p = path.display();
+    let mut cur = ROOT;
+    for part in bytes(path)
+        .split(|&c| c == b'/')
+        .filter(|x| !x.is_empty() && *x != b".")
+    {
+        cur = match fs.lookup(cur, part) {
+            Ok(i) if i.is_dir() => i.ino,
+            Ok(_) => bail!("{p}: {} is not a directory", show(part)),
+            Err(FsError::NotFound) => {
+                fs.mkdir(cur, part, 0o755, who)
+                    .map_err(|e| anyhow!("{p}: {e}"))?
+                    .ino
+            }
+            Err(e) => bail!("{p}: {e}"),
+        };
     }
-    Ok(Outcome::Ok)
+    Ok(())
+}
+
+/// An io error on a mount path, shown with the store path.
+fn mount_err(p: &Path) -> impl Fn(std::io::Error) -> anyhow::Error + '_ {
+    move |e| anyhow!("{}: {}", p.display(), live::io_msg(&e))
 }
 
 pub fn mkdir(dir: &Path, parents: bool, paths: &[PathBuf]) -> Result<Outcome> {
-    let s = open_write(dir, "mkdir")?;
+    let s = match live::open(dir, "mkdir")? {
+        Target::Store(s) => s,
+        Target::Mount(mp) => {
+            return each(paths, |path| {
+                let m = live::on_mount(&mp, bytes(path));
+                if parents {
+                    fs::create_dir_all(&m)
+                } else {
+                    fs::create_dir(&m)
+                }
+                .map_err(mount_err(path))
+            })
+        }
+    };
     let fs = &s.fs;
     let who = Caller::current();
-    for path in paths {
-        let p = path.display();
+    let r = each(paths, |path| {
         if parents {
-            let mut cur = ROOT;
-            for part in bytes(path)
-                .split(|&c| c == b'/')
-                .filter(|x| !x.is_empty() && *x != b".")
-            {
-                cur = match fs.lookup(cur, part) {
-                    Ok(i) if i.is_dir() => i.ino,
-                    Ok(_) => bail!("{p}: {} is not a directory", show(part)),
-                    Err(FsError::NotFound) => {
-                        fs.mkdir(cur, part, 0o755, who)
-                            .map_err(|e| anyhow!("{p}: {e}"))?
-                            .ino
-                    }
-                    Err(e) => bail!("{p}: {e}"),
-                };
-            }
+            mkdir_parents(fs, path, who)
         } else {
+            let p = path.display();
             let (parent, name) = split(bytes(path))?;
             let pi = resolve(fs, &parent)?;
             fs.mkdir(pi.ino, &name, 0o755, who)
                 .map_err(|e| anyhow!("{p}: {e}"))?;
+            Ok(())
         }
-    }
+    });
     fs.sync_all()?;
-    Ok(Outcome::Ok)
+    r
 }
 
 fn remove_tree(fs: &Fs, parent: u64, name: &[u8]) -> Result<()> {
@@ -718,9 +968,27 @@ fn remove_tree(fs: &Fs, parent: u64, name: &[u8]) -> Result<()> {
 }
 
 pub fn rm(dir: &Path, recursive: bool, paths: &[PathBuf]) -> Result<Outcome> {
-    let s = open_write(dir, "rm")?;
+    let s = match live::open(dir, "rm")? {
+        Target::Store(s) => s,
+        Target::Mount(mp) => {
+            return each(paths, |path| {
+                split(bytes(path))?;
+                let m = live::on_mount(&mp, bytes(path));
+                let md = fs::symlink_metadata(&m).map_err(mount_err(path))?;
+                if md.is_dir() {
+                    if !recursive {
+                        bail!("{}: is a directory (use -r)", path.display());
+                    }
+                    fs::remove_dir_all(&m)
+                } else {
+                    fs::remove_file(&m)
+                }
+                .map_err(mount_err(path))
+            })
+        }
+    };
     let fs = &s.fs;
-    for path in paths {
+    let r = each(paths, |path| {
         let p = path.display();
         let (parent, name) = split(bytes(path))?;
         let pi = resolve(fs, &parent)?;
@@ -728,14 +996,33 @@ pub fn rm(dir: &Path, recursive: bool, paths: &[PathBuf]) -> Result<Outcome> {
         if i.is_dir() && !recursive {
             bail!("{p}: is a directory (use -r)");
         }
-        remove_tree(fs, pi.ino, &name).map_err(|e| anyhow!("{p}: {e}"))?;
-    }
+        remove_tree(fs, pi.ino, &name).map_err(|e| anyhow!("{p}: {e}"))
+    });
     fs.sync_all()?;
-    Ok(Outcome::Ok)
+    r
 }
 
 pub fn mv(dir: &Path, src: &Path, dest: &Path) -> Result<Outcome> {
-    let s = open_write(dir, "mv")?;
+    let s = match live::open(dir, "mv")? {
+        Target::Store(s) => s,
+        Target::Mount(mp) => {
+            let (_, sn) = split(bytes(src))?;
+            let from = live::on_mount(&mp, bytes(src));
+            let mut to = live::on_mount(&mp, bytes(dest));
+            if to.is_dir() {
+                to = to.join(OsStr::from_bytes(&sn));
+            }
+            fs::rename(&from, &to).map_err(|e| {
+                anyhow!(
+                    "moving {} to {}: {}",
+                    src.display(),
+                    dest.display(),
+                    live::io_msg(&e)
+                )
+            })?;
+            return Ok(Outcome::Ok);
+        }
+    };
     let fs = &s.fs;
     let (sp, sn) = split(bytes(src))?;
     let spi = resolve(fs, &sp)?;

@@ -1,12 +1,15 @@
 //! Command-line interface: parsing, output and exit codes.
 //!
 //! Exit codes: 0 success; 1 the command ran but found nothing or found
-//! problems (`fsck`); 2 an error (the message names the path and the cause).
+//! problems (`fsck`), or some of several operands failed (each reported,
+//! the others done, as coreutils do); 2 an error (the message names the
+//! path and the cause).
 //! A closed output pipe counts as success. `--json` prints JSON Lines: one
 //! object per line.
 
 mod admin;
 mod files;
+mod live;
 mod mount;
 mod qvfs;
 mod tags;
@@ -41,7 +44,10 @@ enum Cmd {
     /// Mount a store; serves in the foreground until unmounted or Ctrl-C.
     Mount(mount::MountArgs),
     /// Unmount a queryfs mount and wait for its process to finish.
-    Umount { mountpoint: PathBuf },
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
     /// Copy files or directory trees from disk into the store.
     Put(files::PutArgs),
     /// Copy a file or directory tree from the store to disk.
@@ -50,6 +56,7 @@ enum Cmd {
     Ls(files::LsArgs),
     /// Print files of the store to standard output.
     Cat {
+        /// Files in the store.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -58,27 +65,38 @@ enum Cmd {
         /// Create parents as needed; no error if it exists.
         #[arg(short, long)]
         parents: bool,
+        /// Directories to create in the store.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Remove files (and with -r, directory trees) from the store.
     Rm {
+        /// Remove directories and their contents.
         #[arg(short, long)]
         recursive: bool,
+        /// Paths in the store.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Rename or move within the store.
-    Mv { src: PathBuf, dest: PathBuf },
+    Mv {
+        /// What to move (a path in the store).
+        src: PathBuf,
+        /// The new path, or an existing directory to move into.
+        dest: PathBuf,
+    },
     /// Show the attributes of paths in the store.
     Stat {
+        /// JSON Lines, one object per path.
         #[arg(long)]
         json: bool,
+        /// Paths in the store.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Store statistics: files, logical and stored bytes, dedup ratio, sizes.
     Info {
+        /// One JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -90,19 +108,24 @@ enum Cmd {
         /// Quarantine blobs whose cluster chains are damaged (the store must not be mounted).
         #[arg(long)]
         repair: bool,
+        /// One JSON object (after --repair: two).
         #[arg(long)]
         json: bool,
     },
     /// Reclaim unreferenced blobs, orphan clusters and unlinked files (refused while a chain is damaged).
     Gc {
+        /// One JSON object.
         #[arg(long)]
         json: bool,
     },
-    /// Add, remove or list the tags of a file.
+    /// Add, remove or list the tags of files.
     #[command(subcommand)]
     Tag(tags::TagCmd),
+    /// Print the paths of the files matching a tag query (one per line).
+    Files(tags::FilesArgs),
     /// Every tag with the number of files holding it.
     Tags {
+        /// JSON Lines: {"tag", "files"}.
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +144,27 @@ enum Cmd {
 pub enum Outcome {
     Ok,
     NothingFound,
+    /// Some operands failed (each reported on stderr); the others were
+    /// done, as coreutils do. Exit 1.
+    Failed,
+}
+
+/// Runs `f` on each operand, coreutils style: an operand that fails is
+/// reported (`queryfs: MESSAGE`) and the others still run; `Failed` at
+/// the end if any failed. A closed output pipe stops at once.
+pub fn each<T>(items: &[T], mut f: impl FnMut(&T) -> Result<()>) -> Result<Outcome> {
+    let mut failed = false;
+    for i in items {
+        if let Err(e) = f(i) {
+            if is_broken_pipe(&e) {
+                return Err(e);
+            }
+            let _ = std::io::stdout().flush();
+            eprintln!("queryfs: {e:#}");
+            failed = true;
+        }
+    }
+    Ok(if failed { Outcome::Failed } else { Outcome::Ok })
 }
 
 fn init_logging(level: &str) {
@@ -133,7 +177,7 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
@@ -152,7 +196,7 @@ pub fn main() -> i32 {
     init_logging(&cli.log);
     match run(cli) {
         Ok(Outcome::Ok) => 0,
-        Ok(Outcome::NothingFound) => 1,
+        Ok(Outcome::NothingFound | Outcome::Failed) => 1,
         Err(e) if is_broken_pipe(&e) => 0,
         Err(e) => {
             let _ = std::io::stdout().flush();
@@ -190,6 +234,7 @@ fn run(cli: Cli) -> Result<Outcome> {
         } => admin::fsck(&dir, verify, json, repair),
         Cmd::Gc { json } => admin::gc(&dir, json),
         Cmd::Tag(cmd) => tags::tag(&dir, cmd),
+        Cmd::Files(a) => tags::files(&dir, a),
         Cmd::Tags { json } => tags::tags(&dir, json),
         Cmd::Query(a) => tags::query(&dir, a),
         Cmd::ExportQvfs(a) => qvfs::export(&dir, a),
@@ -215,4 +260,29 @@ pub fn json_line(out: &mut impl Write, v: &impl serde::Serialize) -> Result<()> 
     serde_json::to_writer(&mut *out, v)?;
     out.write_all(b"\n")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every command and every flag has help text.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(c: &clap::Command, path: &str) {
+            for a in c.get_arguments() {
+                if matches!(a.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    a.get_help().is_some() || a.get_long_help().is_some(),
+                    "{path} {}: no help",
+                    a.get_id()
+                );
+            }
+            for s in c.get_subcommands() {
+                assert!(s.get_about().is_some(), "{path} {}: no help", s.get_name());
+                walk(s, &format!("{path} {}", s.get_name()));
+            }
+        }
+        walk(&<super::Cli as clap::CommandFactory>::command(), "queryfs");
+    }
 }

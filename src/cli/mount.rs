@@ -225,25 +225,21 @@ fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<
 }
 
 /// The source (the store folder, or "queryfs") of a queryfs mount at `mp`.
+/// mountinfo is read as bytes: a mount point elsewhere that is not UTF-8
+/// does not hide this one.
 fn mount_source(mp: &Path) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mp.display().to_string();
-    for line in text.lines() {
-        let (left, right) = line.split_once(" - ")?;
-        let point = left.split(' ').nth(4)?.replace("\\040", " ");
-        let mut r = right.split(' ');
-        let fstype = r.next()?;
-        let source = r.next()?;
-        // A direct mount shows as "fuse" (the subtype needs fusermount).
-        let ours =
-            source == "queryfs" || source == store::MEMORY || store::exists(Path::new(source));
-        if point == want && (fstype == "fuse" || fstype == "fuse.queryfs") && ours {
-            return Some(source.to_string());
-        }
-    }
-    None
+    use std::os::unix::ffi::OsStrExt;
+    super::live::mounts()
+        .into_iter()
+        .find_map(|(point, fstype, source)| {
+            // A direct mount shows as "fuse" (the subtype needs fusermount).
+            let ours = source == b"queryfs"
+                || source == store::MEMORY.as_bytes()
+                || store::exists(Path::new(std::ffi::OsStr::from_bytes(&source)));
+            (point == mp && (fstype == b"fuse" || fstype == b"fuse.queryfs") && ours)
+                .then(|| String::from_utf8_lossy(&source).into_owned())
+        })
 }
-
 pub fn umount(mountpoint: &Path) -> Result<Outcome> {
     let mp = mountpoint
         .canonicalize()

@@ -51,27 +51,45 @@ pub struct ImportArgs {
 pub enum QvfsCmd {
     /// Run the reader checks; exit 0 clean, 1 problems, 2 unreadable.
     Check {
+        /// The image (NAME.qfi).
         image: PathBuf,
+        /// One JSON object.
         #[arg(long)]
         json: bool,
     },
     /// List a folder of an image (default its root).
     Ls {
+        /// The image (NAME.qfi).
         image: PathBuf,
+        /// Folder (or file) of the image.
         #[arg(default_value = "/")]
         path: String,
         /// Long listing: kind, size, modified time, name (and short name).
         #[arg(short, long)]
         long: bool,
+        /// JSON Lines, one object per entry.
         #[arg(long)]
         json: bool,
     },
     /// Print files of an image to standard output.
     Cat {
+        /// The image (NAME.qfi).
         image: PathBuf,
+        /// Files of the image.
         #[arg(required = true)]
         paths: Vec<String>,
     },
+}
+
+/// `PATH: MESSAGE`, unless the message already starts with the path.
+fn at(p: &Path, e: anyhow::Error) -> anyhow::Error {
+    let shown = p.display().to_string();
+    let msg = format!("{e:#}");
+    if msg.starts_with(&format!("{shown}:")) {
+        anyhow!(msg)
+    } else {
+        anyhow!("{shown}: {msg}")
+    }
 }
 
 fn explain(e: ExchangeError) -> anyhow::Error {
@@ -112,7 +130,7 @@ pub fn export(dir: &Path, a: ExportArgs) -> Result<Outcome> {
     let plan = exchange::plan_export(&s.fs, &opts).map_err(explain)?;
     let b = progress_bar(plan.bytes);
     let r = exchange::write_export(&s.fs, plan, &a.out, a.force, &mut |n| b.inc(n))
-        .map_err(|e| anyhow!("{}: {}", a.out.display(), explain(e)));
+        .map_err(|e| at(&a.out, explain(e)));
     b.finish_and_clear();
     let r = r?;
     for p in &r.skipped {
@@ -150,7 +168,8 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
             recover: true,
         },
         true,
-    )?;
+    )
+    .map_err(|e| super::live::busy(dir, "import-qvfs", e))?;
     let check = img.check();
     let b = progress_bar(check.bytes);
     // One commit per 25 ms instead of several per file; all of it is
@@ -158,7 +177,7 @@ pub fn import(dir: &Path, a: ImportArgs) -> Result<Outcome> {
     let group = s.fs.group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)?;
     let into = utf8_store_path(&a.into, "--into")?;
     let r = exchange::import(&s.fs, &img, &check, &into, &mut |n| b.inc(n))
-        .map_err(|e| anyhow!("{}: {}", a.image.display(), explain(e)));
+        .map_err(|e| at(&a.image, explain(e)));
     b.finish_and_clear();
     group.finish().context("committing the import")?;
     let r = r?;
@@ -214,8 +233,9 @@ struct LsJson<'a> {
     kind: &'static str,
     size: u64,
     start: i32,
-    modified: Option<String>,
-    created: Option<String>,
+    /// Nanoseconds since 1970, as every `*_ns` field (null: not recorded).
+    mtime_ns: Option<i64>,
+    btime_ns: Option<i64>,
     property: u8,
 }
 
@@ -292,7 +312,7 @@ pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
             };
             let mut out = std::io::stdout().lock();
             for i in &items {
-                let kind = if i.is_dir() { "folder" } else { "file" };
+                let kind = if i.is_dir() { "dir" } else { "file" };
                 if json {
                     json_line(
                         &mut out,
@@ -302,8 +322,8 @@ pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
                             kind,
                             size: i.size(),
                             start: i.entry.start,
-                            modified: i.modified_ns().map(format_time),
-                            created: i.created_ns().map(format_time),
+                            mtime_ns: i.modified_ns(),
+                            btime_ns: i.created_ns(),
                             property: i.entry.property,
                         },
                     )?;
@@ -334,15 +354,23 @@ pub fn qvfs(cmd: QvfsCmd) -> Result<Outcome> {
         QvfsCmd::Cat { image, paths } => {
             let img = Image::open(&image)?;
             let mut out = std::io::stdout().lock();
-            for p in &paths {
+            super::each(&paths, |p| {
                 let item = img
                     .resolve(p)
                     .map_err(|e| anyhow!("{p}: {e}"))?
                     .ok_or_else(|| anyhow!("{p}: is the root folder"))?;
-                img.read_file(&item, 1 << 20, |d| out.write_all(d))
-                    .map_err(|e| anyhow!("{p}: {e}"))?;
-            }
-            Ok(Outcome::Ok)
+                // A closed pipe is success: keep the io error's kind.
+                let mut write_err = None;
+                let r = img.read_file(&item, 1 << 20, |d| {
+                    out.write_all(d).inspect_err(|e| {
+                        write_err = Some(std::io::Error::new(e.kind(), e.to_string()))
+                    })
+                });
+                if let Some(e) = write_err {
+                    return Err(e.into());
+                }
+                r.map_err(|e| anyhow!("{p}: {e}"))
+            })
         }
     }
 }

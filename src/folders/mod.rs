@@ -117,6 +117,11 @@ impl Folders {
     }
 }
 
+/// `/queries` (whose `user.query.NAME` xattrs are the saved queries).
+fn is_queries_root(ino: u64) -> bool {
+    ino == QUERIES
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum VKey {
     /// `/by-tag/<terms...>`; no terms is `/by-tag` itself.

@@ -99,7 +99,9 @@ impl Folders {
         }
         let (k, perm, size) = match ino {
             BY_TAG => (FileKind::Dir, 0o755, 0),
-            SQL | QUERIES => (FileKind::Dir, 0o555, 0),
+            SQL => (FileKind::Dir, 0o555, 0),
+            // Writable by the mount's owner: `user.query.NAME` saves a query.
+            QUERIES => (FileKind::Dir, 0o755, 0),
             _ => {
                 let t = self.virt.table.lock();
                 let n = t.nodes.get(&ino).ok_or(FsError::NotFound)?;

@@ -68,6 +68,13 @@ pub trait Tree: Send + Sync {
     fn listxattr(&self, ino: u64, hide_placed: &dyn Fn(&Attr) -> Result<bool>) -> Result<Vec<u8>>;
     fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()>;
 
+    /// The saved queries (shipped ones too): (name, SQL, shipped).
+    fn queries(&self) -> Result<Vec<(String, String, bool)>>;
+    /// Saves a user query (checked in the sandbox first).
+    fn save_query(&self, name: &str, sql: &str) -> Result<()>;
+    /// Deletes a user query (`NotFound` if there is none).
+    fn delete_query(&self, name: &str) -> Result<()>;
+
     /// Tagging (and the rest of the metadata the folders keep): `f` runs
     /// as one metadata write.
     fn write(&self, f: &mut dyn FnMut(&dyn MetaStore) -> Result<()>) -> Result<()>;
@@ -169,6 +176,15 @@ impl Tree for Fs {
     }
     fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
         Fs::removexattr(self, ino, name)
+    }
+    fn queries(&self) -> Result<Vec<(String, String, bool)>> {
+        Fs::queries(self)
+    }
+    fn save_query(&self, name: &str, sql: &str) -> Result<()> {
+        Fs::save_query(self, name, sql)
+    }
+    fn delete_query(&self, name: &str) -> Result<()> {
+        Fs::delete_query(self, name)
     }
     fn write(&self, f: &mut dyn FnMut(&dyn MetaStore) -> Result<()>) -> Result<()> {
         self.tx(|m, _| f(m))

@@ -1,9 +1,17 @@
 //! Operations on virtual nodes that a window passes on to the real
-//! directory it shows, and that every other virtual node refuses: making
-//! special files and symlinks, and extended attributes.
+//! directory it shows, and that every other virtual node refuses (but for
+//! `/queries`, whose `user.query.NAME` xattrs are the saved queries):
+//! making special files and symlinks, and extended attributes.
 
 #[allow(unused_imports)]
 use super::*;
+
+/// The query an xattr name of `/queries` addresses: `user.query.NAME`.
+fn query_attr(name: &[u8]) -> Result<&str> {
+    name.strip_prefix(b"user.query.")
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .ok_or(FsError::NotSupported)
+}
 
 impl Folders {
     /// mknod in a virtual folder: in a window, made in the real directory;
@@ -53,7 +61,29 @@ impl Folders {
         Ok(i)
     }
 
+    /// `setfattr -n user.query.NAME -v SQL /queries` saves query NAME
+    /// (XATTR_CREATE: only if there is none), so that a mounted store's
+    /// queries can be saved through the mount.
+    fn set_query_attr(&self, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        let n = query_attr(name)?;
+        let sql = std::str::from_utf8(value)
+            .map_err(|_| FsError::Invalid("a query must be UTF-8".into()))?;
+        let exists = self.core.queries()?.iter().any(|(q, _, _)| q == n);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoAttr);
+        }
+        self.core.save_query(n, sql).inspect_err(|e| {
+            tracing::warn!("saving query {n:?} through /queries: {e}");
+        })
+    }
+
     pub fn v_setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if is_queries_root(ino) {
+            return self.set_query_attr(name, value, flags);
+        }
         match self.window_dir(ino) {
             Some(d) => self.core.setxattr(d, name, value, flags),
             None => Err(FsError::NotSupported),
@@ -61,13 +91,21 @@ impl Folders {
     }
 
     pub fn v_getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
-        match self.window_dir(ino) {
-            Some(d) => self.core.getxattr(d, name),
-            None => {
-                crate::vfs::Fs::check_xattr_name(name)?;
-                Err(FsError::NoAttr)
-            }
+        if let Some(d) = self.window_dir(ino) {
+            return self.core.getxattr(d, name);
         }
+        crate::vfs::Fs::check_xattr_name(name)?;
+        if is_queries_root(ino) {
+            let n = query_attr(name).map_err(|_| FsError::NoAttr)?;
+            return self
+                .core
+                .queries()?
+                .into_iter()
+                .find(|(q, _, _)| q == n)
+                .map(|(_, sql, _)| sql.into_bytes())
+                .ok_or(FsError::NoAttr);
+        }
+        Err(FsError::NoAttr)
     }
 
     pub fn v_listxattr(&self, ino: u64) -> Result<Vec<u8>> {
@@ -84,12 +122,17 @@ impl Folders {
     }
 
     pub fn v_removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
-        match self.window_dir(ino) {
-            Some(d) => self.core.removexattr(d, name),
-            None => {
-                crate::vfs::Fs::check_xattr_name(name)?;
-                Err(FsError::NoAttr)
-            }
+        if let Some(d) = self.window_dir(ino) {
+            return self.core.removexattr(d, name);
         }
+        crate::vfs::Fs::check_xattr_name(name)?;
+        if is_queries_root(ino) {
+            let n = query_attr(name).map_err(|_| FsError::NoAttr)?;
+            return self.core.delete_query(n).map_err(|e| match e {
+                FsError::NotFound => FsError::NoAttr,
+                e => e,
+            });
+        }
+        Err(FsError::NoAttr)
     }
 }

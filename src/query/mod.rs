@@ -19,6 +19,15 @@
 //! - `year=1959`, `year!=1959`, `year<1960`, `year<=1960`, `year>1950`,
 //!   `year>=1950`: the tag's value compared, as numbers when the literal
 //!   is a number, else as text.
+//!
+//! # Word syntax (no shell quoting needed)
+//! The same terms spelled with words, for folder names and the command
+//! line: `not.live` is `!live`, `jazz.or.blues` is `jazz|blues`, and
+//! `year.eq.1959`, `.ne.`, `.lt.`, `.le.`, `.gt.`, `.ge.` are `=`, `!=`,
+//! `<`, `<=`, `>`, `>=`. [`parse_words`] also reads a whole query written
+//! as words: `jazz and not live year.ge.1950` (adjacent terms are ANDed,
+//! `and` may be written or left out; `not X or Y` negates the whole
+//! or-group `X or Y`).
 
 pub mod saved;
 
@@ -63,6 +72,9 @@ pub enum QueryError {
     /// The name of a query shipped with queryfs.
     #[error("{0:?} is a shipped query and cannot be replaced")]
     ShippedQuery(String),
+    /// A tag query in words that does not parse.
+    #[error("tag query: {0}")]
+    BadQuery(String),
 }
 
 /// Checks a tag name; the error says what is wrong.
@@ -215,7 +227,24 @@ impl Term {
     }
 }
 
+/// Word operators: `NAME.ge.VALUE` and friends.
+const WORD_OPS: &[(&str, Op)] = &[
+    (".eq.", Op::Eq),
+    (".ne.", Op::Ne),
+    (".lt.", Op::Lt),
+    (".le.", Op::Le),
+    (".gt.", Op::Gt),
+    (".ge.", Op::Ge),
+];
+
 fn parse_atom(s: &str) -> Result<Atom, QueryError> {
+    for (tok, op) in WORD_OPS {
+        if let Some((n, v)) = s.split_once(tok) {
+            if check_tag(n).is_ok() && check_value(v).is_ok() {
+                return Ok(Atom::Cmp(n.to_string(), *op, v.to_string()));
+            }
+        }
+    }
     // Two-character operators first.
     for (tok, op) in [
         ("<=", Op::Le),
@@ -237,15 +266,83 @@ fn parse_atom(s: &str) -> Result<Atom, QueryError> {
 
 /// Parses one folder name under `/by-tag`.
 pub fn parse_term(name: &str) -> Result<Term, QueryError> {
-    let (negated, rest) = match name.strip_prefix('!') {
+    let (negated, rest) = match name.strip_prefix('!').or_else(|| name.strip_prefix("not.")) {
         Some(r) => (true, r),
         None => (false, name),
     };
     let any = rest
         .split('|')
+        .flat_map(|a| a.split(".or."))
         .map(parse_atom)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Term { negated, any })
+}
+
+/// Parses a query given as words (each argument may hold several, split
+/// at spaces): terms in the `/by-tag` syntax or the word syntax, joined by
+/// `and` (or nothing) and `or`; `not` negates the or-group that follows.
+/// `jazz and not live or demo year.ge.1950` is the folder
+/// `/by-tag/jazz/!live|demo/year>=1950`.
+pub fn parse_words<S: AsRef<str>>(args: &[S]) -> Result<Vec<Term>, QueryError> {
+    let words: Vec<&str> = args
+        .iter()
+        .flat_map(|a| a.as_ref().split_whitespace())
+        .collect();
+    let bad = |w: &str| QueryError::BadQuery(w.to_string());
+    let mut terms: Vec<Term> = Vec::new();
+    let mut negate = false;
+    // The next term joins the last one as an alternative.
+    let mut or = false;
+    // An `and` waits for its right-hand term.
+    let mut and = false;
+    for w in words {
+        match w {
+            "and" | "AND" => {
+                if or || negate || and || terms.is_empty() {
+                    return Err(bad("'and' needs a term on each side"));
+                }
+                and = true;
+            }
+            "or" | "OR" => {
+                if or || negate || and || terms.is_empty() {
+                    return Err(bad("'or' needs a term on each side"));
+                }
+                or = true;
+            }
+            "not" | "NOT" => {
+                if or || negate {
+                    return Err(bad(
+                        "'not' cannot follow 'or' or 'not' (write not A or B for neither A nor B)",
+                    ));
+                }
+                negate = true;
+            }
+            _ => {
+                and = false;
+                let t = parse_term(w)?;
+                if or {
+                    if t.negated {
+                        return Err(bad("an alternative after 'or' cannot be negated"));
+                    }
+                    terms.last_mut().unwrap().any.extend(t.any);
+                    or = false;
+                } else {
+                    terms.push(Term {
+                        negated: negate ^ t.negated,
+                        any: t.any,
+                    });
+                    negate = false;
+                }
+            }
+        }
+    }
+    if or || negate || and {
+        return Err(bad("the query ends with an operator"));
+    }
+    if terms.is_empty() {
+        return Err(bad("the query is empty"));
+    }
+    Ok(terms)
 }
 
 fn atom_sql(a: &Atom, params: &mut Vec<Value>) -> String {
@@ -459,6 +556,39 @@ pub fn unique_names<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_syntax() {
+        let t = |s: &str| parse_term(s).unwrap();
+        assert_eq!(t("not.live"), t("!live"));
+        assert_eq!(t("jazz.or.blues"), t("jazz|blues"));
+        assert_eq!(t("year.ge.1950"), t("year>=1950"));
+        assert_eq!(t("year.eq.1959"), t("year=1959"));
+        assert_eq!(t("v1.2"), Term::tag("v1.2"));
+        let w = parse_words(&["jazz and not live or demo", "year.ge.1950"]).unwrap();
+        assert_eq!(w, vec![t("jazz"), t("!live|demo"), t("year>=1950")]);
+        assert_eq!(
+            parse_words(&["jazz", "blues"]).unwrap(),
+            vec![t("jazz"), t("blues")]
+        );
+        assert_eq!(
+            parse_words(&["jazz or blues"]).unwrap(),
+            vec![t("jazz|blues")]
+        );
+        assert_eq!(parse_words(&["!live"]).unwrap(), vec![t("!live")]);
+        for bad in [
+            "",
+            "and",
+            "jazz and",
+            "jazz and and x",
+            "jazz or",
+            "not",
+            "jazz or not x",
+            "not not x",
+        ] {
+            assert!(parse_words(&[bad]).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn tag_names() {

@@ -13,7 +13,9 @@ pub(super) enum TagAttr {
 
 impl TagAttr {
     pub(super) fn parse(name: &[u8]) -> Result<Option<TagAttr>> {
-        if name == b"user.tags" {
+        // `user.xdg.tags` (the freedesktop convention: comma-separated, as
+        // KDE Dolphin and Baloo write it) is the same set as `user.tags`.
+        if name == b"user.tags" || name == b"user.xdg.tags" {
             return Ok(Some(TagAttr::All));
         }
         let Some(rest) = name.strip_prefix(b"user.tag.") else {
