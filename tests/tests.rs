@@ -13,5 +13,6 @@ mod permissions;
 mod programs;
 mod qvfs;
 mod semantics;
+mod system;
 mod tags;
 mod util;

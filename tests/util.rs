@@ -63,10 +63,12 @@ pub fn qfs_ok(store: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// (/proc/self/mountinfo read as bytes: other mount points may have names
+/// that are not UTF-8.)
 pub fn is_mounted(mp: &Path) -> bool {
-    let want = mp.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
+    let want = mp.display().to_string().replace(' ', "\\040");
+    let text = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    String::from_utf8_lossy(&text)
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
