@@ -282,9 +282,9 @@ mod tests {
                 "/s",
                 "mount",
                 "--background",
+                "--allow-other",
                 "--threads",
                 "4",
-                "--allow-other",
                 "/m"
             ]
         );
