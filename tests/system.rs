@@ -428,7 +428,7 @@ fn slow_queries_are_logged() {
     let store = new_store(d.path());
     // Runs into the 2 s budget, or finishes late: either way slow.
     let sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 30000000) SELECT count(*) AS n FROM c";
-    let o = qfs(&store, &["query", sql]);
+    let o = qfs(&store, &["-v", "query", sql]);
     let err = text(&o.stderr);
     assert!(err.contains("slow query") && err.contains("ms="), "{err}");
     assert!(!err.contains('\x1b'), "colour in a pipe: {err}");

@@ -648,7 +648,7 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
 
 /// The extension of a name, lower-cased, without the dot: what follows the
 /// last `.` that is not the first byte (`.bashrc` has none).
-/// A query that runs longer than this is logged (warn) with its SQL.
+/// A query that runs longer than this is logged (info: `-v`) with its SQL.
 pub const SLOW_QUERY: Duration = Duration::from_millis(500);
 
 /// Logs the query at drop if it was slow, whatever its outcome.
@@ -662,7 +662,7 @@ impl Drop for SlowQuery<'_> {
         let t = self.started.elapsed();
         if t >= SLOW_QUERY {
             let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
-            tracing::warn!(ms, sql = self.sql, "slow query");
+            tracing::info!(ms, sql = self.sql, "slow query");
         }
     }
 }
