@@ -147,8 +147,10 @@ fn busy() -> Errno {
 
 fn errno(e: &FsError) -> Errno {
     match e {
-        FsError::Meta(_) | FsError::Io(_) | FsError::Corrupt(_) => tracing::error!("{e}"),
-        _ => tracing::debug!("{e}"),
+        FsError::Meta(_) | FsError::Io(_) | FsError::Corrupt(_) => {
+            tracing::error!(errno = e.errno(), "failed: {e}")
+        }
+        _ => tracing::debug!(errno = e.errno(), "refused: {e}"),
     }
     Errno::from_i32(e.errno())
 }
@@ -904,6 +906,8 @@ pub struct MountConfig {
     /// List the query folders at the root (they are reachable by name
     /// either way).
     pub show_folders: bool,
+    /// The mount's flags (`NoAtime`, `Dev`, `Suid`, `RO`, `NoExec`, ...).
+    pub flags: Vec<fuser::MountOption>,
 }
 
 /// Mounts `fs` at `mountpoint` and serves until unmounted. `on_mounted`
@@ -918,12 +922,12 @@ pub fn serve(
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(fsname.to_string()),
-        fuser::MountOption::Subtype("queryfs".into()),
+        // Given to the kernel itself (fuser keeps `Subtype` for
+        // fusermount): the type shows as fuse.queryfs in /proc/mounts.
+        fuser::MountOption::CUSTOM("subtype=queryfs".into()),
         fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoAtime,
-        fuser::MountOption::Dev,
-        fuser::MountOption::Suid,
     ];
+    config.mount_options.extend(cfg.flags.iter().cloned());
     if cfg.allow_other {
         config.acl = fuser::SessionACL::All;
     }

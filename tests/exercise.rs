@@ -1,11 +1,11 @@
-//! The filesystem exerciser (`qfs-exercise`, exercise/main.rs) against real
+//! The filesystem exerciser (`qfs-exercise`, tools/exercise/main.rs) against real
 //! mounts: data mode (10^5 ops), namespace mode against a kernel tmpfs
 //! (10^4 ops), and 8 processes for 60 s on 2 FUSE threads followed by a
 //! clean unmount, `fsck --verify` and a re-check of every file after a
 //! remount.
 //!
 //! Seeds: a fixed list plus one from the clock; every seed is printed, and
-//! a failure prints the replay command (see exercise/main.rs).
+//! a failure prints the replay command (see tools/exercise/main.rs).
 
 use crate::util::*;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,8 @@ use std::process::Command;
 use std::time::Instant;
 
 fn exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_qfs-exercise"))
+    // A program of the tools crate: built by the test (tests/util.rs).
+    tool("qfs-exercise")
 }
 
 fn clock_seed() -> u64 {

@@ -18,5 +18,6 @@ mod programs;
 mod qvfs;
 mod s3;
 mod semantics;
+mod system;
 mod tags;
 mod util;

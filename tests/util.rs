@@ -8,6 +8,39 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_queryfs"))
 }
 
+/// A program of the tools crate (tools/: `qfs-exercise`, `queryfs-bench`,
+/// `qfs-passthrough`), which `cargo test` does not build (only the root
+/// crate is a default member, so that `cargo install --path .` installs
+/// `queryfs` only): built here, once per test run, with the cargo, profile
+/// and target folder of the build running the tests.
+pub fn tool(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let queryfs = bin();
+    let out_dir = queryfs.parent().expect("target/PROFILE").to_path_buf();
+    let target_dir = out_dir.parent().expect("target").to_path_buf();
+    let exe = out_dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "queryfs-tools", "--bin", name])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if out_dir.file_name() == Some(std::ffi::OsStr::new("release")) {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("running cargo build for a tool");
+        assert!(
+            st.success(),
+            "cargo build -p queryfs-tools --bin {name} failed"
+        );
+        built.push(name.to_string());
+    }
+    exe
+}
+
 /// Runs `queryfs --store STORE ARGS...`.
 pub fn qfs(store: &Path, args: &[&str]) -> Output {
     Command::new(bin())

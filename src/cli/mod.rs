@@ -12,6 +12,7 @@ mod files;
 mod live;
 mod mount;
 mod qvfs;
+mod system;
 mod tags;
 
 use std::io::Write;
@@ -27,9 +28,16 @@ pub struct Cli {
     /// The store folder (default: $XDG_DATA_HOME/queryfs/default, created on first use by `mount`).
     #[arg(long, global = true, value_name = "STORE")]
     store: Option<PathBuf>,
-    /// Log level for messages on stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
-    log: String,
+    /// Log level for messages on stderr (error, warn, info, debug, trace);
+    /// without it, -v, -q, QUERYFS_LOG or RUST_LOG decide (default warn).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log: Option<String>,
+    /// More log messages: -v info, -vv debug, -vvv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Errors only: no warnings, no progress lines such as "mounted ...".
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -138,6 +146,16 @@ enum Cmd {
     /// Check or browse a QVFS image without importing it.
     #[command(subcommand)]
     Qvfs(qvfs::QvfsCmd),
+    /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (queryfs.1 and one per command) into a folder.
+    Man {
+        /// The folder (created if missing), e.g. /usr/local/share/man/man1.
+        dir: PathBuf,
+    },
 }
 
 /// The outcome of a command that ran.
@@ -167,16 +185,6 @@ pub fn each<T>(items: &[T], mut f: impl FnMut(&T) -> Result<()>) -> Result<Outco
     Ok(if failed { Outcome::Failed } else { Outcome::Ok })
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QUERYFS_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("queryfs={level},fuser=error"))
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -185,7 +193,20 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    // Reached as mount(8)'s helper (`mount.queryfs`): its arguments are
+    // translated into those of `queryfs mount --background`.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match system::helper_args(args.clone()) {
+        None => args,
+        Some(Ok(a)) => a,
+        Some(Err(e)) => {
+            eprintln!("mount.queryfs: {e:#}");
+            // mount(8)'s "incorrect invocation or permissions".
+            return 1;
+        }
+    };
+    system::set_args(&args);
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -193,7 +214,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging(&cli.log);
+    system::init_logging(cli.log.as_deref(), cli.verbose, cli.quiet);
     match run(cli) {
         Ok(Outcome::Ok) => 0,
         Ok(Outcome::NothingFound | Outcome::Failed) => 1,
@@ -240,6 +261,8 @@ fn run(cli: Cli) -> Result<Outcome> {
         Cmd::ExportQvfs(a) => qvfs::export(&dir, a),
         Cmd::ImportQvfs(a) => qvfs::import(&dir, a),
         Cmd::Qvfs(c) => qvfs::qvfs(c),
+        Cmd::Completions { shell } => system::completions(shell),
+        Cmd::Man { dir } => system::man(&dir),
     }
 }
 

@@ -32,6 +32,188 @@ pub struct MountArgs {
     /// Threads serving FUSE requests (1 to 64).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_THREADS))]
     threads: u32,
+    /// Serve in the background: returns once the mount answers (or with
+    /// the error of a failed mount); messages go to the --log-file.
+    #[arg(long)]
+    background: bool,
+    /// The log file of --background (appended to; default
+    /// $XDG_STATE_HOME/queryfs/mount.log, else ~/.local/state/queryfs/mount.log,
+    /// else /var/log/queryfs.log).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Mount over a folder that is not empty (its entries are hidden while mounted).
+    #[arg(long)]
+    nonempty: bool,
+    /// Check everything (store, mount point) but mount nothing (mount -f).
+    #[arg(long)]
+    fake: bool,
+    /// Read-only mount.
+    #[arg(long)]
+    ro: bool,
+    /// Ignore set-user-id and set-group-id bits.
+    #[arg(long)]
+    nosuid: bool,
+    /// Do not interpret device special files.
+    #[arg(long)]
+    nodev: bool,
+    /// Do not allow programs to be executed from the mount.
+    #[arg(long)]
+    noexec: bool,
+    /// Update access times (the default is noatime).
+    #[arg(long, conflicts_with = "noatime")]
+    atime: bool,
+    /// Do not update access times (the default).
+    #[arg(long)]
+    noatime: bool,
+    /// Synchronous writes (the kernel's MS_SYNCHRONOUS).
+    #[arg(long)]
+    sync: bool,
+    /// Synchronous directory changes (the kernel's MS_DIRSYNC).
+    #[arg(long)]
+    dirsync: bool,
+}
+
+/// Set in the environment of the process that `--background` starts.
+const CHILD_ENV: &str = "QUERYFS_BACKGROUND_CHILD";
+
+impl MountArgs {
+    /// The kernel flags of the mount.
+    fn flags(&self) -> Vec<fuser::MountOption> {
+        use fuser::MountOption as O;
+        let mut f = vec![
+            if self.atime { O::Atime } else { O::NoAtime },
+            if self.nodev { O::NoDev } else { O::Dev },
+            if self.nosuid { O::NoSuid } else { O::Suid },
+        ];
+        if self.ro {
+            f.push(O::RO);
+        }
+        if self.noexec {
+            f.push(O::NoExec);
+        }
+        if self.sync {
+            f.push(O::Sync);
+        }
+        if self.dirsync {
+            f.push(O::DirSync);
+        }
+        f
+    }
+}
+
+/// Where `--background` logs without --log-file.
+fn default_log_file() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        });
+    match state {
+        Some(d) => d.join("queryfs/mount.log"),
+        None => PathBuf::from("/var/log/queryfs.log"),
+    }
+}
+
+/// `mount --background`: starts this same command again (its process in a
+/// session of its own, output to the log file) and waits until its mount
+/// answers; when the mount fails, prints what the child logged.
+fn background(a: &MountArgs) -> Result<Outcome> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::process::CommandExt;
+    let mp = resolve(&a.mountpoint)
+        .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
+    let log = a.log_file.clone().unwrap_or_else(default_log_file);
+    if let Some(d) = log.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening log file {}", log.display()))?;
+    let start = file.seek(SeekFrom::End(0))?;
+    let args = super::system::args();
+    let exe = std::env::current_exe().context("finding the queryfs binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args[1..])
+        .env(CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file.try_clone()?);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the
+    // parent; it only makes the child leave the terminal's session, so that
+    // Ctrl-C or a hang-up of the shell does not reach the mount.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount process")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let mut text = String::new();
+            let mut f = std::fs::File::open(&log)?;
+            f.seek(SeekFrom::Start(start))?;
+            let _ = f.read_to_string(&mut text);
+            let text = text.trim_end();
+            if st.success() && a.fake {
+                return Ok(Outcome::Ok);
+            }
+            // The child's own words ("queryfs: ..."), once.
+            let msg = text
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim_start_matches("queryfs: ");
+            bail!(
+                "the mount process exited ({st}) without mounting: {msg} (log: {})",
+                log.display()
+            );
+        }
+        if mount_source(&mp).is_some() && std::fs::read_dir(&mp).is_ok() {
+            if !super::system::quiet() {
+                eprintln!(
+                    "queryfs: mounted at {} in the background (pid {}, log {}); `queryfs umount {}` unmounts",
+                    mp.display(),
+                    child.id(),
+                    log.display(),
+                    mp.display()
+                );
+            }
+            return Ok(Outcome::Ok);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the mount at {} did not answer within 120 s (pid {}, log {})",
+                mp.display(),
+                child.id(),
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Refuses a mount point with entries in it, unless --nonempty.
+fn check_empty(mp: &Path, a: &MountArgs) -> Result<()> {
+    if a.nonempty || !mp.is_dir() {
+        return Ok(());
+    }
+    let n = std::fs::read_dir(mp)
+        .with_context(|| format!("reading mount point {}", mp.display()))?
+        .count();
+    if n > 0 {
+        bail!(
+            "mount point {} is not empty ({n} entries would be hidden while mounted); empty it, choose another, or pass --nonempty (-o nonempty)",
+            mp.display()
+        );
+    }
+    Ok(())
 }
 
 /// Most threads `--threads` accepts.
@@ -139,11 +321,18 @@ fn unmount(mp: &Path, lazy: bool) -> std::io::Result<()> {
 }
 
 pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
+    if a.background && std::env::var_os(CHILD_ENV).is_none() {
+        return background(&a);
+    }
     if a.memory {
         let mp = resolve(&a.mountpoint)
             .with_context(|| format!("mount point {}", a.mountpoint.display()))?;
         if mp.exists() && !mp.is_dir() {
             bail!("mount point {} is not a directory", mp.display());
+        }
+        check_empty(&mp, &a)?;
+        if a.fake {
+            return Ok(Outcome::Ok);
         }
         let s = store::open_memory()?;
         let created = create_mount_point(&mp)?;
@@ -164,6 +353,7 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
     }
     let store_abs = resolve(&dir).with_context(|| format!("store {}", dir.display()))?;
     check_nesting(&store_abs, &mp)?;
+    check_empty(&mp, &a)?;
     let s = store::open(
         &dir,
         Access::Write {
@@ -172,6 +362,9 @@ pub fn mount(store_opt: &Option<PathBuf>, a: MountArgs) -> Result<Outcome> {
         },
         create,
     )?;
+    if a.fake {
+        return Ok(Outcome::Ok);
+    }
     // A damaged store was logged by the open (warn): it is served append-only.
     let created = create_mount_point(&mp)?;
     let r = serve_store(s, &dir, &mp, &a);
@@ -196,10 +389,23 @@ fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handlers")?;
     let sig_mp = mp.to_path_buf();
     std::thread::spawn(move || {
+        // A mount in use is not detached at the first signal: that would
+        // leave the store locked by this process until its users leave,
+        // without a word. The second signal detaches it (umount -l).
+        let mut refused = false;
         for sig in signals.forever() {
             tracing::info!("signal {sig}: unmounting {}", sig_mp.display());
-            if let Err(e) = unmount(&sig_mp, true) {
-                eprintln!("queryfs: could not unmount {}: {e}", sig_mp.display());
+            match unmount(&sig_mp, refused) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    refused = true;
+                    eprintln!(
+                        "queryfs: {} is busy, not unmounted: {}; signal again (Ctrl-C) to detach it now (the store stays in use until they leave)",
+                        sig_mp.display(),
+                        busy_users(&sig_mp)
+                    );
+                }
+                Err(e) => eprintln!("queryfs: could not unmount {}: {e}", sig_mp.display()),
+                Ok(()) => {}
             }
         }
     });
@@ -207,6 +413,7 @@ fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<
         allow_other: a.allow_other,
         threads: a.threads as usize,
         show_folders: a.show_folders,
+        flags: a.flags(),
     };
     let group = fs
         .group_commit(queryfs::vfs::GROUP_COMMIT_WINDOW)
@@ -214,31 +421,78 @@ fn serve_store(s: store::Store, dir: &Path, mp: &Path, a: &MountArgs) -> Result<
     let shown = dir.display().to_string();
     let at = mp.display().to_string();
     serve(fs, mp, &cfg, &fsname, |_| {
-        eprintln!("queryfs: mounted {shown} at {at} (Ctrl-C or `queryfs umount {at}` to unmount)");
+        tracing::info!(store = %shown, mountpoint = %at, pid = std::process::id(), "mounted");
+        if !super::system::quiet() {
+            eprintln!(
+                "queryfs: mounted {shown} at {at} (Ctrl-C or `queryfs umount {at}` to unmount)"
+            );
+        }
     })
     .with_context(|| format!("mounting at {}", mp.display()))?;
     // Commit whatever is left before the lock is released.
     group.finish().context("committing at unmount")?;
     drop(s);
-    eprintln!("queryfs: unmounted {at}");
+    tracing::info!(mountpoint = %at, "unmounted");
+    if !super::system::quiet() {
+        eprintln!("queryfs: unmounted {at}");
+    }
     Ok(Outcome::Ok)
 }
 
+/// A field of /proc/self/mountinfo with the kernel's octal escapes
+/// (`\040` for a space, `\011`, `\012`, `\134`) undone.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let oct = field
+            .get(i + 1..i + 4)
+            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The source (the store folder, or "queryfs") of a queryfs mount at `mp`.
-/// mountinfo is read as bytes: a mount point elsewhere that is not UTF-8
-/// does not hide this one.
+/// /proc/self/mountinfo is read as bytes: mount points anywhere on the
+/// system may have names that are not UTF-8.
 fn mount_source(mp: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
-    super::live::mounts()
-        .into_iter()
-        .find_map(|(point, fstype, source)| {
-            // A direct mount shows as "fuse" (the subtype needs fusermount).
-            let ours = source == b"queryfs"
-                || source == store::MEMORY.as_bytes()
-                || store::exists(Path::new(std::ffi::OsStr::from_bytes(&source)));
-            (point == mp && (fstype == b"fuse" || fstype == b"fuse.queryfs") && ours)
-                .then(|| String::from_utf8_lossy(&source).into_owned())
-        })
+    let text = std::fs::read("/proc/self/mountinfo").ok()?;
+    let want = mp.as_os_str().as_bytes();
+    let mut found = None;
+    for line in text.split(|&b| b == b'\n') {
+        let Some(sep) = memchr::memmem::find(line, b" - ") else {
+            continue;
+        };
+        let (left, right) = (&line[..sep], &line[sep + 3..]);
+        let Some(point) = left.split(|&b| b == b' ').nth(4) else {
+            continue;
+        };
+        let mut r = right.split(|&b| b == b' ');
+        let (Some(fstype), Some(source)) = (r.next(), r.next()) else {
+            continue;
+        };
+        let source = String::from_utf8_lossy(&unescape(source)).to_string();
+        // "fuse": mounts of queryfs versions that did not give the kernel
+        // the subtype.
+        let ours =
+            source == "queryfs" || source == store::MEMORY || store::exists(Path::new(&source));
+        if unescape(point) == want && (fstype == b"fuse" || fstype == b"fuse.queryfs") && ours {
+            // The last one: the mount on top.
+            found = Some(source);
+        }
+    }
+    found
 }
 pub fn umount(mountpoint: &Path) -> Result<Outcome> {
     let mp = mountpoint
@@ -250,9 +504,9 @@ pub fn umount(mountpoint: &Path) -> Result<Outcome> {
     unmount(&mp, false).map_err(|e| {
         if e.raw_os_error() == Some(libc::EBUSY) {
             anyhow::anyhow!(
-                "{} is busy: a process still uses it (see `fuser -vm {}`)",
+                "{} is busy, not unmounted: {}; end or move them and retry (or `umount -l` to detach it now)",
                 mp.display(),
-                mp.display()
+                busy_users(&mp)
             )
         } else {
             anyhow::anyhow!("unmounting {}: {e}", mp.display())
@@ -280,4 +534,58 @@ pub fn umount(mountpoint: &Path) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Ok)
+}
+
+/// What keeps `mp` busy: the processes with their working or root folder,
+/// or an open file, under it (from /proc/PID/{cwd,root,fd}), for example
+/// "pid 4242 (bash) has its working folder /mnt/a".
+fn busy_users(mp: &Path) -> String {
+    let me = std::process::id().to_string();
+    let mut found: Vec<String> = Vec::new();
+    let mut more = 0usize;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return "a process uses it (see `fuser -vm`)".into();
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let dir = p.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        let mut what: Vec<String> = Vec::new();
+        for (link, label) in [("cwd", "its working folder"), ("root", "its root")] {
+            if let Ok(t) = std::fs::read_link(dir.join(link)) {
+                if t.starts_with(mp) {
+                    what.push(format!("{label} {}", t.display()));
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+            for fd in fds.flatten() {
+                if let Ok(t) = std::fs::read_link(fd.path()) {
+                    if t.starts_with(mp) {
+                        what.push(format!("{} open", t.display()));
+                    }
+                }
+            }
+        }
+        if what.is_empty() {
+            continue;
+        }
+        if found.len() >= 8 {
+            more += 1;
+            continue;
+        }
+        what.truncate(3);
+        found.push(format!("pid {pid} ({comm}) has {}", what.join(", ")));
+    }
+    if found.is_empty() {
+        return "a process uses it (see `fuser -vm`)".into();
+    }
+    if more > 0 {
+        found.push(format!("and {more} more processes"));
+    }
+    found.join("; ")
 }

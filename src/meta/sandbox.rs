@@ -386,6 +386,10 @@ impl Sandbox {
         cap: usize,
         max_bytes: usize,
     ) -> Result<QueryResult, SandboxError> {
+        let _slow = SlowQuery {
+            sql,
+            started: Instant::now(),
+        };
         let _in = self.enter();
         let mut stmt = self.prepare(sql)?;
         let columns: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
@@ -644,6 +648,25 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
 
 /// The extension of a name, lower-cased, without the dot: what follows the
 /// last `.` that is not the first byte (`.bashrc` has none).
+/// A query that runs longer than this is logged (info: `-v`) with its SQL.
+pub const SLOW_QUERY: Duration = Duration::from_millis(500);
+
+/// Logs the query at drop if it was slow, whatever its outcome.
+struct SlowQuery<'a> {
+    sql: &'a str,
+    started: Instant,
+}
+
+impl Drop for SlowQuery<'_> {
+    fn drop(&mut self) {
+        let t = self.started.elapsed();
+        if t >= SLOW_QUERY {
+            let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+            tracing::info!(ms, sql = self.sql, "slow query");
+        }
+    }
+}
+
 pub fn extension(name: &[u8]) -> String {
     match name.iter().rposition(|&c| c == b'.') {
         Some(p) if p > 0 => String::from_utf8_lossy(&name[p + 1..]).to_lowercase(),

@@ -42,6 +42,7 @@ impl Fs {
     /// back instead: its blobs may not be on disk.
     pub(super) fn commit_batch(&self, m: &dyn MetaStore) -> Result<Vec<BlobLoc>> {
         let r = self.commit_batch_inner(m);
+        tracing::debug!(ok = r.is_ok(), "group commit");
         self.rollbacks.store(m.rollbacks(), Ordering::Release);
         r
     }

@@ -5,12 +5,12 @@
 # a re-check of every file after a remount. Prints figures; exit 0 only when
 # every step passed.
 #
-#   exercise/soak.sh [WORKDIR]          (default: a new directory under /tmp)
+#   tools/exercise/soak.sh [WORKDIR]          (default: a new directory under /tmp)
 #
 # Environment: SEED (default: from the clock), DATA_OPS (1000000),
 # NS_OPS (100000), MULTI_SECONDS (600), PROCS (8), THREADS (2).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 SEED=${SEED:-$(( $(date +%s%N) % 1000000000 ))}
 DATA_OPS=${DATA_OPS:-1000000}
 NS_OPS=${NS_OPS:-100000}
@@ -21,7 +21,7 @@ WORK=${1:-$(mktemp -d /tmp/qfs-soak.XXXXXX)}
 mkdir -p "$WORK"
 echo "soak: seed $SEED, work directory $WORK"
 
-cargo build --release --bin queryfs --bin qfs-exercise 2>&1 | tail -1
+(cargo build --release --bin queryfs && cargo build --release -p queryfs-tools --bin qfs-exercise) 2>&1 | tail -1
 Q=$PWD/target/release/queryfs
 X=$PWD/target/release/qfs-exercise
 MNT=$WORK/mnt
