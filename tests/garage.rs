@@ -76,6 +76,7 @@ replication_factor = 3
 rpc_bind_addr = "127.0.0.1:{rpc}"
 rpc_public_addr = "127.0.0.1:{rpc}"
 rpc_secret = "{secret}"
+bootstrap_peers = []
 
 [s3_api]
 s3_region = "garage"
@@ -113,6 +114,20 @@ api_bind_addr = "127.0.0.1:{admin}"
             .collect();
         for id in &ids[1..] {
             g.retry(0, &["node", "connect", id]);
+        }
+        // A node restarted after all were down finds the others by these.
+        let peers = ids
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        for n in &g.nodes {
+            let c = std::fs::read_to_string(&n.config).unwrap();
+            let c = c.replace(
+                "bootstrap_peers = []",
+                &format!("bootstrap_peers = [{peers}]"),
+            );
+            std::fs::write(&n.config, c).unwrap();
         }
         for id in &ids {
             let short = id.split('@').next().unwrap();

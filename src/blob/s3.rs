@@ -118,7 +118,18 @@ fn err(what: &str, e: object_store::Error) -> io::Error {
         object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
         _ => io::ErrorKind::Other,
     };
-    io::Error::new(kind, format!("object store: {what}: {e}"))
+    // The causes too: "builder error" alone says little.
+    let mut msg = format!("object store: {what}: {e}");
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !msg.contains(&c_text) {
+            msg.push_str(": ");
+            msg.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    io::Error::new(kind, msg)
 }
 
 /// `s3://bucket/prefix` split into the bucket URL and the prefix.
@@ -158,11 +169,12 @@ impl S3Blobs {
             .endpoint
             .clone()
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        let mut client = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5).min(cfg.retry_for))
+            .with_timeout(Duration::from_secs(60));
         if let Some(ep) = endpoint {
-            b = b
-                .with_allow_http(ep.starts_with("http://"))
-                .with_endpoint(ep)
-                .with_virtual_hosted_style_request(false);
+            client = client.with_allow_http(ep.starts_with("http://"));
+            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
         }
         if let Some(r) = cfg
             .region
@@ -185,11 +197,7 @@ impl S3Blobs {
         };
         let store = b
             .with_retry(retry)
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5).min(cfg.retry_for))
-                    .with_timeout(Duration::from_secs(60)),
-            )
+            .with_client_options(client)
             .build()
             .map_err(|e| err("configuration", e))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
