@@ -70,10 +70,14 @@ fn drop_caches() {
     }
 }
 
+/// (mountinfo read as bytes: a mount point elsewhere that is not UTF-8
+/// must not hide this one.)
 fn is_mounted(mp: &Path) -> bool {
-    let s = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mp = mp.to_string_lossy();
-    s.lines().any(|l| l.split(' ').nth(4) == Some(mp.as_ref()))
+    use std::os::unix::ffi::OsStrExt;
+    let s = fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let want = mp.as_os_str().as_bytes();
+    s.split(|&b| b == b'\n')
+        .any(|l| l.split(|&b| b == b' ').nth(4) == Some(want))
 }
 
 fn wait_mounted(mp: &Path, child: &mut Child) {
