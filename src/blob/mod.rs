@@ -257,49 +257,8 @@ impl BlobStore for MemBlobs {
 
     fn check(&self, refs: &[BlobRef], keep: &[u64]) -> io::Result<BlobCheck> {
         let st = self.state.lock();
-        let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-        let mut damaged = Vec::new();
-        for (index, r) in refs.iter().enumerate() {
-            let reason = match st.blobs.get(&r.loc.0) {
-                None => Some(format!("blob {} is not stored", r.loc.0)),
-                Some(b) if b.len() as u64 != r.len => Some(format!(
-                    "blob {} holds {} bytes, {} recorded",
-                    r.loc.0,
-                    b.len(),
-                    r.len
-                )),
-                Some(_) => seen.insert(r.loc.0, index).map(|other| {
-                    format!(
-                        "blob {} is referenced twice (also by reference {other})",
-                        r.loc.0
-                    )
-                }),
-            };
-            if let Some(reason) = reason {
-                let units = if st.blobs.contains_key(&r.loc.0) {
-                    vec![r.loc.0]
-                } else {
-                    Vec::new()
-                };
-                damaged.push(DamagedBlob {
-                    index,
-                    reason,
-                    units,
-                    dangling: None,
-                });
-            }
-        }
-        let orphans = st
-            .blobs
-            .keys()
-            .filter(|k| !seen.contains_key(k) && !keep.contains(k))
-            .copied()
-            .collect();
-        Ok(BlobCheck {
-            damaged,
-            orphans,
-            units: st.blobs.len() as u64,
-        })
+        let stored = st.blobs.iter().map(|(k, v)| (*k, v.len() as u64)).collect();
+        Ok(check_against(&stored, refs, keep))
     }
 
     fn reclaim(&self, refs: &[BlobRef], keep: &[u64]) -> io::Result<Reclaim> {
@@ -322,6 +281,55 @@ impl BlobStore for MemBlobs {
             units: st.blobs.len() as u64,
             units_used: st.blobs.len() as u64,
         })
+    }
+}
+
+/// [`BlobStore::check`] for a store that can list what it holds:
+/// `stored` maps each stored location to its size.
+pub(crate) fn check_against(
+    stored: &BTreeMap<u64, u64>,
+    refs: &[BlobRef],
+    keep: &[u64],
+) -> BlobCheck {
+    let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut damaged = Vec::new();
+    for (index, r) in refs.iter().enumerate() {
+        let reason = match stored.get(&r.loc.0) {
+            None => Some(format!("blob {:#x} is not stored", r.loc.0)),
+            Some(&len) if len != r.len => Some(format!(
+                "blob {:#x} holds {len} bytes, {} recorded",
+                r.loc.0, r.len
+            )),
+            Some(_) => seen.insert(r.loc.0, index).map(|other| {
+                format!(
+                    "blob {:#x} is referenced twice (also by reference {other})",
+                    r.loc.0
+                )
+            }),
+        };
+        if let Some(reason) = reason {
+            let units = if stored.contains_key(&r.loc.0) {
+                vec![r.loc.0]
+            } else {
+                Vec::new()
+            };
+            damaged.push(DamagedBlob {
+                index,
+                reason,
+                units,
+                dangling: None,
+            });
+        }
+    }
+    let orphans = stored
+        .keys()
+        .filter(|k| !seen.contains_key(k) && !keep.contains(k))
+        .copied()
+        .collect();
+    BlobCheck {
+        damaged,
+        orphans,
+        units: stored.len() as u64,
     }
 }
 

@@ -42,7 +42,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
 use parking_lot::Mutex;
 
-use super::{BlobCheck, BlobRef, BlobStore, BlobUsage, DamagedBlob, Reclaim};
+use super::{BlobCheck, BlobRef, BlobStore, BlobUsage, Reclaim};
 use crate::types::{BlobHash, BlobLoc};
 
 /// Bytes put and not yet uploaded past which `put` uploads them.
@@ -427,42 +427,7 @@ impl BlobStore for S3Blobs {
     }
 
     fn check(&self, refs: &[BlobRef], keep: &[u64]) -> io::Result<BlobCheck> {
-        let stored = self.list()?;
-        let mut seen: BTreeMap<u64, usize> = BTreeMap::new();
-        let mut damaged = Vec::new();
-        for (index, r) in refs.iter().enumerate() {
-            let reason = match stored.get(&r.loc.0) {
-                None => Some(format!("blob {:016x} is not stored", r.loc.0)),
-                Some(&len) if len != r.len => Some(format!(
-                    "blob {:016x} holds {len} bytes, {} recorded",
-                    r.loc.0, r.len
-                )),
-                Some(_) => seen.insert(r.loc.0, index).map(|other| {
-                    format!(
-                        "blob {:016x} is referenced twice (also by reference {other})",
-                        r.loc.0
-                    )
-                }),
-            };
-            if let Some(reason) = reason {
-                damaged.push(DamagedBlob {
-                    index,
-                    reason,
-                    units: Vec::new(),
-                    dangling: None,
-                });
-            }
-        }
-        let orphans = stored
-            .keys()
-            .filter(|k| !seen.contains_key(k) && !keep.contains(k))
-            .copied()
-            .collect();
-        Ok(BlobCheck {
-            damaged,
-            orphans,
-            units: stored.len() as u64,
-        })
+        Ok(super::check_against(&self.list()?, refs, keep))
     }
 
     fn reclaim(&self, refs: &[BlobRef], keep: &[u64]) -> io::Result<Reclaim> {

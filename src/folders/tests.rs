@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::types::Ino;
-use crate::vfs::tests::Backend;
+use crate::vfs::tests::{on_every_backend, Backend};
 use crate::view::View;
 
 /// The view of a new core on `b`, the query folders listed at the root.
@@ -187,18 +187,6 @@ fn sql_folders_exist_only_where_sql_runs() {
         Err(FsError::NotFound)
     ));
     assert!(mem.lookup(Ino(ROOT), b"by-tag").unwrap().is_dir());
-}
-
-/// Runs each named test above on every [`Backend`].
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[test] fn $name() { super::$name(super::Backend::Memory) } )*
-        }
-        mod disk {
-            $( #[test] fn $name() { super::$name(super::Backend::Disk) } )*
-        }
-    };
 }
 
 on_every_backend!(

@@ -846,7 +846,8 @@ fn inode_numbers_are_not_reused_within_a_mount(b: Backend) {
     }
 }
 
-/// Runs each named test above on every [`Backend`].
+/// Runs each named test above on every [`Backend`] (the query folders'
+/// tests use it too).
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -857,6 +858,7 @@ macro_rules! on_every_backend {
         }
     };
 }
+pub(crate) use on_every_backend;
 
 on_every_backend!(
     write_read_across_chunks_and_commits,
